@@ -1,0 +1,216 @@
+"""Data sets that the replay tool, the demo, tests and benchmarks stream into Kafka.
+
+Every data set is an iterator of event dicts in the contract's shape (`event_id`, `ts`, fields, `label`),
+so the same code replays River's Phishing data, the synthetic card-payment stream and a user's own file.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+CATEGORIES = ["grocery", "restaurant", "fuel", "travel", "electronics", "fashion", "gift_cards", "digital_goods"]
+RISKY_BEFORE_DRIFT = ["electronics", "gift_cards"]
+COUNTRIES = ["FR", "DE", "ES", "IT", "NL", "GB", "US", "BR", "NG", "VN"]
+
+
+class DatasetError(ValueError):
+    """A data set file that cannot be read; the message names the file and line."""
+
+
+def iso(ts: datetime) -> str:
+    """ISO-8601 with milliseconds and an explicit UTC offset, as events carry it."""
+    return ts.isoformat(timespec="milliseconds")
+
+
+def phishing(limit: int | None = None) -> Iterator[dict]:
+    """River's Phishing data set in its original order, one event a second from 2026-01-01."""
+    from river import datasets
+
+    for i, (x, y) in enumerate(datasets.Phishing()):
+        if limit is not None and i >= limit:
+            return
+        yield {"event_id": f"phishing-{i:05d}", "ts": iso(START + timedelta(seconds=i)), **x, "label": bool(y)}
+
+
+@dataclass
+class _User:
+    user_id: str
+    country: str
+    log_amount: float
+    favourites: list[str]
+
+
+@dataclass
+class _Merchant:
+    merchant_id: str
+    category: str
+    country: str
+
+
+def transactions(
+    n: int = 100_000,
+    seed: int = 42,
+    drift_at: float | None = 0.5,
+    users: int = 2_000,
+    merchants: int = 400,
+    fraud_rate: float = 0.004,
+) -> Iterator[dict]:
+    """A synthetic card-payment stream in event-time order, deterministic for a given seed.
+
+    Legitimate payments come from users at a handful of favourite merchants, with amounts near the user's
+    usual. Fraud is what windowed features reveal. Before the drift: a stolen card is used in a burst of
+    large payments within minutes at new, risky merchants. After the drift (at fraction `drift_at` of the
+    stream): card testing, i.e. bursts of tiny payments from many cards at one foreign merchant.
+    """
+    rng = random.Random(seed)
+    people = [
+        _User(
+            user_id=f"u{u:05d}",
+            country=rng.choice(COUNTRIES[:6]),
+            log_amount=rng.gauss(3.3, 0.7),
+            favourites=[],
+        )
+        for u in range(users)
+    ]
+    shops = [
+        _Merchant(f"m{m:04d}", rng.choice(CATEGORIES), rng.choice(COUNTRIES)) for m in range(merchants)
+    ]
+    for person in people:
+        person.favourites = [rng.choice(shops).merchant_id for _ in range(rng.randint(3, 8))]
+    shop_by_id = {s.merchant_id: s for s in shops}
+    risky = [s for s in shops if s.category in RISKY_BEFORE_DRIFT] or shops
+    testing_shops = [s for s in shops if s.category == "digital_goods"] or shops
+    activity = [rng.paretovariate(1.5) for _ in people]
+    cumulative = list(itertools.accumulate(activity))
+    drift_index = None if drift_at is None else int(n * drift_at)
+
+    pending: list[tuple[float, int, dict]] = []
+    clock = 0.0
+    order = 0
+    emitted = 0
+    while emitted < n:
+        after_drift = drift_index is not None and emitted >= drift_index
+        clock += rng.expovariate(1.0)
+        person = rng.choices(people, cum_weights=cumulative)[0]
+        shop = shop_by_id[rng.choice(person.favourites)] if rng.random() < 0.9 else rng.choice(shops)
+        amount = math.exp(rng.gauss(person.log_amount, 0.35))
+        legit = {
+            "user_id": person.user_id,
+            "merchant_id": shop.merchant_id,
+            "amount": round(amount, 2),
+            "category": shop.category,
+            "country": person.country if rng.random() < 0.97 else shop.country,
+            "label": rng.random() < 0.001,
+        }
+        order += 1
+        heapq.heappush(pending, (clock, order, legit))
+        if rng.random() < (fraud_rate / 2 if after_drift else fraud_rate):
+            burst_at = clock
+            if not after_drift:
+                victim = rng.choice(people)
+                for _ in range(rng.randint(3, 7)):
+                    burst_at += rng.uniform(5, 120)
+                    target = rng.choice(risky)
+                    order += 1
+                    heapq.heappush(pending, (burst_at, order, {
+                        "user_id": victim.user_id,
+                        "merchant_id": target.merchant_id,
+                        "amount": round(math.exp(person.log_amount + rng.uniform(1.2, 2.5)), 2),
+                        "category": target.category,
+                        "country": rng.choice([victim.country, target.country]),
+                        "label": rng.random() < 0.95,
+                    }))
+            else:
+                target = rng.choice(testing_shops)
+                for _ in range(rng.randint(6, 15)):
+                    burst_at += rng.uniform(1, 30)
+                    victim = rng.choice(people)
+                    order += 1
+                    heapq.heappush(pending, (burst_at, order, {
+                        "user_id": victim.user_id,
+                        "merchant_id": target.merchant_id,
+                        "amount": round(rng.uniform(0.5, 3.0), 2),
+                        "category": target.category,
+                        "country": target.country,
+                        "label": rng.random() < 0.95,
+                    }))
+        while pending and pending[0][0] <= clock and emitted < n:
+            at, _, fields = heapq.heappop(pending)
+            yield {"event_id": f"tx-{emitted:08d}", "ts": iso(START + timedelta(seconds=at)), **fields}
+            emitted += 1
+
+
+def read_file(path: str | Path, limit: int | None = None) -> Iterator[dict]:
+    """Events from a JSONL or CSV file; a malformed line raises `DatasetError` naming file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    with path.open("rb") as handle:
+        if suffix in {".jsonl", ".ndjson", ".json"}:
+            yield from _read_jsonl(path, handle, limit)
+        elif suffix == ".csv":
+            yield from _read_csv(path, limit)
+        else:
+            raise DatasetError(f"{path}: unknown file type {suffix!r}; use .jsonl or .csv")
+
+
+def _read_jsonl(path: Path, handle, limit: int | None) -> Iterator[dict]:
+    count = 0
+    for line_no, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        if limit is not None and count >= limit:
+            return
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{line_no}: not valid JSON: {exc}") from exc
+        if not isinstance(event, dict):
+            raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(event).__name__}")
+        count += 1
+        yield event
+
+
+def _read_csv(path: Path, limit: int | None) -> Iterator[dict]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise DatasetError(f"{path}:1: empty CSV file, expected a header line")
+        for count, row in enumerate(reader):
+            if limit is not None and count >= limit:
+                return
+            if None in row or any(v is None for v in row.values()):
+                raise DatasetError(
+                    f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} columns "
+                    f"({', '.join(reader.fieldnames)})"
+                )
+            yield {key: _csv_value(value) for key, value in row.items()}
+
+
+def _csv_value(text: str) -> object:
+    """CSV cells are text; numbers and booleans are restored so events keep their JSON types."""
+    lowered = text.lower()
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
+DATASETS = {"phishing", "transactions"}
