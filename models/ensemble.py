@@ -1,0 +1,302 @@
+"""River and LightGBM blended into one online classifier, with background refits on a fixed schedule."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from river import base
+
+from models.blend import LogLossBlend, clipped_log_loss
+from models.gate import Gate
+from models.lightgbm_member import LightGBMMember
+from models.pipelines import make_model
+from models.refit import RefitJob, RefitQueue
+from models.registry import ModelRegistry
+
+MEMBERS = ("river", "lightgbm")
+
+
+class Row(NamedTuple):
+    x: dict
+    y: bool
+    position: int
+    ts: float | None
+    offset: int | None
+    features_version: str | None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One prediction: the ensemble's P(True), each member's P(True) and version, and the blend weights."""
+
+    score: float
+    scores: dict[str, float | None]
+    versions: dict[str, int | None]
+    weights: dict[str, float]
+
+
+class Ensemble(base.Classifier):
+    """River learning every event, blended with LightGBM refit in the background on a recent window.
+
+    Every `refit_every` labelled events (and/or every `refit_every_seconds` of event time), LightGBM is fit
+    on the last `window` labelled rows in a background thread while River keeps scoring and learning. A refit
+    started at labelled event k takes effect right after labelled event k + `lag`, waiting for the fit only
+    if it has not finished: the schedule depends on the data alone, so a run restored from a pickle gives
+    exactly the predictions of an uninterrupted one. The fit uses the older part of the window; the most
+    recent `holdout` fraction is the gate's test slice (`gate_metric` is "log_loss" or "auc"; with no
+    `gate_threshold`, log loss must beat a constant base-rate predictor and AUC must exceed 0.5). Every
+    refit, accepted or rejected, goes to `registry` (files in `registry_dir` if given, the last `keep`).
+    The blend weights are ∝ exp(−discounted log loss) of each member (`blend_decay`); River alone until
+    a LightGBM model is accepted.
+
+    Parameters
+    ----------
+    river_model
+        The River member (cloned); defaults to `models.pipelines.make_model("logistic_regression")`.
+    refit_every
+        Labelled events between refits; None or 0 to refit on event time only.
+    refit_every_seconds
+        Event-time seconds between refits (needs `ts` in `learn_one`); None to refit on counts only.
+    window
+        Labelled rows kept for refits.
+    lag
+        Labelled events between a refit's start and its taking effect.
+    lgbm_params
+        LightGBM parameters over `models.lightgbm_member.DEFAULT_PARAMS` (keep them deterministic).
+    num_boost_round
+        Boosting rounds per refit.
+    gate_metric, gate_threshold, holdout
+        The quality gate.
+    registry_dir, keep
+        Where refits are saved, and how many versions are kept.
+    blend_decay
+        Forgetting factor of the blend's log losses (1 = never forget).
+    background
+        Fit in a thread (True) or synchronously at the effect point (False); the predictions are the same.
+    seed
+        LightGBM's seed.
+
+    Examples
+    --------
+    >>> from river import datasets, metrics
+    >>> model = Ensemble(refit_every=100, window=300, lag=20, num_boost_round=30)
+    >>> metric = metrics.ROCAUC()
+    >>> for x, y in datasets.Phishing().take(600):
+    ...     metric.update(y, model.predict_proba_one(x))
+    ...     model.learn_one(x, y)
+    >>> print(metric)
+    ROCAUC: 94.17%
+    >>> {name: round(m["log_loss"], 3) for name, m in model.metrics().items()}
+    {'river': 0.409, 'lightgbm': 0.319, 'ensemble': 0.367}
+    >>> scored = model.predict_proba_one_detailed(x)
+    >>> scored.versions
+    {'river': 600, 'lightgbm': 5}
+    >>> model.registry.accepted, model.registry.rejected
+    (5, 0)
+
+    """
+
+    def __init__(
+        self,
+        river_model: base.Classifier | None = None,
+        refit_every: int | None = 1000,
+        refit_every_seconds: float | None = None,
+        window: int = 10_000,
+        lag: int = 200,
+        lgbm_params: dict | None = None,
+        num_boost_round: int = 100,
+        gate_metric: str = "log_loss",
+        gate_threshold: float | None = None,
+        holdout: float = 0.2,
+        registry_dir: str | None = None,
+        keep: int = 5,
+        blend_decay: float = 0.999,
+        background: bool = True,
+        seed: int = 42,
+    ):
+        if lag < 0:
+            raise ValueError(f"lag must be >= 0; got {lag}")
+        if window < 2:
+            raise ValueError(f"window must be at least 2; got {window}")
+        if not 0 < holdout < 1:
+            raise ValueError(f"holdout must be in (0, 1); got {holdout}")
+        self.river_model = river_model
+        self.refit_every = refit_every
+        self.refit_every_seconds = refit_every_seconds
+        self.window = window
+        self.lag = lag
+        self.lgbm_params = lgbm_params
+        self.num_boost_round = num_boost_round
+        self.gate_metric = gate_metric
+        self.gate_threshold = gate_threshold
+        self.holdout = holdout
+        self.registry_dir = registry_dir
+        self.keep = keep
+        self.blend_decay = blend_decay
+        self.background = background
+        self.seed = seed
+
+        self.river = make_model() if river_model is None else river_model.clone()
+        self.lightgbm: LightGBMMember | None = None
+        self.lightgbm_version: int | None = None
+        self.registry = ModelRegistry(registry_dir, keep)
+        self._gate = Gate(gate_metric, gate_threshold)
+        self._blend = LogLossBlend(blend_decay)
+        self._queue = RefitQueue(background)
+        self._rows: deque[Row] = deque(maxlen=window)
+        self._n_learned = 0
+        self._next_version = 1
+        self._last_refit_ts: float | None = None
+        self._losses = dict.fromkeys((*MEMBERS, "ensemble"), 0.0)
+        self._counts = dict.fromkeys((*MEMBERS, "ensemble"), 0)
+        self._last: tuple[dict, dict[str, float | None]] | None = None
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {
+            "refit_every": 50,
+            "window": 150,
+            "lag": 10,
+            "num_boost_round": 10,
+            "lgbm_params": {"min_data_in_leaf": 5},
+        }
+
+    @property
+    def _multiclass(self) -> bool:
+        return False
+
+    def predict_proba_one(self, x: dict) -> dict[bool, float]:
+        score = self.predict_proba_one_detailed(x).score
+        return {False: 1.0 - score, True: score}
+
+    def predict_proba_one_detailed(self, x: Mapping) -> Scored:
+        """The ensemble's score with each member's score, version and weight (what a prediction publishes)."""
+        scores = self._member_scores(x)
+        self._last = (dict(x), scores)
+        return Scored(
+            score=self._blend.combine(scores),
+            scores=scores,
+            versions={"river": self._n_learned, "lightgbm": self.lightgbm_version},
+            weights=self._blend.weights(scores),
+        )
+
+    def learn_one(
+        self,
+        x: dict,
+        y: bool,
+        *,
+        ts: datetime | str | float | None = None,
+        offset: int | None = None,
+        features_version: str | None = None,
+    ) -> None:
+        """Learn one labelled event; `ts` (datetime, ISO string or epoch seconds), `offset` and
+        `features_version` are optional metadata that bound the refit windows in the registry."""
+        self._queue.resume()
+        y = bool(y)
+        x = dict(x)
+        scores = self._last[1] if self._last is not None and self._last[0] == x else self._member_scores(x)
+        self._last = None
+        self._track(scores, y)
+        self._blend.update(scores, y)
+        self.river.learn_one(x, y)
+        self._n_learned += 1
+        seconds = _epoch_seconds(ts)
+        self._rows.append(Row(x, y, self._n_learned, seconds, offset, features_version))
+        if self._refit_is_due(seconds):
+            self._start_refit(features_version)
+        for job, result in self._queue.due(self._n_learned):
+            self.registry.save(result.record(job), result.member)
+            if result.accepted:
+                self.lightgbm, self.lightgbm_version = result.member, result.version
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Prequential log loss of each member (over the events it scored) and of the ensemble."""
+        return {
+            name: {"log_loss": self._losses[name] / n if n else math.nan, "n": n}
+            for name, n in self._counts.items()
+        }
+
+    @property
+    def pending_refits(self) -> list[int]:
+        """Versions of the refits started but not yet in effect."""
+        return [job.version for job in self._queue.pending]
+
+    def _member_scores(self, x: Mapping) -> dict[str, float | None]:
+        proba = self.river.predict_proba_one(x)
+        river = float(proba.get(True, 0.5)) if proba else 0.5
+        lightgbm = None if self.lightgbm is None else self.lightgbm.predict_proba(x)
+        return {"river": river, "lightgbm": lightgbm}
+
+    def _track(self, scores: dict[str, float | None], y: bool) -> None:
+        for name, p in (*scores.items(), ("ensemble", self._blend.combine(scores))):
+            if p is not None:
+                self._losses[name] += clipped_log_loss(y, p)
+                self._counts[name] += 1
+
+    def _refit_is_due(self, ts: float | None) -> bool:
+        if self.refit_every and self._n_learned % self.refit_every == 0:
+            return True
+        if self.refit_every_seconds and ts is not None:
+            if self._last_refit_ts is None:
+                self._last_refit_ts = ts
+            return ts - self._last_refit_ts >= self.refit_every_seconds
+        return False
+
+    def _start_refit(self, features_version: str | None) -> None:
+        rows = tuple(self._rows)
+        self._last_refit_ts = rows[-1].ts if rows[-1].ts is not None else self._last_refit_ts
+        job = RefitJob(
+            version=self._next_version,
+            started_at=self._n_learned,
+            effect_at=self._n_learned + self.lag,
+            rows=tuple(r.x for r in rows),
+            labels=tuple(r.y for r in rows),
+            window=_bounds(rows),
+            features_version=features_version,
+            params=dict(self.lgbm_params) if self.lgbm_params else None,
+            num_boost_round=self.num_boost_round,
+            holdout=self.holdout,
+            gate=self._gate,
+            seed=self.seed,
+        )
+        self._next_version += 1
+        self._queue.submit(job)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_last"] = None
+        return state
+
+
+def _epoch_seconds(ts: datetime | str | float | None) -> float | None:
+    if ts is None or isinstance(ts, int | float):
+        return ts
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    return ts.timestamp()
+
+
+def _iso(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def _bounds(rows: tuple[Row, ...]) -> dict[str, Any]:
+    """Training-window bounds: labelled-event positions, event times and offsets (where given)."""
+    times = [r.ts for r in rows if r.ts is not None]
+    offsets = [r.offset for r in rows if r.offset is not None]
+    versions = sorted({r.features_version for r in rows if r.features_version is not None})
+    return {
+        "first_position": rows[0].position,
+        "last_position": rows[-1].position,
+        "rows": len(rows),
+        "first_ts": _iso(min(times)) if times else None,
+        "last_ts": _iso(max(times)) if times else None,
+        "first_offset": min(offsets) if offsets else None,
+        "last_offset": max(offsets) if offsets else None,
+        "features_versions": versions,
+    }

@@ -1,0 +1,137 @@
+"""Background LightGBM refits on a deterministic schedule.
+
+A job is plain data (its training window, parameters and schedule), so it survives pickling and deep
+copies. The thread that runs it lives beside the job, never inside the pickled state: a job restored from a
+snapshot has no thread and is simply fitted again, which gives the same model because the fit is
+deterministic. Either way its result is applied at exactly `effect_at`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from models import lightgbm_member
+from models.gate import Gate
+
+
+@dataclass(frozen=True)
+class RefitJob:
+    """Everything a refit needs, so that running it again anywhere gives the same model."""
+
+    version: int
+    started_at: int
+    effect_at: int
+    rows: tuple[Mapping, ...]
+    labels: tuple[bool, ...]
+    window: Mapping[str, Any]
+    features_version: str | None = None
+    params: Mapping[str, Any] | None = None
+    num_boost_round: int = 100
+    holdout: float = 0.2
+    gate: Gate = field(default_factory=Gate)
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class RefitResult:
+    version: int
+    accepted: bool
+    reason: str
+    metrics: Mapping[str, float]
+    member: lightgbm_member.LightGBMMember | None
+
+    def record(self, job: RefitJob) -> dict[str, Any]:
+        """The registry's metadata for this refit."""
+        return {
+            "version": self.version,
+            "accepted": self.accepted,
+            "reason": self.reason,
+            "started_at": job.started_at,
+            "effect_at": job.effect_at,
+            "window": dict(job.window),
+            "features_version": job.features_version,
+            "features": list(self.member.schema.columns) if self.member else [],
+            "params": {**lightgbm_member.DEFAULT_PARAMS, "seed": job.seed, **(job.params or {})},
+            "num_boost_round": job.num_boost_round,
+            "holdout": job.holdout,
+            "gate": {"metric": job.gate.metric, "threshold": job.gate.threshold},
+            "metrics": dict(self.metrics),
+        }
+
+
+def run(job: RefitJob) -> RefitResult:
+    """Fit on the older part of the window and gate on the most recent `holdout` fraction (not shuffled)."""
+    n_train = len(job.rows) - max(1, round(len(job.rows) * job.holdout))
+    train_labels = job.labels[:n_train]
+    if n_train < 2 or len(set(train_labels)) < 2:
+        return RefitResult(job.version, False, "training slice holds a single class", {}, None)
+    try:
+        member = lightgbm_member.fit(
+            job.rows[:n_train], train_labels, job.params, job.num_boost_round, job.seed
+        )
+    except ValueError as error:
+        return RefitResult(job.version, False, f"fit failed: {error}", {}, None)
+    holdout_rows, holdout_labels = job.rows[n_train:], job.labels[n_train:]
+    base_rate = sum(train_labels) / n_train
+    accepted, reason, metrics = job.gate.judge(
+        holdout_labels, member.predict_many(holdout_rows), base_rate
+    )
+    return RefitResult(job.version, accepted, reason, metrics, member)
+
+
+class RefitQueue:
+    """Pending refits in schedule order; only the futures are live, and they are never pickled."""
+
+    def __init__(self, background: bool = True):
+        self.background = background
+        self.pending: list[RefitJob] = []
+        self._futures: dict[int, Future] = {}
+
+    def submit(self, job: RefitJob) -> None:
+        self.pending.append(job)
+        self.pending.sort(key=lambda j: (j.effect_at, j.version))
+        self.resume()
+
+    def resume(self) -> None:
+        """Start a thread for every pending job that has none (e.g. after a restore)."""
+        if not self.background:
+            return
+        for job in self.pending:
+            if job.version not in self._futures:
+                self._futures[job.version] = _start(job)
+
+    def running(self) -> list[int]:
+        """Versions whose fit is still in progress."""
+        return [v for v, f in self._futures.items() if not f.done()]
+
+    def due(self, position: int) -> list[tuple[RefitJob, RefitResult]]:
+        """Results of the jobs that take effect at or before `position`, waiting for their fits if needed."""
+        out = []
+        while self.pending and self.pending[0].effect_at <= position:
+            job = self.pending.pop(0)
+            future = self._futures.pop(job.version, None)
+            out.append((job, future.result() if future is not None else run(job)))
+        return out
+
+    def __getstate__(self) -> dict:
+        return {"background": self.background, "pending": list(self.pending)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _futures={})
+
+
+def _start(job: RefitJob) -> Future:
+    future: Future = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(run(job))
+        except BaseException as error:
+            future.set_exception(error)
+
+    threading.Thread(target=work, name=f"eddy-refit-{job.version}", daemon=True).start()
+    return future
