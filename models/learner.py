@@ -111,6 +111,7 @@ class OnlineLearner:
         """Score one event, then learn its label if it is inline or already arrived."""
         _check_label(label)
         self._advance(ts_ms)
+        self._expire()
         p = self.predict(x)
         self.counters["events_scored"] += 1
         early = self.pending_labels.pop(event_id, None)
@@ -174,9 +175,6 @@ class OnlineLearner:
             self.label_deadlines = deque((deadline, eid) for _, eid in self.label_deadlines)
         elif ts_ms > self.now_ms:
             self.now_ms = ts_ms
-        else:
-            return
-        self._expire()
 
     def _expire(self) -> int:
         now, horizon, expired = self.now_ms, self.label_horizon_ms, 0

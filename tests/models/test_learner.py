@@ -1,0 +1,211 @@
+"""OnlineLearner: test-then-train, delayed and early labels, expiry, counters, snapshot-ability."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import pickle
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from river import datasets
+
+from models.learner import UNTRAINED_SCORE, OnlineLearner
+from models.pipelines import MODELS, make_model
+
+HORIZON = 10_000
+EVENTS = list(itertools.islice(datasets.Phishing(), 200))
+
+
+def learner(horizon: int = HORIZON, name: str = "logistic_regression") -> OnlineLearner:
+    return OnlineLearner(make_model(name), label_horizon_ms=horizon, window=50)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_untrained_model_scores_one_half(name):
+    assert learner(name=name).score("e0", 0, EVENTS[0][0]).score == UNTRAINED_SCORE
+
+
+def test_model_that_saw_only_false_scores_zero():
+    online = learner(name="hoeffding_adaptive_tree")
+    online.score("e0", 0, {"a": 1.0}, False)
+    assert online.score("e1", 1, {"a": 1.0}).score == 0.0
+
+
+def test_inline_label_is_scored_before_it_is_learned():
+    online, reference = learner(), make_model()
+    for i, (x, y) in enumerate(EVENTS):
+        result = online.score(f"e{i}", i, x, y)
+        assert result.score == reference.predict_proba_one(x)[True]
+        assert result.label_inline and result.learned
+        reference.learn_one(x, y)
+    assert online.report()["labels_inline"] == len(EVENTS)
+    assert online.report()["pending_events"] == 0
+
+
+def test_delayed_label_learns_the_features_and_counts_the_score_given_at_scoring_time():
+    online, reference = learner(), make_model()
+    x, y = dict(EVENTS[0][0]), EVENTS[0][1]
+    result = online.score("e0", 0, x)
+    assert not result.learned and not result.label_inline
+    x["https"] = 123.0
+    assert online.label("e0", y) is True
+    reference.learn_one(EVENTS[0][0], y)
+    probe = EVENTS[1][0]
+    assert online.predict(probe) == reference.predict_proba_one(probe)[True]
+    assert online.report()["labels_delayed"] == 1
+    assert online.report()["log_loss"] == pytest.approx(0.6931471805599453)
+
+
+def test_label_before_its_event_is_applied_when_the_event_is_scored():
+    online, reference = learner(), make_model()
+    online.score("warm-up", 0, EVENTS[0][0], EVENTS[0][1])
+    reference.learn_one(*EVENTS[0])
+    x, y = EVENTS[1]
+    assert online.label("e1", y) is False
+    assert online.report()["pending_labels"] == 1
+    result = online.score("e1", 5, x)
+    assert result.learned and not result.label_inline
+    assert result.score == reference.predict_proba_one(x)[True]
+    reference.learn_one(x, y)
+    assert online.predict(EVENTS[2][0]) == reference.predict_proba_one(EVENTS[2][0])[True]
+    report = online.report()
+    assert (report["labels_early"], report["pending_labels"], report["pending_events"]) == (1, 0, 0)
+
+
+def test_label_before_any_event_waits_a_horizon_from_the_first_event_time():
+    online = learner()
+    online.label("late", True)
+    online.score("e0", 1_000_000, EVENTS[0][0])
+    online.expire(1_000_000 + HORIZON)
+    assert online.report()["pending_labels"] == 1
+    online.expire(1_000_000 + HORIZON + 1)
+    assert online.report()["pending_labels"] == 0
+    assert online.report()["labels_unmatched"] == 1
+
+
+def test_event_expires_strictly_after_the_horizon_and_its_label_then_goes_unmatched():
+    online = learner()
+    online.score("e0", 1_000, EVENTS[0][0])
+    assert online.expire(1_000 + HORIZON) == 0
+    assert online.expire(1_000 + HORIZON + 1) == 1
+    assert online.report()["labels_expired"] == 1
+    assert online.label("e0", True) is False
+    online.expire(1_000 + 3 * HORIZON)
+    report = online.report()
+    assert (report["labels_unmatched"], report["labels"], report["pending_labels"]) == (1, 0, 0)
+
+
+def test_scoring_advances_event_time_and_expires_old_events():
+    online = learner()
+    online.score("old", 0, EVENTS[0][0])
+    online.score("new", HORIZON + 1, EVENTS[1][0])
+    assert online.report()["labels_expired"] == 1
+    assert online.label("new", True) is True
+
+
+def test_out_of_order_event_expires_by_its_own_time():
+    online = learner()
+    online.score("b", 5_000, EVENTS[0][0])
+    online.score("a", 1_000, EVENTS[1][0])
+    assert online.expire(1_000 + HORIZON + 1) == 1
+    assert online.label("b", True) is True
+
+
+def test_second_label_for_a_labelled_event_is_unmatched():
+    online = learner()
+    online.score("e0", 0, EVENTS[0][0], True)
+    online.label("e0", False)
+    online.expire(2 * HORIZON)
+    report = online.report()
+    assert (report["labels_inline"], report["labels_unmatched"], report["labels"]) == (1, 1, 1)
+
+
+def test_inline_label_wins_over_an_early_one():
+    online = learner()
+    online.label("e0", False)
+    assert online.score("e0", 0, EVENTS[0][0], True).label_inline
+    report = online.report()
+    assert (report["labels_inline"], report["labels_early"], report["labels_unmatched"]) == (1, 0, 1)
+
+
+def test_duplicate_event_is_counted_and_the_latest_is_kept():
+    online = learner()
+    online.score("e0", 0, EVENTS[0][0])
+    online.score("e0", 1, EVENTS[1][0])
+    assert online.report()["events_duplicate"] == 1
+    assert online.label("e0", True) is True
+    assert online.expire(10 * HORIZON) == 0
+
+
+@pytest.mark.parametrize("label", [1, 0, "true", None])
+def test_labels_must_be_bool(label):
+    online = learner()
+    with pytest.raises(TypeError, match="must be a bool"):
+        online.label("e0", label)
+    if label is not None:
+        with pytest.raises(TypeError, match="must be a bool"):
+            online.score("e0", 0, {}, label)
+
+
+def test_negative_horizon_is_refused():
+    with pytest.raises(ValueError, match="label_horizon_ms must be >= 0"):
+        OnlineLearner(make_model(), label_horizon_ms=-1)
+
+
+def test_pending_events_stay_bounded_by_the_horizon_when_labels_never_come():
+    online = learner(horizon=50)
+    for i in range(1000):
+        online.score(f"e{i}", i, EVENTS[i % len(EVENTS)][0])
+        assert online.report()["pending_events"] <= 51
+        assert len(online.event_deadlines) <= 51
+
+
+@pytest.mark.parametrize("snapshot", [copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))])
+def test_snapshot_mid_stream_continues_identically(snapshot):
+    online = learner()
+    for i, (x, _) in enumerate(EVENTS[:100]):
+        online.score(f"e{i}", i * 100, x)
+        if i >= 5:
+            online.label(f"e{i - 5}", EVENTS[i - 5][1])
+    twin = snapshot(online)
+    for i, (x, y) in enumerate(EVENTS[100:], start=100):
+        assert online.score(f"e{i}", i * 100, x, y) == twin.score(f"e{i}", i * 100, x, y)
+    assert online.report() == twin.report()
+
+
+plan = st.lists(
+    st.tuples(
+        st.integers(0, 30_000),
+        st.sampled_from(["inline", "after", "before", "never"]),
+        st.integers(0, 5),
+        st.booleans(),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(plan, st.integers(0, 20_000))
+def test_every_label_and_event_is_accounted_for(events, horizon):
+    """Whatever the order, each label ends learned or unmatched, and each event labelled or expired."""
+    online = OnlineLearner(make_model(), label_horizon_ms=horizon)
+    steps = []
+    for i, (ts, how, shift, y) in enumerate(events):
+        steps.append((2 * i, ("score", f"e{i}", ts, y if how == "inline" else None)))
+        if how in ("after", "before"):
+            steps.append((2 * i + (2 * shift + 1 if how == "after" else -2 * shift - 1), ("label", f"e{i}", y)))
+    for _, step in sorted(steps, key=lambda s: s[0]):
+        if step[0] == "score":
+            online.score(step[1], step[2], {"x": 1.0}, step[3])
+        else:
+            online.label(step[1], step[2])
+    online.expire(10**9)
+    report = online.report()
+    label_messages = sum(how in ("after", "before") for _, how, _, _ in events)
+    learned = report["labels_delayed"] + report["labels_early"]
+    assert learned + report["labels_unmatched"] == label_messages
+    assert report["labels_inline"] + learned + report["labels_expired"] == len(events)
+    assert report["labels"] == report["labels_inline"] + learned
+    assert report["pending_events"] == report["pending_labels"] == 0
