@@ -1,0 +1,137 @@
+"""Refits run in the background, take effect at their scheduled position and survive pickling."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from river import datasets
+
+from models import lightgbm_member
+from models.ensemble import Ensemble
+
+PHISHING = list(datasets.Phishing())
+
+
+def small(**params) -> Ensemble:
+    defaults = {"refit_every": 100, "window": 300, "lag": 30, "num_boost_round": 20}
+    return Ensemble(**{**defaults, **params})
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_refit_takes_effect_exactly_after_event_k_plus_lag(background):
+    model = small(background=background)
+    for i, (x, y) in enumerate(PHISHING[:200], start=1):
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+        if i < 100:
+            assert model.pending_refits == []
+        if 100 <= i < 130:
+            assert model.pending_refits == [1]
+            assert model.lightgbm_version is None
+            assert model.predict_proba_one_detailed(x).scores["lightgbm"] is None
+        if 130 <= i < 200:
+            assert model.pending_refits == []
+            assert model.lightgbm_version == 1
+            scored = model.predict_proba_one_detailed(x)
+            assert scored.scores["lightgbm"] is not None
+            assert scored.versions["lightgbm"] == 1
+    assert model.pending_refits == [2]
+    assert [r["effect_at"] for r in model.registry.versions()] == [130]
+
+
+def test_predictions_keep_flowing_while_a_slow_refit_runs(monkeypatch):
+    started, release = threading.Event(), threading.Event()
+    real_fit = lightgbm_member.fit
+
+    def slow_fit(*args, **kwargs):
+        started.set()
+        assert release.wait(30), "the test never released the fit"
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(lightgbm_member, "fit", slow_fit)
+    model = small(lag=50)
+    for x, y in PHISHING[:100]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    assert started.wait(10), "the refit did not start in the background"
+    served = 0
+    for x, y in PHISHING[100:149]:
+        assert 0.0 <= model.predict_proba_one(x)[True] <= 1.0
+        model.learn_one(x, y)
+        served += 1
+        assert model._queue.running() == [1]  # the fit is still blocked while we score and learn
+    assert served == 49 and not release.is_set()
+    release.set()
+    x, y = PHISHING[149]
+    model.learn_one(x, y)  # event k + lag: waits for the fit, then the model is in force
+    assert model.lightgbm_version == 1
+
+
+def run(model: Ensemble, events, restore_at=(), via=pickle) -> list[tuple[float, float | None]]:
+    """Prequential scores; at each position in `restore_at` the model is replaced by a restored copy."""
+    out = []
+    for i, (x, y) in enumerate(events):
+        if i in restore_at:
+            model = pickle.loads(pickle.dumps(model)) if via is pickle else copy.deepcopy(model)
+        scored = model.predict_proba_one_detailed(x)
+        out.append((scored.score, scored.scores["lightgbm"]))
+        model.learn_one(x, y)
+    return out
+
+
+EVENTS = PHISHING[:450]
+UNINTERRUPTED = None
+
+
+def uninterrupted():
+    global UNINTERRUPTED
+    if UNINTERRUPTED is None:
+        UNINTERRUPTED = run(small(), EVENTS)
+    return UNINTERRUPTED
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    restore_at=st.sets(st.integers(1, len(EVENTS) - 1), min_size=1, max_size=4),
+    via=st.sampled_from(["pickle", "deepcopy"]),
+)
+def test_a_restored_run_reproduces_the_uninterrupted_predictions(restore_at, via):
+    restored = run(small(), EVENTS, restore_at, pickle if via == "pickle" else copy)
+    assert restored == uninterrupted()
+
+
+@pytest.mark.parametrize("at", [100, 101, 115, 129])
+def test_a_refit_pending_at_a_snapshot_survives_recovery(at):
+    """Restored while the refit of version 1 (started at 100, in force after 130) is pending."""
+    model = small()
+    for x, y in EVENTS[:at]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    assert model.pending_refits == [1]
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored.pending_refits == [1] and restored._queue._futures == {}
+    assert run(restored, EVENTS[at:]) == uninterrupted()[at:]
+    assert restored.lightgbm_version == 4
+
+
+def test_a_deep_copy_starts_no_thread_and_shares_no_future():
+    model = small(lag=60)
+    for x, y in EVENTS[:100]:
+        model.learn_one(x, y)
+    threads = threading.active_count()
+    copied = copy.deepcopy(model)
+    assert threading.active_count() <= threads
+    assert copied._queue._futures == {} and copied.pending_refits == [1]
+
+
+def test_refits_on_event_time():
+    model = small(refit_every=None, refit_every_seconds=60.0, lag=5)
+    for i, (x, y) in enumerate(EVENTS[:200]):
+        model.learn_one(x, y, ts=1_700_000_000.0 + i)
+    starts = [r["started_at"] for r in model.registry.versions()]
+    assert starts == [61, 121, 181][: len(starts)] and len(starts) == 3
