@@ -84,9 +84,7 @@ def transactions(
         )
         for u in range(users)
     ]
-    shops = [
-        _Merchant(f"m{m:04d}", rng.choice(CATEGORIES), rng.choice(COUNTRIES)) for m in range(merchants)
-    ]
+    shops = [_Merchant(f"m{m:04d}", rng.choice(CATEGORIES), rng.choice(COUNTRIES)) for m in range(merchants)]
     for person in people:
         person.favourites = [rng.choice(shops).merchant_id for _ in range(rng.randint(3, 8))]
     shop_by_id = {s.merchant_id: s for s in shops}
@@ -124,28 +122,42 @@ def transactions(
                     burst_at += rng.uniform(5, 120)
                     target = rng.choice(risky)
                     order += 1
-                    heapq.heappush(pending, (burst_at, order, {
-                        "user_id": victim.user_id,
-                        "merchant_id": target.merchant_id,
-                        "amount": round(math.exp(person.log_amount + rng.uniform(1.2, 2.5)), 2),
-                        "category": target.category,
-                        "country": rng.choice([victim.country, target.country]),
-                        "label": rng.random() < 0.95,
-                    }))
+                    heapq.heappush(
+                        pending,
+                        (
+                            burst_at,
+                            order,
+                            {
+                                "user_id": victim.user_id,
+                                "merchant_id": target.merchant_id,
+                                "amount": round(math.exp(person.log_amount + rng.uniform(1.2, 2.5)), 2),
+                                "category": target.category,
+                                "country": rng.choice([victim.country, target.country]),
+                                "label": rng.random() < 0.95,
+                            },
+                        ),
+                    )
             else:
                 target = rng.choice(testing_shops)
                 for _ in range(rng.randint(6, 15)):
                     burst_at += rng.uniform(1, 30)
                     victim = rng.choice(people)
                     order += 1
-                    heapq.heappush(pending, (burst_at, order, {
-                        "user_id": victim.user_id,
-                        "merchant_id": target.merchant_id,
-                        "amount": round(rng.uniform(0.5, 3.0), 2),
-                        "category": target.category,
-                        "country": target.country,
-                        "label": rng.random() < 0.95,
-                    }))
+                    heapq.heappush(
+                        pending,
+                        (
+                            burst_at,
+                            order,
+                            {
+                                "user_id": victim.user_id,
+                                "merchant_id": target.merchant_id,
+                                "amount": round(rng.uniform(0.5, 3.0), 2),
+                                "category": target.category,
+                                "country": target.country,
+                                "label": rng.random() < 0.95,
+                            },
+                        ),
+                    )
         while pending and pending[0][0] <= clock and emitted < n:
             at, _, fields = heapq.heappop(pending)
             yield {"event_id": f"tx-{emitted:08d}", "ts": iso(START + timedelta(seconds=at)), **fields}

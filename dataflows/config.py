@@ -1,0 +1,124 @@
+"""eddy's configuration: `eddy.toml` (or the file named by EDDY_CONFIG), overridden by environment variables.
+
+One precedence order, highest first: environment variable > config file > built-in default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIELD_TYPES = {"string", "double", "bigint", "boolean"}
+
+
+class ConfigError(ValueError):
+    """A configuration a person must fix; the message says where and what."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    events: str = "events"
+    labels: str = "labels"
+    predictions: str = "predictions"
+    metrics: str = "metrics"
+    dead_letters: str = "dead-letters"
+
+    def all(self) -> list[str]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+@dataclass(frozen=True)
+class Config:
+    bootstrap_servers: str = "localhost:9092"
+    partitions: int = 3
+    topics: Topics = field(default_factory=Topics)
+    sql_dir: Path = REPO_ROOT / "sql" / "transactions"
+    include_features: bool = False
+    model: str = "logistic_regression"
+    tail: bool = True
+    fields: dict[str, str] = field(default_factory=dict)
+    source: str = "built-in defaults"
+    extra: dict = field(default_factory=dict)
+
+
+_ENV_TOPICS = {
+    "EDDY_EVENTS_TOPIC": "events",
+    "EDDY_LABELS_TOPIC": "labels",
+    "EDDY_PREDICTIONS_TOPIC": "predictions",
+    "EDDY_METRICS_TOPIC": "metrics",
+    "EDDY_DEAD_LETTERS_TOPIC": "dead_letters",
+}
+
+
+def parse_bool(text: str, name: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={text!r} is not a boolean; use true or false")
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the config file and apply environment overrides."""
+    env = dict(os.environ) if env is None else env
+    if path is None:
+        path = env.get("EDDY_CONFIG") or REPO_ROOT / "eddy.toml"
+    path = Path(path)
+    raw: dict = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    elif "EDDY_CONFIG" in env:
+        raise ConfigError(f"EDDY_CONFIG names {path}, which does not exist")
+
+    base = path.parent if path.exists() else REPO_ROOT
+    kafka = raw.get("kafka", {})
+    feats = raw.get("features", {})
+    config = Config(
+        bootstrap_servers=str(kafka.get("bootstrap_servers", Config.bootstrap_servers)),
+        partitions=int(kafka.get("partitions", Config.partitions)),
+        topics=Topics(**{k: str(v) for k, v in raw.get("topics", {}).items() if k in Topics.__annotations__}),
+        sql_dir=(base / feats["sql_dir"]) if "sql_dir" in feats else Config().sql_dir,
+        include_features=bool(feats.get("include_features", False)),
+        model=str(raw.get("model", {}).get("name", Config.model)),
+        tail=bool(raw.get("flow", {}).get("tail", True)),
+        fields=dict(raw.get("fields", {})),
+        source=str(path) if path.exists() else "built-in defaults",
+        extra={k: v for k, v in raw.items() if k not in {"kafka", "topics", "features", "model", "fields"}},
+    )
+    unknown_topics = set(raw.get("topics", {})) - set(Topics.__annotations__)
+    if unknown_topics:
+        raise ConfigError(
+            f"{path}: unknown topic key(s) {sorted(unknown_topics)}; known: {sorted(Topics.__annotations__)}"
+        )
+
+    overrides: dict = {}
+    if "KAFKA_BOOTSTRAP_SERVERS" in env:
+        overrides["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+    if "EDDY_PARTITIONS" in env:
+        overrides["partitions"] = int(env["EDDY_PARTITIONS"])
+    if "EDDY_SQL_DIR" in env:
+        overrides["sql_dir"] = Path(env["EDDY_SQL_DIR"])
+    if "EDDY_MODEL" in env:
+        overrides["model"] = env["EDDY_MODEL"]
+    if "EDDY_INCLUDE_FEATURES" in env:
+        overrides["include_features"] = parse_bool(env["EDDY_INCLUDE_FEATURES"], "EDDY_INCLUDE_FEATURES")
+    if "EDDY_TAIL" in env:
+        overrides["tail"] = parse_bool(env["EDDY_TAIL"], "EDDY_TAIL")
+    topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
+    if topic_overrides:
+        overrides["topics"] = replace(config.topics, **topic_overrides)
+    config = replace(config, **overrides)
+
+    bad = {name: kind for name, kind in config.fields.items() if kind not in FIELD_TYPES}
+    if bad:
+        raise ConfigError(f"{config.source}: [fields] has unknown type(s) {bad}; use one of {sorted(FIELD_TYPES)}")
+    if config.partitions < 1:
+        raise ConfigError(f"partitions must be at least 1, got {config.partitions}")
+    return config

@@ -1,0 +1,206 @@
+"""Publish a data set to the events topic, optionally with its labels arriving later on the labels topic.
+
+python -m dataflows.replay transactions --limit 20000 --label-delay 5
+python -m dataflows.replay phishing --rate 200
+python -m dataflows.replay my_events.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import logging
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import orjson
+from kafka import KafkaProducer
+from tqdm import tqdm
+
+from dataflows import datasets
+from dataflows.config import ConfigError, load_config
+from dataflows.kafka_admin import BrokerError, require_topics
+
+log = logging.getLogger("eddy.replay")
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    events: int
+    labels: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+def load_dataset(name: str, limit: int | None, seed: int = 42, drift_at: float | None = 0.5) -> Iterator[dict]:
+    """Events of a named data set (`phishing`, `transactions`) or of a JSONL/CSV file."""
+    if name == "phishing":
+        return datasets.phishing(limit)
+    if name == "transactions":
+        return datasets.transactions(limit or 100_000, seed=seed, drift_at=drift_at)
+    # A file is read whole before anything is sent, so a malformed line fails the replay before it starts.
+    return iter(list(datasets.read_file(name, limit)))
+
+
+def split_label(event: dict) -> tuple[dict, dict | None]:
+    """The event without its label, and the label message for the labels topic (None if unlabelled)."""
+    if "label" not in event:
+        return event, None
+    rest = {k: v for k, v in event.items() if k != "label"}
+    return rest, {"event_id": event.get("event_id"), "label": event["label"]}
+
+
+def replay(
+    events: Iterable[dict],
+    producer: KafkaProducer,
+    events_topic: str,
+    labels_topic: str | None = None,
+    label_delay_s: float | None = None,
+    rate: float | None = None,
+    key_field: str = "event_id",
+    progress: tqdm | None = None,
+) -> ReplayResult:
+    """Send every event; with `label_delay_s`, labels go to `labels_topic` that many seconds after their event."""
+    delayed: list[tuple[float, int, bytes, bytes | None]] = []
+    counter = itertools.count()
+    sent_events = sent_labels = 0
+    start = time.monotonic()
+    for sent_events, event in enumerate(events, start=1):
+        if rate:
+            ahead = start + (sent_events - 1) / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        key = _key(event, key_field)
+        if label_delay_s is not None:
+            event, label = split_label(event)
+            if label is not None:
+                heapq.heappush(delayed, (time.monotonic() + label_delay_s, next(counter), orjson.dumps(label), key))
+        producer.send(events_topic, value=orjson.dumps(event), key=key)
+        sent_labels += _send_due(producer, labels_topic, delayed, time.monotonic())
+        if progress is not None:
+            progress.update(1)
+    producer.flush()
+    while delayed:
+        time.sleep(max(0.0, delayed[0][0] - time.monotonic()))
+        sent_labels += _send_due(producer, labels_topic, delayed, time.monotonic())
+    producer.flush()
+    return ReplayResult(sent_events, sent_labels, time.monotonic() - start)
+
+
+def _key(event: dict, key_field: str) -> bytes | None:
+    value = event.get(key_field)
+    return None if value is None else str(value).encode()
+
+
+def _send_due(producer: KafkaProducer, topic: str | None, delayed: list, now: float) -> int:
+    sent = 0
+    while delayed and delayed[0][0] <= now:
+        _, _, value, key = heapq.heappop(delayed)
+        producer.send(topic, value=value, key=key)
+        sent += 1
+    return sent
+
+
+def make_producer(bootstrap_servers: str) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id="eddy-replay",
+        acks="all",
+        linger_ms=20,
+        batch_size=512 * 1024,
+        max_request_size=2 * 1024 * 1024,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config = load_config()
+    parser = argparse.ArgumentParser(
+        prog="python -m dataflows.replay",
+        description="Publish a data set to eddy's events topic; optionally publish its labels later on the "
+        "labels topic, as labels arrive in real life (chargebacks, moderator decisions).",
+    )
+    parser.add_argument(
+        "dataset",
+        help="'phishing' (River's Phishing data set), 'transactions' (synthetic card "
+        "payments with fraud and a concept drift), or a .jsonl/.csv file of events",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="publish at most N events (transactions: how many to generate, default 100000)",
+    )
+    parser.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    parser.add_argument(
+        "--label-delay",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="strip labels from events and publish them on the labels topic this many seconds "
+        "later (default: labels stay inline in the events)",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="transactions: random seed (default: %(default)s)")
+    parser.add_argument(
+        "--drift-at",
+        type=float,
+        default=0.5,
+        help="transactions: fraction of the stream where the fraud pattern changes "
+        "(default: %(default)s; negative for no drift)",
+    )
+    parser.add_argument(
+        "--key", default="event_id", help="event field used as the Kafka message key (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--bootstrap-servers", default=config.bootstrap_servers, help="Kafka bootstrap servers (default: %(default)s)"
+    )
+    parser.add_argument("--events-topic", default=config.topics.events, help="default: %(default)s")
+    parser.add_argument("--labels-topic", default=config.topics.labels, help="default: %(default)s")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 0:
+        print("error: --limit must be >= 0", file=sys.stderr)
+        return 2
+    drift_at = args.drift_at if args.drift_at >= 0 else None
+    try:
+        events = load_dataset(args.dataset, args.limit, args.seed, drift_at)
+        topics = [args.events_topic] + ([args.labels_topic] if args.label_delay is not None else [])
+        require_topics(args.bootstrap_servers, topics)
+        producer = make_producer(args.bootstrap_servers)
+        total = args.limit if args.limit is not None else (100_000 if args.dataset == "transactions" else None)
+        with tqdm(
+            total=total, unit="ev", disable=args.quiet, desc=f"replay {args.dataset}", file=sys.stderr, mininterval=0.5
+        ) as bar:
+            result = replay(
+                events, producer, args.events_topic, args.labels_topic, args.label_delay, args.rate, args.key, bar
+            )
+        producer.close()
+    except datasets.DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    labels = f", {result.labels} labels to '{args.labels_topic}'" if args.label_delay is not None else ""
+    print(
+        f"published {result.events} events to '{args.events_topic}'{labels} "
+        f"in {result.seconds:.1f}s ({result.rate:,.0f} events/s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

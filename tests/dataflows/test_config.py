@@ -1,0 +1,66 @@
+"""Configuration: file values, environment overrides, and errors a person can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dataflows.config import ConfigError, load_config
+
+
+def test_the_repository_config_holds_the_contract_defaults():
+    config = load_config(env={})
+    assert config.bootstrap_servers == "localhost:9092"
+    assert config.topics.all() == ["events", "labels", "predictions", "metrics", "dead-letters"]
+    assert config.tail is True
+    assert config.sql_dir.name == "transactions"
+
+
+def test_environment_overrides_the_file(tmp_path: Path):
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092,kafka-2:9092",
+        "EDDY_EVENTS_TOPIC": "payments",
+        "EDDY_DEAD_LETTERS_TOPIC": "dlq",
+        "EDDY_SQL_DIR": str(tmp_path),
+        "EDDY_MODEL": "adaptive_random_forest",
+        "EDDY_INCLUDE_FEATURES": "true",
+        "EDDY_TAIL": "false",
+    }
+    config = load_config(env=env)
+    assert config.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert config.topics.events == "payments"
+    assert config.topics.dead_letters == "dlq"
+    assert config.topics.labels == "labels"
+    assert config.sql_dir == tmp_path
+    assert config.model == "adaptive_random_forest"
+    assert config.include_features is True
+    assert config.tail is False
+
+
+def test_eddy_config_names_another_file(tmp_path: Path):
+    path = tmp_path / "other.toml"
+    path.write_text('[topics]\nevents = "clicks"\n[fields]\nurl = "string"\n')
+    config = load_config(env={"EDDY_CONFIG": str(path)})
+    assert config.topics.events == "clicks"
+    assert config.fields == {"url": "string"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[fields]\namount = 'float'\n", r"unknown type\(s\) \{'amount': 'float'\}"),
+        ("[topics]\nevent = 'x'\n", r"unknown topic key\(s\) \['event'\]"),
+        ("[kafka\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_named(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "eddy.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, env={})
+
+
+def test_a_bad_boolean_is_named():
+    with pytest.raises(ConfigError, match="EDDY_TAIL='maybe' is not a boolean"):
+        load_config(env={"EDDY_TAIL": "maybe"})

@@ -1,0 +1,55 @@
+"""The data sets the replay tool publishes."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime
+
+import pytest
+
+from dataflows import datasets
+
+
+def test_transactions_are_deterministic_for_a_seed_and_differ_across_seeds():
+    first = list(datasets.transactions(2000, seed=1))
+    assert first == list(datasets.transactions(2000, seed=1))
+    assert first != list(datasets.transactions(2000, seed=2))
+
+
+def test_transactions_are_in_event_time_order_with_unique_ids():
+    events = list(datasets.transactions(5000, seed=3))
+    times = [datetime.fromisoformat(e["ts"]) for e in events]
+    assert times == sorted(times)
+    assert all(t.tzinfo is not None for t in times)
+    assert len({e["event_id"] for e in events}) == len(events)
+
+
+def test_the_fraud_pattern_changes_at_the_drift():
+    events = list(datasets.transactions(40_000, seed=5, drift_at=0.5))
+    before = [e for e in events[:20_000] if e["label"]]
+    after = [e for e in events[20_000:] if e["label"]]
+    small = lambda frauds: sum(e["amount"] < 5 for e in frauds) / len(frauds)  # noqa: E731
+    assert len(before) > 50 and len(after) > 50
+    assert small(before) < 0.2 < 0.6 < small(after)
+
+
+def test_phishing_keeps_rivers_order_and_values():
+    from river import datasets as river_datasets
+
+    ours = list(datasets.phishing(limit=50))
+    theirs = list(itertools.islice(river_datasets.Phishing(), 50))
+    assert [({k: v for k, v in e.items() if k not in {"event_id", "ts", "label"}}, e["label"]) for e in ours] == theirs
+
+
+def test_a_malformed_csv_names_the_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("event_id,ts,amount\na,1,2\nb,2\n")
+    with pytest.raises(datasets.DatasetError, match=r"bad\.csv:3: expected 3 columns"):
+        list(datasets.read_file(path))
+
+
+def test_a_jsonl_line_that_is_not_an_object_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"event_id": "a"}\n[1, 2]\n')
+    with pytest.raises(datasets.DatasetError, match=r"bad\.jsonl:2: expected a JSON object, got list"):
+        list(datasets.read_file(path))

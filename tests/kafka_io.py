@@ -1,0 +1,30 @@
+"""Reading a topic to its end, for tests that check what reached the real broker."""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaConsumer, TopicPartition
+
+
+def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout_s: float = 30.0) -> list:
+    """Every record of `topic` (all partitions, from the beginning); waits for `expected` records if given."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=500)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                records.extend(batch)
+            if expected is not None and len(records) >= expected:
+                break
+            if expected is None:
+                end = consumer.end_offsets(partitions)
+                if all(consumer.position(tp) >= end[tp] for tp in partitions):
+                    break
+        return records
+    finally:
+        consumer.close()
