@@ -39,5 +39,5 @@ def test_topics_are_created_once(kafka_bootstrap, make_topics):
 @pytest.mark.kafka
 def test_a_missing_topic_is_named(kafka_bootstrap, make_topics):
     topics = make_topics()
-    with pytest.raises(BrokerError, match="topic\\(s\\) nope-missing-1 do not exist.*task topics"):
+    with pytest.raises(BrokerError, match=r"topic\(s\) nope-missing-1 do not exist.*task topics"):
         require_topics(kafka_bootstrap, [topics.events, "nope-missing-1"])
