@@ -41,12 +41,10 @@ class LogLossBlend:
         return sum(weights[name] * p for name, p in scores.items() if p is not None)
 
     def update(self, scores: Mapping[str, float | None], y: bool) -> None:
-        for name, p in scores.items():
-            if p is None:
-                continue
-            if name not in self.losses:
-                self.losses[name] = self._loss(name)
-            self.losses[name] = self.decay * self.losses[name] + clipped_log_loss(y, p)
+        present = {name: p for name, p in scores.items() if p is not None}
+        before = {name: self._loss(name) for name in present}  # newcomers start level with the others
+        for name, p in present.items():
+            self.losses[name] = self.decay * before[name] + clipped_log_loss(y, p)
 
     def _loss(self, name: str) -> float:
         """A newcomer starts level with the average member: an even bet, as a mixture's prior is."""

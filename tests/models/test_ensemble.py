@@ -1,0 +1,133 @@
+"""The Ensemble blends River and LightGBM, reports both, and copes with features that come and go."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from river import datasets, evaluate, linear_model, metrics, preprocessing
+
+from models.blend import LogLossBlend, clipped_log_loss
+from models.ensemble import Ensemble
+from models.lightgbm_member import Schema
+
+PHISHING = list(datasets.Phishing())
+
+
+def small(**params) -> Ensemble:
+    defaults = {"refit_every": 100, "window": 300, "lag": 20, "num_boost_round": 20}
+    return Ensemble(**{**defaults, **params})
+
+
+def test_river_alone_until_a_lightgbm_model_is_in_force():
+    model = small()
+    river = model.river.clone()
+    for x, y in PHISHING[:120]:
+        scored = model.predict_proba_one_detailed(x)
+        assert scored.scores["lightgbm"] is None and scored.versions["lightgbm"] is None
+        assert scored.weights == {"river": 1.0, "lightgbm": 0.0}
+        assert scored.score == river.predict_proba_one(x)[True]
+        assert model.predict_proba_one(x) == {False: 1 - scored.score, True: scored.score}
+        model.learn_one(x, y)
+        river.learn_one(x, y)
+    scored = model.predict_proba_one_detailed(PHISHING[120][0])
+    assert scored.versions == {"river": 120, "lightgbm": 1}
+    assert sum(scored.weights.values()) == pytest.approx(1.0)
+    low, high = sorted(scored.scores.values())
+    assert low <= scored.score <= high
+
+
+def test_metrics_are_reported_per_member_and_for_the_ensemble():
+    model = small()
+    for x, y in PHISHING[:400]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    report = model.metrics()
+    assert report["river"]["n"] == report["ensemble"]["n"] == 400
+    assert report["lightgbm"]["n"] == 400 - 120
+    assert all(0 < m["log_loss"] < 1 for m in report.values())
+
+
+def test_learn_one_without_a_prior_prediction_scores_the_same():
+    a, b = small(), small()
+    for x, y in PHISHING[:300]:
+        a.predict_proba_one(x)
+        a.learn_one(x, y)
+        b.learn_one(x, y)
+    assert a.metrics() == b.metrics()
+
+
+def test_an_added_feature_reaches_river_at_once_and_lightgbm_at_its_next_refit():
+    model = small(lag=0)
+    rng = random.Random(1)
+    for i, (x, y) in enumerate(PHISHING[:400]):
+        if i >= 150:
+            x = {**x, "new_signal": float(y) + rng.gauss(0, 0.3)}
+        model.learn_one(x, y)
+        if i == 150:
+            assert "new_signal" in model.river["LogisticRegression"].weights
+            assert "new_signal" not in model.lightgbm.schema.columns
+    assert "new_signal" in model.lightgbm.schema.columns
+
+
+def test_a_removed_feature_breaks_neither_member():
+    model = small(lag=0)
+    for x, y in PHISHING[:200]:
+        model.learn_one(x, y)
+    dropped = {k: v for k, v in PHISHING[200][0].items() if k != "empty_server_form_handler"}
+    scored = model.predict_proba_one_detailed(dropped)
+    assert all(0 < p < 1 for p in scored.scores.values())
+    model.learn_one(dropped, True)
+    assert 0 < model.predict_proba_one({})[True] < 1
+
+
+def test_string_features_get_fixed_codes_and_unknown_values_are_missing():
+    schema = Schema.infer([{"country": "FR", "amount": 3}, {"country": "DE", "flag": True}])
+    assert schema.columns == ("amount", "country", "flag")
+    assert schema.encode({"country": "FR", "amount": 2.5, "flag": False}) == [2.5, 1.0, 0.0]
+    assert all(math.isnan(v) for v in schema.encode({"country": "ZZ", "amount": "oops"}))
+    model = small(lag=0)
+    for i, (x, y) in enumerate(PHISHING[:200]):
+        model.learn_one({**x, "country": "FR" if y else random.Random(i).choice(["DE", "ES"])}, y)
+    assert model.lightgbm.schema.codes[model.lightgbm.schema.columns.index("country")] == {
+        "DE": 0, "ES": 1, "FR": 2
+    }
+    assert 0 < model.predict_proba_one_detailed({"country": "never seen"}).scores["lightgbm"] < 1
+
+
+def test_pickle_and_clone_behave_like_river_estimators():
+    model = small()
+    for x, y in PHISHING[:150]:
+        model.learn_one(x, y)
+    clone = model.clone()
+    assert repr(clone) == repr(model) and clone.lightgbm is None and clone.registry.accepted == 0
+    restored = pickle.loads(pickle.dumps(model))
+    x = PHISHING[150][0]
+    assert restored.predict_proba_one(x) == model.predict_proba_one(x)
+
+
+def test_it_drops_into_rivers_evaluate_tools():
+    result = evaluate.progressive_val_score(
+        datasets.Phishing().take(400),
+        small(river_model=preprocessing.StandardScaler() | linear_model.LogisticRegression()),
+        metrics.ROCAUC(),
+    )
+    assert result.get() > 0.9
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.01, 0.99), st.floats(0.01, 0.99), st.booleans()), min_size=1, max_size=200))
+def test_without_forgetting_the_blend_is_never_worse_than_the_best_member_by_more_than_ln2(stream):
+    blend = LogLossBlend(decay=1.0)
+    totals = {"a": 0.0, "b": 0.0, "blend": 0.0}
+    for pa, pb, y in stream:
+        scores = {"a": pa, "b": pb}
+        totals["blend"] += clipped_log_loss(y, blend.combine(scores))
+        totals["a"] += clipped_log_loss(y, pa)
+        totals["b"] += clipped_log_loss(y, pb)
+        blend.update(scores, y)
+    assert totals["blend"] <= min(totals["a"], totals["b"]) + math.log(2) + 1e-9

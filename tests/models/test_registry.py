@@ -1,0 +1,104 @@
+"""The registry keeps every refit's metadata and model; the gate rejects bad models and counts them."""
+
+from __future__ import annotations
+
+import json
+
+import lightgbm
+import numpy as np
+import pytest
+from river import datasets
+
+from models import lightgbm_member
+from models.ensemble import Ensemble
+from models.gate import Gate, roc_auc
+from models.registry import ModelRegistry
+
+PHISHING = list(datasets.Phishing())
+
+
+def small(**params) -> Ensemble:
+    defaults = {"refit_every": 100, "window": 300, "lag": 20, "num_boost_round": 20}
+    return Ensemble(**{**defaults, **params})
+
+
+def test_every_refit_is_saved_with_its_metadata_and_only_the_last_k_are_kept(tmp_path):
+    model = small(registry_dir=str(tmp_path), keep=2)
+    for i, (x, y) in enumerate(PHISHING[:530]):
+        model.predict_proba_one(x)
+        model.learn_one(x, y, ts=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00", offset=1000 + i,
+                        features_version="abc123")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "v000004.json", "v000004.txt", "v000005.json", "v000005.txt"
+    ]
+    record = json.loads((tmp_path / "v000005.json").read_text())
+    assert record["version"] == 5 and record["accepted"] and record["accepted_total"] == 5
+    assert record["started_at"] == 500 and record["effect_at"] == 520
+    assert record["window"] == {
+        "first_position": 201, "last_position": 500, "rows": 300,
+        "first_ts": "2026-01-01T00:03:20.000+00:00", "last_ts": "2026-01-01T00:08:19.000+00:00",
+        "first_offset": 1200, "last_offset": 1499, "features_versions": ["abc123"],
+    }
+    assert record["features_version"] == "abc123"
+    assert record["params"]["deterministic"] is True and record["num_boost_round"] == 20
+    assert set(record["metrics"]) >= {"log_loss", "auc", "baseline_log_loss"}
+    booster = lightgbm.Booster(model_file=str(tmp_path / "v000005.txt"))
+    assert booster.num_trees() == 20
+    assert [r["version"] for r in model.registry.versions()] == [4, 5]
+
+
+def test_without_a_directory_the_registry_lives_in_memory():
+    registry = ModelRegistry(keep=2)
+    for version in range(1, 5):
+        registry.save({"version": version, "accepted": version % 2 == 0}, None)
+    assert [r["version"] for r in registry.versions()] == [3, 4]
+    assert (registry.accepted, registry.rejected) == (2, 2)
+    assert registry.load(1) is None
+
+
+def test_gate_rejects_inverted_predictions_and_accepts_good_ones():
+    rng = np.random.default_rng(0)
+    labels = rng.random(500) < 0.3
+    good = np.where(labels, 0.8, 0.2)
+    assert Gate().judge(labels, good, base_rate=0.3)[0]
+    accepted, reason, metrics = Gate().judge(labels, 1 - good, base_rate=0.3)
+    assert not accepted and reason.startswith("log_loss") and metrics["log_loss"] > metrics["baseline_log_loss"]
+    assert not Gate("auc", 0.7).judge(labels, 1 - good, base_rate=0.3)[0]
+    assert Gate("auc", 0.7).judge(labels, good, base_rate=0.3)[0]
+    assert not Gate("log_loss", 0.1).judge(labels, good, base_rate=0.3)[0]
+    with pytest.raises(ValueError, match="unknown gate metric 'f1'"):
+        Gate("f1")
+
+
+def test_roc_auc_counts_ties_as_half():
+    assert roc_auc([False, True, False, True], [0.1, 0.9, 0.5, 0.5]) == pytest.approx(0.875)
+
+
+def test_the_gate_rejects_a_deliberately_bad_model_and_the_previous_one_stays(monkeypatch):
+    model = small()
+    for x, y in PHISHING[:250]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    assert model.lightgbm_version == 2
+    good = model.lightgbm
+    real_fit = lightgbm_member.fit
+
+    def inverted_fit(rows, labels, *args, **kwargs):
+        return real_fit(rows, [not y for y in labels], *args, **kwargs)
+
+    monkeypatch.setattr(lightgbm_member, "fit", inverted_fit)
+    for x, y in PHISHING[250:450]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    assert model.lightgbm_version == 2 and model.lightgbm is good
+    assert (model.registry.accepted, model.registry.rejected) == (2, 2)
+    rejected = model.registry.versions()[-1]
+    assert rejected["version"] == 4 and not rejected["accepted"] and "log_loss" in rejected["reason"]
+
+
+def test_a_single_class_window_is_rejected_and_river_serves_alone():
+    model = small(refit_every=50, lag=0)
+    for x, _ in PHISHING[:120]:
+        model.learn_one(x, False)
+    assert model.lightgbm is None and model.registry.rejected == 2
+    assert model.registry.versions()[0]["reason"] == "training slice holds a single class"
