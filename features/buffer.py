@@ -1,0 +1,95 @@
+"""The history that windows run over: released events as one Arrow table, in (ts, event_id) order.
+
+Events are released in non-decreasing ts (anything older than the watermark is late and never enters),
+so the buffer only ever appends at the end and evicts from the front: eviction is a slice, the lower
+bound of a window is a binary search, and memory is bounded by the horizon, not the stream's length.
+It holds no DuckDB connection, so it pickles, deep-copies and snapshots as plain Arrow data.
+
+>>> import pyarrow as pa
+>>> from features.schema import to_arrow
+>>> buffer = EventBuffer(to_arrow([], {"user": "string"}).schema)
+>>> buffer.append(to_arrow([{"event_id": f"e{i}", "ts": i * 1000, "user": "a"} for i in range(5)],
+...                        {"user": "string"}))
+>>> buffer.evict(before_ms=2000), len(buffer)
+(2, 3)
+>>> EventBuffer.from_bytes(buffer.to_bytes()).table.equals(buffer.table)
+True
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.schema import TS_TYPE
+
+_MAX_CHUNKS = 32
+
+
+class EventBuffer:
+    """Released events within the longest horizon, sorted by (ts, event_id)."""
+
+    def __init__(self, schema: pa.Schema, table: pa.Table | None = None):
+        self.schema = schema
+        self.table = table if table is not None else schema.empty_table()
+        self._ts_ms: list[int] = _ts_ms(self.table)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def nbytes(self) -> int:
+        return self.table.nbytes
+
+    def append(self, batch: pa.Table) -> None:
+        """Append released events; they must not be older than what is already buffered."""
+        if batch.num_rows == 0:
+            return
+        self.table = pa.concat_tables([self.table, batch.select(self.schema.names).cast(self.schema)])
+        if self.table["ts"].num_chunks > _MAX_CHUNKS:
+            self.table = self.table.combine_chunks()
+        self._ts_ms.extend(_ts_ms(batch))
+
+    def evict(self, before_ms: int) -> int:
+        """Drop events with ts < `before_ms`; returns how many were dropped."""
+        cut = bisect.bisect_left(self._ts_ms, before_ms)
+        if cut:
+            self.table = self.table.slice(cut)
+            del self._ts_ms[:cut]
+        return cut
+
+    def history(self, since_ms: int, entity: tuple[str, ...], batch: pa.Table) -> pa.Table:
+        """Buffered events with ts >= `since_ms` whose entity values all occur in `batch`.
+
+        With several entity columns each is matched on its own, which keeps a superset of the rows that
+        share the batch's entity tuples; windows partitioned by the entity give the same results on it.
+        """
+        start = bisect.bisect_left(self._ts_ms, since_ms)
+        rows = self.table.slice(start)
+        if not entity or rows.num_rows == 0:
+            return rows
+        mask = None
+        for column in entity:
+            keep = pc.is_in(rows[column], value_set=pc.unique(batch[column]))
+            mask = keep if mask is None else pc.and_(mask, keep)
+        return rows.filter(mask)
+
+    def to_bytes(self) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.schema) as writer:
+            writer.write_table(self.table)
+        return sink.getvalue().to_pybytes()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> EventBuffer:
+        table = pa.ipc.open_stream(blob).read_all()
+        return cls(table.schema, table)
+
+
+def _ts_ms(table: pa.Table) -> list[int]:
+    if table.num_rows == 0:
+        return []
+    column = table["ts"].cast(TS_TYPE)
+    return pc.divide(column.cast(pa.int64()), 1000).to_pylist()

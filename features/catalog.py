@@ -1,0 +1,72 @@
+"""All feature files of one folder, loaded together and versioned by a hash of their text."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from features.spec import FeatureFileError, FeatureGroup, check_catalog, definitions_hash, load_group
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The feature groups in force, in file-name order, and their `features_version`."""
+
+    groups: tuple[FeatureGroup, ...]
+    version: str
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [name for group in self.groups for name in group.feature_names]
+
+    @property
+    def horizon_ms(self) -> int:
+        return max((g.horizon_ms for g in self.groups), default=0)
+
+    @property
+    def lateness_ms(self) -> int:
+        return max((g.lateness_ms or 0 for g in self.groups), default=0)
+
+
+def signature(sql_dir: str | Path) -> tuple[tuple[str, int, int], ...]:
+    """A cheap fingerprint of the folder (names, sizes, mtimes) to notice edits without reading files."""
+    try:
+        entries = [e for e in os.scandir(sql_dir) if e.name.endswith(".sql") and e.is_file()]
+    except FileNotFoundError:
+        return ()
+    return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries))
+
+
+def load_catalog(sql_dir: str | Path, fields: dict[str, str]) -> tuple[Catalog, list[FeatureFileError]]:
+    """Load every `*.sql` file; returns the catalog (None if any file fails) and every error found."""
+    sql_dir = Path(sql_dir)
+    if not sql_dir.is_dir():
+        error = FeatureFileError(sql_dir, None, "no such folder of feature files")
+        return None, [error]
+    groups, texts, errors = [], {}, []
+    for path in sorted(sql_dir.glob("*.sql")):
+        try:
+            text = path.read_text(encoding="utf-8")
+            groups.append(load_group(path, fields, text))
+            texts[path.name] = text
+        except FeatureFileError as exc:
+            errors.append(exc)
+        except OSError as exc:
+            errors.append(FeatureFileError(path, None, f"cannot read the file: {exc}"))
+    if not errors:
+        try:
+            check_catalog(groups)
+        except FeatureFileError as exc:
+            errors.append(exc)
+    if errors:
+        return None, errors
+    return Catalog(tuple(groups), definitions_hash(texts)), []
+
+
+def require_catalog(sql_dir: str | Path, fields: dict[str, str]) -> Catalog:
+    """Load the folder or raise its first error (start-up and backfill: nothing to fall back on)."""
+    catalog, errors = load_catalog(sql_dir, fields)
+    if errors:
+        raise errors[0]
+    return catalog

@@ -1,0 +1,282 @@
+"""The online feature engine: point-in-time window features for micro-batches of events.
+
+Semantics (the contract the dataflow and the backfill rely on):
+
+- watermark = max ts seen − lateness. An event is *released*, i.e. gets its features, once its ts is
+  strictly below the watermark: by then every event with an equal or earlier ts has arrived. `flush()`
+  releases everything still held (end of stream).
+- An event that arrives with ts below the current watermark is *late*: it gets no features, never enters
+  the buffer, is counted (`counters["late_events"]`) and returned in `FeatureBatch.late` so the flow can
+  dead-letter it. Every on-time event therefore gets exactly the features a backfill computes.
+- A released event's features are each group's SQL run over `events` = the buffered history of the batch's
+  entities since (batch's first ts − the group's horizon), plus the released batch. Windows that end at the
+  current row see every event with ts <= the event's own, equal ts included; order ties by `event_id`.
+
+>>> import tempfile, pathlib
+>>> sql_dir = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (sql_dir / "user.sql").write_text(
+...     "-- group: user\\n-- entity: user_id\\n-- horizon: 1h\\n"
+...     "SELECT event_id, count(*) OVER (PARTITION BY user_id ORDER BY ts\\n"
+...     "  RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW) AS n_1h FROM events\\n")
+>>> engine = FeatureEngine(sql_dir, {"user_id": "string"})
+>>> out = engine.push([{"event_id": f"e{i}", "ts": i * 60_000, "user_id": "u1"} for i in range(3)])
+>>> [(e["event_id"], f["n_1h"]) for e, f in out]
+[('e0', 1), ('e1', 2)]
+>>> [(e["event_id"], f["n_1h"]) for e, f in engine.flush()]
+[('e2', 3)]
+"""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.buffer import EventBuffer
+from features.catalog import Catalog, load_catalog, require_catalog, signature
+from features.schema import HIDDEN, arrow_schema, to_arrow, to_ms
+from features.spec import FeatureFileError, FeatureGroup
+
+_SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LateEvent:
+    event: dict
+    reason: str
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Released events in (ts, event_id) order with their features (None for NULL), and late events."""
+
+    events: list[dict]
+    features: list[dict[str, Any]]
+    late: list[LateEvent] = field(default_factory=list)
+    features_version: str = ""
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __iter__(self):
+        return iter(zip(self.events, self.features, strict=True))
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """What a check of the SQL folder found: whether definitions changed, and why an edit was refused."""
+
+    changed: bool
+    features_version: str
+    previous_version: str
+    errors: list[FeatureFileError] = field(default_factory=list)
+
+
+class FeatureEngine:
+    """Computes every feature group for each released event from the events seen so far.
+
+    Parameters
+    ----------
+    sql_dir
+        Folder of feature files (`*.sql`), see `sql/README.md`.
+    fields
+        The event fields and their types ("string", "double", "bigint", "boolean"): `[fields]` in eddy.toml.
+    lateness_ms
+        How late (in event time) an event may arrive; default: the largest `lateness` of the headers, or 0.
+    threads
+        DuckDB threads; 1 keeps one engine on one core (scale with more dataflow workers).
+    auto_reload
+        Check the folder for edits (a cheap stat) at the start of every `push`.
+
+    The DuckDB connection is not part of the engine's state: pickling or deep-copying (as Bytewax does at
+    every epoch) keeps the buffer, held events and counters, and the copy opens its own connection lazily.
+    """
+
+    def __init__(
+        self,
+        sql_dir: str | Path,
+        fields: dict[str, str],
+        lateness_ms: int | None = None,
+        threads: int = 1,
+        auto_reload: bool = True,
+    ):
+        self.sql_dir = str(sql_dir)
+        self.fields = {k: v for k, v in fields.items() if k not in HIDDEN}
+        self.threads = threads
+        self.auto_reload = auto_reload
+        self._signature = signature(self.sql_dir)
+        self.catalog: Catalog = require_catalog(self.sql_dir, self.fields)
+        self.lateness_ms = self.catalog.lateness_ms if lateness_ms is None else int(lateness_ms)
+        self.buffer = EventBuffer(arrow_schema(self.fields))
+        self._held: list[tuple[int, str, int, dict]] = []
+        self._seq = 0
+        self._max_ts: int | None = None
+        self._floor: int | None = None
+        self.counters = {"events": 0, "released": 0, "late_events": 0, "evicted": 0, "batches": 0,
+                         "reloads": 0, "reload_errors": 0}
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    # -- public API -------------------------------------------------------------------------------------
+
+    @property
+    def features_version(self) -> str:
+        return self.catalog.version
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.catalog.feature_names
+
+    @property
+    def watermark(self) -> int | None:
+        """Events with ts below this are released (on time) or refused (late)."""
+        if self._max_ts is None:
+            return self._floor
+        mark = self._max_ts - self.lateness_ms
+        return mark if self._floor is None else max(mark, self._floor)
+
+    def push(self, events: list[dict]) -> FeatureBatch:
+        """Take new events; return features for the events this push releases, and the late ones."""
+        if self.auto_reload:
+            self.reload()
+        late = []
+        for event in events:
+            ts = event["ts"] if type(event["ts"]) is int else to_ms(event["ts"])
+            self.counters["events"] += 1
+            mark = self.watermark
+            if mark is not None and ts < mark:
+                self.counters["late_events"] += 1
+                late.append(LateEvent(event, f"late: ts {ts} is before the watermark {mark} "
+                                             f"(max ts seen {self._max_ts} - lateness {self.lateness_ms} ms)"))
+                continue
+            self._seq += 1
+            heapq.heappush(self._held, (ts, str(event["event_id"]), self._seq, event))
+            if self._max_ts is None or ts > self._max_ts:
+                self._max_ts = ts
+        released = self._release(self.watermark)
+        return self._features(released, late)
+
+    def flush(self) -> FeatureBatch:
+        """Release every held event (end of stream); later events with ts <= max ts seen become late."""
+        if self._max_ts is not None:
+            self._floor = self._max_ts + 1
+        return self._features(self._release(None), [])
+
+    def reload(self) -> ReloadReport:
+        """At a batch boundary: load edited, added or removed files; keep the old definitions if any fails."""
+        previous = self.catalog.version
+        current = signature(self.sql_dir)
+        if current == self._signature:
+            return ReloadReport(False, previous, previous)
+        self._signature = current
+        catalog, errors = load_catalog(self.sql_dir, self.fields)
+        if errors:
+            self.counters["reload_errors"] += 1
+            return ReloadReport(False, previous, previous, errors)
+        if catalog.version == previous:
+            return ReloadReport(False, previous, previous)
+        self.catalog = catalog
+        self.counters["reloads"] += 1
+        return ReloadReport(True, catalog.version, previous)
+
+    def snapshot(self) -> bytes:
+        """The engine's state as bytes: buffer (Arrow IPC), held events, watermark, counters. No connection."""
+        state = {
+            "format": _SNAPSHOT_FORMAT,
+            "buffer": self.buffer.to_bytes(),
+            "held": self._held,
+            "seq": self._seq,
+            "max_ts": self._max_ts,
+            "floor": self._floor,
+            "lateness_ms": self.lateness_ms,
+            "counters": self.counters,
+            "features_version": self.features_version,
+        }
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(cls, blob: bytes, sql_dir: str | Path, fields: dict[str, str], **options) -> FeatureEngine:
+        """An engine in the snapshot's state, with the definitions now in `sql_dir`."""
+        state = pickle.loads(blob)
+        if state.get("format") != _SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown feature snapshot format {state.get('format')!r}")
+        options.setdefault("lateness_ms", state["lateness_ms"])
+        engine = cls(sql_dir, fields, **options)
+        buffer = EventBuffer.from_bytes(state["buffer"])
+        if not buffer.schema.equals(engine.buffer.schema):
+            raise ValueError(f"the snapshot's events schema {buffer.schema} differs from the fields given")
+        engine.buffer = buffer
+        engine._held = state["held"]
+        engine._seq = state["seq"]
+        engine._max_ts = state["max_ts"]
+        engine._floor = state["floor"]
+        engine.counters = dict(state["counters"])
+        return engine
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_con"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _release(self, mark: int | None) -> list[dict]:
+        released = []
+        while self._held and (mark is None or self._held[0][0] < mark):
+            ts, _, _, event = heapq.heappop(self._held)
+            released.append((ts, event))
+        return released
+
+    def _features(self, released: list[tuple[int, dict]], late: list[LateEvent]) -> FeatureBatch:
+        version = self.features_version
+        if not released:
+            return FeatureBatch([], [], late, version)
+        events = [event for _, event in released]
+        rows = [{**event, "ts": ts} for ts, event in released]
+        batch = to_arrow(rows, self.fields)
+        first_ts = released[0][0]
+        columns = {}
+        for group in self.catalog.groups:
+            history = self.buffer.history(first_ts - group.horizon_ms, group.entity, batch)
+            relation = pa.concat_tables([history, batch]) if history.num_rows else batch
+            columns.update(run_group(self._connection(), group, relation, batch["event_id"]))
+        features = pa.table(columns).to_pylist() if columns else [{} for _ in events]
+        self.buffer.append(batch)
+        self.counters["evicted"] += self.buffer.evict(self._max_ts - self.lateness_ms - self.catalog.horizon_ms)
+        self.counters["released"] += len(events)
+        self.counters["batches"] += 1
+        return FeatureBatch(events, features, late, version)
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = connect(self.threads)
+        return self._con
+
+
+def connect(threads: int = 1) -> duckdb.DuckDBPyConnection:
+    """A private in-memory DuckDB that feature SQL cannot use to read or write files."""
+    return duckdb.connect(config={"threads": int(threads), "enable_external_access": False})
+
+
+def run_group(
+    con: duckdb.DuckDBPyConnection, group: FeatureGroup, events: pa.Table, event_ids: pa.ChunkedArray
+) -> dict[str, pa.ChunkedArray]:
+    """Run one group's SQL over `events` and return its feature columns aligned with `event_ids`."""
+    con.register("events", events)
+    try:
+        result = con.sql(group.sql).to_arrow_table()
+    except duckdb.Error as exc:
+        raise RuntimeError(f"feature group '{group.name}' ({group.path}) failed: {exc}") from exc
+    finally:
+        con.unregister("events")
+    index = pc.index_in(event_ids, value_set=result["event_id"].combine_chunks())
+    aligned = result.take(index)
+    return {name: aligned[name] for name in group.feature_names}

@@ -1,0 +1,77 @@
+"""The `events` relation that feature SQL sees, built once here so that live and backfill agree on types.
+
+Columns: `event_id VARCHAR`, `ts TIMESTAMP` (UTC, naive) and the declared fields; never `label`.
+
+>>> table = to_arrow([{"event_id": "e1", "ts": 1_767_225_600_000, "amount": 2.5, "label": True}],
+...                  {"amount": "double"})
+>>> table.column_names, table["ts"][0].as_py().isoformat()
+(['event_id', 'ts', 'amount'], '2026-01-01T00:00:00')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+
+FIELD_TYPES = {"string": pa.string(), "double": pa.float64(), "bigint": pa.int64(), "boolean": pa.bool_()}
+TS_TYPE = pa.timestamp("us")
+HIDDEN = frozenset({"label"})
+
+
+def event_columns(fields: dict[str, str]) -> list[str]:
+    """The column names of `events`, in order; `label` is never one of them."""
+    return ["event_id", "ts", *(name for name in fields if name not in HIDDEN and name not in ("event_id", "ts"))]
+
+
+def arrow_schema(fields: dict[str, str]) -> pa.Schema:
+    """The Arrow schema of `events` for a `[fields]` table (name -> string|double|bigint|boolean)."""
+    columns = [pa.field("event_id", pa.string()), pa.field("ts", TS_TYPE)]
+    for name in event_columns(fields)[2:]:
+        kind = fields[name]
+        if kind not in FIELD_TYPES:
+            raise ValueError(f"field {name!r} has type {kind!r}; expected one of {', '.join(FIELD_TYPES)}")
+        columns.append(pa.field(name, FIELD_TYPES[kind]))
+    return pa.schema(columns)
+
+
+def empty_events(fields: dict[str, str]) -> pa.Table:
+    return arrow_schema(fields).empty_table()
+
+
+def to_arrow(events: Sequence[dict], fields: dict[str, str]) -> pa.Table:
+    """Events (dicts with `ts` in epoch milliseconds) as an `events` table; missing fields become NULL.
+
+    Values travel as Arrow arrays, never as SQL text.
+    """
+    schema = arrow_schema(fields)
+    arrays = [
+        pa.array([e["event_id"] for e in events], pa.string()),
+        pa.array([e["ts"] for e in events], pa.int64()).cast(pa.timestamp("ms")).cast(TS_TYPE),
+    ]
+    arrays += [pa.array([e.get(f.name) for e in events], f.type) for f in list(schema)[2:]]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def to_ms(ts: object) -> int:
+    """An event's `ts` (epoch milliseconds, ISO-8601 text with a timezone, or a datetime) in epoch ms."""
+    if isinstance(ts, bool):
+        raise ValueError(f"ts must be epoch milliseconds or ISO-8601 text, got {ts!r}")
+    if isinstance(ts, int):
+        return ts
+    if isinstance(ts, float) and ts.is_integer():
+        return int(ts)
+    if isinstance(ts, str):
+        try:
+            ts = datetime.fromisoformat(ts)
+        except ValueError as exc:
+            raise ValueError(f"ts {ts!r} is not ISO-8601 text") from exc
+    if isinstance(ts, datetime):
+        if ts.tzinfo is None:
+            raise ValueError(f"ts {ts.isoformat()!r} has no timezone; write e.g. ...+00:00 or Z")
+        return (ts - _EPOCH) // timedelta(milliseconds=1)
+    raise ValueError(f"ts must be epoch milliseconds or ISO-8601 text, got {ts!r}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
