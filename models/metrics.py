@@ -14,7 +14,6 @@ from collections import deque
 from sortedcontainers import SortedList
 
 EPSILON = 1e-15
-FIGURES = ("roc_auc", "roc_auc_rolling", "log_loss", "log_loss_rolling", "accuracy", "accuracy_rolling")
 
 
 class ExactROCAUC:
@@ -39,11 +38,11 @@ class ExactROCAUC:
         self.pairs_x2 = 0
 
     def _pairs_x2(self, y_true: bool, p_true: float) -> int:
+        others = self.negatives if y_true else self.positives
+        below, below_or_tied = others.bisect_left(p_true), others.bisect_right(p_true)
         if y_true:
-            below = self.negatives.bisect_left(p_true)
-            return 2 * below + (self.negatives.bisect_right(p_true) - below)
-        above = len(self.positives) - self.positives.bisect_right(p_true)
-        return 2 * above + (self.positives.bisect_right(p_true) - self.positives.bisect_left(p_true))
+            return below + below_or_tied  # 2 × below + ties
+        return 2 * len(others) - below - below_or_tied  # 2 × above + ties
 
     def update(self, y_true: bool, p_true: float) -> None:
         if math.isnan(p_true):
@@ -173,21 +172,36 @@ class QualityTracker:
     """
 
     def __init__(self, window: int = 1000) -> None:
+        if window < 1:
+            raise ValueError(f"QualityTracker: window must be at least 1, got {window}")
         self.window = window
         self.labels = 0
-        self.roc_auc = ExactROCAUC()
-        self.log_loss = LogLoss()
-        self.accuracy = Accuracy()
-        self.roc_auc_rolling = Rolling(ExactROCAUC(), window)
-        self.log_loss_rolling = Rolling(LogLoss(), window)
-        self.accuracy_rolling = Rolling(Accuracy(), window)
+        self.cumulative = (ExactROCAUC(), LogLoss(), Accuracy())
+        self.rolling = (ExactROCAUC(), LogLoss(), Accuracy())
+        self.recent = deque()
 
     def update(self, y_true: bool, p_true: float) -> None:
         """Record one label with the probability of True that the model gave before learning it."""
         self.labels += 1
-        for name in FIGURES:
-            getattr(self, name).update(y_true, p_true)
+        for metric in self.cumulative:
+            metric.update(y_true, p_true)
+        for metric in self.rolling:
+            metric.update(y_true, p_true)
+        self.recent.append((y_true, p_true))
+        if len(self.recent) > self.window:
+            y_old, p_old = self.recent.popleft()
+            for metric in self.rolling:
+                metric.revert(y_old, p_old)
 
     def report(self) -> dict:
         """Every figure by name (None where undefined: no labels yet, or AUC with one class)."""
-        return {**{name: getattr(self, name).get() for name in FIGURES}, "labels": self.labels}
+        (auc, loss, accuracy), (auc_r, loss_r, accuracy_r) = self.cumulative, self.rolling
+        return {
+            "roc_auc": auc.get(),
+            "roc_auc_rolling": auc_r.get(),
+            "log_loss": loss.get(),
+            "log_loss_rolling": loss_r.get(),
+            "accuracy": accuracy.get(),
+            "accuracy_rolling": accuracy_r.get(),
+            "labels": self.labels,
+        }
