@@ -103,8 +103,19 @@ def test_nan_score_is_refused():
 
 
 def test_window_must_be_positive():
-    with pytest.raises(ValueError, match="window must be at least 1"):
+    with pytest.raises(ValueError, match="Rolling: window must be at least 1"):
         Rolling(LogLoss(), 0)
+    with pytest.raises(ValueError, match="QualityTracker: window must be at least 1"):
+        QualityTracker(window=0)
+
+
+def test_deepcopy_is_independent_of_the_original():
+    auc = ExactROCAUC()
+    auc.update(True, 0.7)
+    twin = copy.deepcopy(auc)
+    auc.update(False, 0.1)
+    assert (auc.get(), twin.get()) == (1.0, None)
+    assert list(twin.negatives) == [] and twin.positives is not auc.positives
 
 
 @settings(max_examples=30)
