@@ -30,7 +30,13 @@ COUNTERS = (
 
 @dataclass(frozen=True, slots=True)
 class ScoreResult:
-    """What scoring one event gave: the probability of True before learning, and what was learned."""
+    """What scoring one event gave: the probability of True before learning, and what was learned.
+
+    >>> from models.pipelines import make_model
+    >>> OnlineLearner(make_model(), label_horizon_ms=1000).score("e1", 0, {"amount": 12.5}, True)
+    ScoreResult(event_id='e1', score=0.5, label_inline=True, learned=True)
+
+    """
 
     event_id: str
     score: float
