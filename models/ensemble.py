@@ -217,14 +217,18 @@ class Ensemble(base.Classifier):
     def metrics(self) -> dict[str, dict[str, float]]:
         """Prequential log loss of each member (over the events it scored) and of the ensemble."""
         return {
-            name: {"log_loss": self._losses[name] / n if n else math.nan, "n": n}
-            for name, n in self._counts.items()
+            name: {"log_loss": self._losses[name] / n if n else math.nan, "n": n} for name, n in self._counts.items()
         }
 
     @property
     def pending_refits(self) -> list[int]:
         """Versions of the refits started but not yet in effect."""
         return [job.version for job in self._queue.pending]
+
+    @property
+    def refitting(self) -> bool:
+        """Whether a background fit is running right now."""
+        return bool(self._queue.running())
 
     def _member_scores(self, x: Mapping) -> dict[str, float | None]:
         proba = self.river.predict_proba_one(x)

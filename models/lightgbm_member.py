@@ -52,9 +52,7 @@ class Schema:
                         seen = values[name] = set()
                     seen.add(value)
         columns = tuple(sorted(values))
-        codes = tuple(
-            None if values[c] is None else {v: i for i, v in enumerate(sorted(values[c]))} for c in columns
-        )
+        codes = tuple(None if values[c] is None else {v: i for i, v in enumerate(sorted(values[c]))} for c in columns)
         return cls(columns, codes)
 
     @property

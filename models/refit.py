@@ -70,16 +70,12 @@ def run(job: RefitJob) -> RefitResult:
     if n_train < 2 or len(set(train_labels)) < 2:
         return RefitResult(job.version, False, "training slice holds a single class", {}, None)
     try:
-        member = lightgbm_member.fit(
-            job.rows[:n_train], train_labels, job.params, job.num_boost_round, job.seed
-        )
+        member = lightgbm_member.fit(job.rows[:n_train], train_labels, job.params, job.num_boost_round, job.seed)
     except ValueError as error:
         return RefitResult(job.version, False, f"fit failed: {error}", {}, None)
     holdout_rows, holdout_labels = job.rows[n_train:], job.labels[n_train:]
     base_rate = sum(train_labels) / n_train
-    accepted, reason, metrics = job.gate.judge(
-        holdout_labels, member.predict_many(holdout_rows), base_rate
-    )
+    accepted, reason, metrics = job.gate.judge(holdout_labels, member.predict_many(holdout_rows), base_rate)
     return RefitResult(job.version, accepted, reason, metrics, member)
 
 

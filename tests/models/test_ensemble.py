@@ -93,9 +93,7 @@ def test_string_features_get_fixed_codes_and_unknown_values_are_missing():
     model = small(lag=0)
     for i, (x, y) in enumerate(PHISHING[:200]):
         model.learn_one({**x, "country": "FR" if y else random.Random(i).choice(["DE", "ES"])}, y)
-    assert model.lightgbm.schema.codes[model.lightgbm.schema.columns.index("country")] == {
-        "DE": 0, "ES": 1, "FR": 2
-    }
+    assert model.lightgbm.schema.codes[model.lightgbm.schema.columns.index("country")] == {"DE": 0, "ES": 1, "FR": 2}
     assert 0 < model.predict_proba_one_detailed({"country": "never seen"}).scores["lightgbm"] < 1
 
 

@@ -26,18 +26,22 @@ def test_every_refit_is_saved_with_its_metadata_and_only_the_last_k_are_kept(tmp
     model = small(registry_dir=str(tmp_path), keep=2)
     for i, (x, y) in enumerate(PHISHING[:530]):
         model.predict_proba_one(x)
-        model.learn_one(x, y, ts=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00", offset=1000 + i,
-                        features_version="abc123")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "v000004.json", "v000004.txt", "v000005.json", "v000005.txt"
-    ]
+        model.learn_one(
+            x, y, ts=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00", offset=1000 + i, features_version="abc123"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v000004.json", "v000004.txt", "v000005.json", "v000005.txt"]
     record = json.loads((tmp_path / "v000005.json").read_text())
     assert record["version"] == 5 and record["accepted"] and record["accepted_total"] == 5
     assert record["started_at"] == 500 and record["effect_at"] == 520
     assert record["window"] == {
-        "first_position": 201, "last_position": 500, "rows": 300,
-        "first_ts": "2026-01-01T00:03:20.000+00:00", "last_ts": "2026-01-01T00:08:19.000+00:00",
-        "first_offset": 1200, "last_offset": 1499, "features_versions": ["abc123"],
+        "first_position": 201,
+        "last_position": 500,
+        "rows": 300,
+        "first_ts": "2026-01-01T00:03:20.000+00:00",
+        "last_ts": "2026-01-01T00:08:19.000+00:00",
+        "first_offset": 1200,
+        "last_offset": 1499,
+        "features_versions": ["abc123"],
     }
     assert record["features_version"] == "abc123"
     assert record["params"]["deterministic"] is True and record["num_boost_round"] == 20
