@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--lag", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--blend-decay", type=float, default=0.999)
+    parser.add_argument("--background", choices=["thread", "process"], default="thread")
     args = parser.parse_args()
 
     events = prepared(args.events, args.seed)
@@ -159,6 +160,7 @@ def main() -> None:
         "lag": args.lag,
         "num_boost_round": args.rounds,
         "blend_decay": args.blend_decay,
+        "background": args.background,
     }
     with_refits = run(Ensemble(**params), events)
     without = run(Ensemble(**{**params, "refit_every": None}), events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -77,7 +78,7 @@ class Ensemble(base.Classifier):
     blend_decay
         Forgetting factor of the blend's log losses (1 = never forget).
     background
-        Fit in a thread (True) or synchronously at the effect point (False); the predictions are the same.
+        "thread", "process" or None (fit synchronously at the effect point); the predictions are the same.
     seed
         LightGBM's seed.
 
@@ -116,7 +117,7 @@ class Ensemble(base.Classifier):
         registry_dir: str | None = None,
         keep: int = 5,
         blend_decay: float = 0.999,
-        background: bool = True,
+        background: str | None = "thread",
         seed: int = 42,
     ):
         if lag < 0:
@@ -275,6 +276,18 @@ class Ensemble(base.Classifier):
         state = dict(self.__dict__)
         state["_last"] = None
         return state
+
+    def __deepcopy__(self, memo: dict) -> Ensemble:
+        """Bytewax deep-copies state every epoch: share the window's rows, which are never mutated
+        (`learn_one` stores its own copy of `x`), instead of copying tens of thousands of dicts."""
+        for row in self._rows:
+            memo[id(row)] = row
+        for job in self._queue.pending:
+            memo[id(job.rows)], memo[id(job.labels)] = job.rows, job.labels
+        copied = self.__class__.__new__(self.__class__)
+        memo[id(self)] = copied
+        copied.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
+        return copied
 
 
 def _epoch_seconds(ts: datetime | str | float | None) -> float | None:

@@ -8,9 +8,11 @@ deterministic. Either way its result is applied at exactly `effect_at`.
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import threading
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +81,20 @@ def run(job: RefitJob) -> RefitResult:
     return RefitResult(job.version, accepted, reason, metrics, member)
 
 
-class RefitQueue:
-    """Pending refits in schedule order; only the futures are live, and they are never pickled."""
+MODES = ("thread", "process", None)
 
-    def __init__(self, background: bool = True):
+
+class RefitQueue:
+    """Pending refits in schedule order; only the futures are live, and they are never pickled.
+
+    `background="thread"` fits beside the caller (LightGBM releases the GIL, but encoding the window is
+    Python and competes with the scoring thread); `"process"` fits in a shared worker process, costing one
+    pickling of the window per refit on the caller; None fits synchronously when the result is due.
+    """
+
+    def __init__(self, background: str | None = "thread"):
+        if background not in MODES:
+            raise ValueError(f"background must be one of {MODES}; got {background!r}")
         self.background = background
         self.pending: list[RefitJob] = []
         self._futures: dict[int, Future] = {}
@@ -98,7 +110,7 @@ class RefitQueue:
             return
         for job in self.pending:
             if job.version not in self._futures:
-                self._futures[job.version] = _start(job)
+                self._futures[job.version] = _in_thread(job) if self.background == "thread" else _in_process(job)
 
     def running(self) -> list[int]:
         """Versions whose fit is still in progress."""
@@ -120,7 +132,7 @@ class RefitQueue:
         self.__dict__.update(state, _futures={})
 
 
-def _start(job: RefitJob) -> Future:
+def _in_thread(job: RefitJob) -> Future:
     future: Future = Future()
 
     def work() -> None:
@@ -131,3 +143,15 @@ def _start(job: RefitJob) -> Future:
 
     threading.Thread(target=work, name=f"eddy-refit-{job.version}", daemon=True).start()
     return future
+
+
+_POOL: ProcessPoolExecutor | None = None
+
+
+def _in_process(job: RefitJob) -> Future:
+    """Run in the one worker process this Python process shares (forkserver: safe beside threads)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
+        atexit.register(_POOL.shutdown, cancel_futures=True)
+    return _POOL.submit(run, job)

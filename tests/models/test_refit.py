@@ -22,7 +22,7 @@ def small(**params) -> Ensemble:
     return Ensemble(**{**defaults, **params})
 
 
-@pytest.mark.parametrize("background", [True, False])
+@pytest.mark.parametrize("background", ["thread", "process", None])
 def test_a_refit_takes_effect_exactly_after_event_k_plus_lag(background):
     model = small(background=background)
     for i, (x, y) in enumerate(PHISHING[:200], start=1):
@@ -135,3 +135,16 @@ def test_refits_on_event_time():
         model.learn_one(x, y, ts=1_700_000_000.0 + i)
     starts = [r["started_at"] for r in model.registry.versions()]
     assert starts == [61, 121, 181][: len(starts)] and len(starts) == 3
+
+
+def test_a_deep_copy_shares_the_immutable_window_but_learns_independently():
+    model = small(lag=60)
+    for x, y in EVENTS[:100]:
+        model.learn_one(x, y)
+    copied = copy.deepcopy(model)
+    assert copied._rows[0] is model._rows[0] and copied._queue.pending[0].rows is model._queue.pending[0].rows
+    assert copied._rows is not model._rows and copied.river is not model.river
+    before = pickle.dumps(model)
+    for x, y in EVENTS[100:200]:
+        copied.learn_one(x, y)
+    assert pickle.dumps(model) == before
