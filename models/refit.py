@@ -16,6 +16,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import lightgbm
+
 from models import lightgbm_member
 from models.gate import Gate
 
@@ -73,7 +75,7 @@ def run(job: RefitJob) -> RefitResult:
         return RefitResult(job.version, False, "training slice holds a single class", {}, None)
     try:
         member = lightgbm_member.fit(job.rows[:n_train], train_labels, job.params, job.num_boost_round, job.seed)
-    except ValueError as error:
+    except (ValueError, lightgbm.basic.LightGBMError) as error:
         return RefitResult(job.version, False, f"fit failed: {error}", {}, None)
     holdout_rows, holdout_labels = job.rows[n_train:], job.labels[n_train:]
     base_rate = sum(train_labels) / n_train
