@@ -31,6 +31,25 @@ class Topics:
 
 
 @dataclass(frozen=True)
+class FlowSettings:
+    """How the dataflow orders, joins and reports; `[flow]` in eddy.toml."""
+
+    mode: str = "event_time"
+    lateness_ms: int = 5_000
+    idle_timeout_s: float = 5.0
+    dedupe_horizon_ms: int = 86_400_000
+    label_horizon_ms: int = 86_400_000
+    metrics_every_events: int = 1_000
+    metrics_every_s: float = 10.0
+    rolling_window: int = 1_000
+    max_message_bytes: int = 65_536
+    batch_size: int = 1_000
+
+
+MODES = {"event_time", "arrival"}
+
+
+@dataclass(frozen=True)
 class Config:
     bootstrap_servers: str = "localhost:9092"
     partitions: int = 3
@@ -40,8 +59,9 @@ class Config:
     model: str = "logistic_regression"
     tail: bool = True
     fields: dict[str, str] = field(default_factory=dict)
+    flow: FlowSettings = field(default_factory=FlowSettings)
+    ensemble: dict = field(default_factory=dict)
     source: str = "built-in defaults"
-    extra: dict = field(default_factory=dict)
 
 
 _ENV_TOPICS = {
@@ -89,8 +109,9 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         model=str(raw.get("model", {}).get("name", Config.model)),
         tail=bool(raw.get("flow", {}).get("tail", True)),
         fields=dict(raw.get("fields", {})),
+        flow=_flow_settings(raw.get("flow", {}), path),
+        ensemble=dict(raw.get("ensemble", {})),
         source=str(path) if path.exists() else "built-in defaults",
-        extra={k: v for k, v in raw.items() if k not in {"kafka", "topics", "features", "model", "fields"}},
     )
     unknown_topics = set(raw.get("topics", {})) - set(Topics.__annotations__)
     if unknown_topics:
@@ -111,6 +132,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         overrides["include_features"] = parse_bool(env["EDDY_INCLUDE_FEATURES"], "EDDY_INCLUDE_FEATURES")
     if "EDDY_TAIL" in env:
         overrides["tail"] = parse_bool(env["EDDY_TAIL"], "EDDY_TAIL")
+    if "EDDY_MODE" in env:
+        overrides["flow"] = replace(config.flow, mode=env["EDDY_MODE"])
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
     if topic_overrides:
         overrides["topics"] = replace(config.topics, **topic_overrides)
@@ -119,6 +142,31 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     bad = {name: kind for name, kind in config.fields.items() if kind not in FIELD_TYPES}
     if bad:
         raise ConfigError(f"{config.source}: [fields] has unknown type(s) {bad}; use one of {sorted(FIELD_TYPES)}")
+    if config.flow.mode not in MODES:
+        raise ConfigError(f"{config.source}: [flow] mode = {config.flow.mode!r}; use one of {sorted(MODES)}")
     if config.partitions < 1:
         raise ConfigError(f"partitions must be at least 1, got {config.partitions}")
     return config
+
+
+def _flow_settings(table: dict, path: Path) -> FlowSettings:
+    known = {f.name: f.type for f in fields(FlowSettings)}
+    unknown = set(table) - set(known) - {"tail"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown [flow] key(s) {sorted(unknown)}; known: {sorted(known)} and tail")
+    values = {}
+    for name, value in table.items():
+        if name == "tail":
+            continue
+        default = getattr(FlowSettings, name)
+        if isinstance(default, str):
+            values[name] = str(value)
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{path}: [flow] {name} must be a whole number >= 0, got {value!r}")
+            values[name] = value
+        else:
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{path}: [flow] {name} must be a number > 0, got {value!r}")
+            values[name] = float(value)
+    return FlowSettings(**values)

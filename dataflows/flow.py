@@ -1,0 +1,139 @@
+"""Wires Kafka, the SQL features and the learner into one Bytewax dataflow.
+
+    read_kafka -> decode -> order_by_event_time -> compute_features -> score_and_learn -> write_*
+
+The stateful steps run under one key (`SHARD`): one model learns from the whole stream in one canonical
+order. Decoding, validation and output encoding are stateless and spread over every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow
+from confluent_kafka import Consumer, TopicPartition
+
+from dataflows.codec import Codec, encode_dead_letter, encode_metrics, encode_prediction
+from dataflows.config import Config
+from dataflows.kafka_admin import require_topics
+from dataflows.messages import DeadLetter, Metrics, Origin, Prediction
+from dataflows.steps import ComputeFeatures, OrderByEventTime, ScoreAndLearn
+from features import FeatureEngine
+
+log = logging.getLogger("eddy")
+
+FLOW_ID = "eddy"
+SHARD = "eddy"
+STATEFUL_STEPS = (OrderByEventTime.STEP, ComputeFeatures.STEP, ScoreAndLearn.STEP)
+"""Renaming any of these (or FLOW_ID) makes Bytewax drop its saved state: `dataflows.recovery` guards them."""
+
+
+def check_inputs(config: Config) -> dict[str, int]:
+    """Fail within seconds, with advice, when the broker or a topic is missing (Bytewax alone would hang)."""
+    t = config.topics
+    return require_topics(config.bootstrap_servers, [t.events, t.labels, t.predictions, t.metrics, t.dead_letters])
+
+
+def build_flow(config: Config, partitions: dict[str, int] | None = None) -> Dataflow:
+    """The dataflow for `config`; checks the broker and topics first unless `partitions` is given."""
+    if partitions is None:
+        partitions = check_inputs(config)
+    FeatureEngine(config.sql_dir, config.fields)
+    topics = config.topics
+    inputs = [topics.events, topics.labels]
+    input_partitions = [f"{topic}:{p}" for topic in inputs for p in range(partitions[topic])]
+    brokers = config.bootstrap_servers.split(",")
+    codec = Codec(topics.events, topics.labels, config.fields, config.flow.max_message_bytes)
+
+    flow = Dataflow(FLOW_ID)
+    consumed = kop.input(
+        "read_kafka", flow, brokers=brokers, topics=inputs, tail=config.tail, batch_size=config.flow.batch_size
+    )
+    decoded = op.map("decode", consumed.oks, codec.decode)
+    valid = op.branch("split_off_invalid", decoded, lambda m: not isinstance(m, DeadLetter))
+    consumer_errors = op.map("describe_consumer_errors", consumed.errs, _consumer_error)
+
+    ordered = op.stateful_batch(
+        OrderByEventTime.STEP,
+        op.key_on("key_by_shard", valid.trues, _shard),
+        lambda resume: OrderByEventTime(config, input_partitions, resume),
+    )
+    featured = op.stateful_batch(
+        ComputeFeatures.STEP,
+        ordered,
+        lambda resume: ComputeFeatures(config, resume),
+    )
+    rejected = op.key_on("key_dead_letters", op.merge("gather_dead_letters", valid.falses, consumer_errors), _shard)
+    probe = LagProbe(config.bootstrap_servers, inputs, partitions)
+    learned = op.stateful_batch(
+        ScoreAndLearn.STEP,
+        op.merge("join_dead_letters", featured, rejected),
+        lambda resume: ScoreAndLearn(config, probe, resume),
+    )
+    outputs = op.key_rm("drop_shard_key", learned)
+
+    _write(outputs, Prediction, encode_prediction, "predictions", topics.predictions, brokers)
+    _write(outputs, Metrics, encode_metrics, "metrics", topics.metrics, brokers)
+    _write(outputs, DeadLetter, encode_dead_letter, "dead_letters", topics.dead_letters, brokers)
+    return flow
+
+
+def _write(stream, kind: type, encode: Callable[..., KafkaSinkMessage], name: str, topic: str, brokers) -> None:
+    chosen = op.filter(f"select_{name}", stream, lambda m: isinstance(m, kind))
+    encoded = op.map(f"encode_{name}", chosen, encode)
+    kop.output(f"write_{name}", encoded, brokers=brokers, topic=topic)
+
+
+def _shard(_item) -> str:
+    return SHARD
+
+
+def _consumer_error(error: KafkaError) -> DeadLetter:
+    msg = error.msg
+    origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0)
+    return DeadLetter(msg.value, msg.key, f"Kafka consumer error: {error.err}", "read", origin, "kafka_error")
+
+
+class LagProbe:
+    """Consumer lag per input topic: the partitions' end offsets minus what this run has read.
+
+    Reads Bytewax's own positions indirectly: the learner step hands it the offsets it has seen.
+    """
+
+    def __init__(self, bootstrap_servers: str, topics: list[str], partitions: dict[str, int]):
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = topics
+        self.partitions = partitions
+        self.positions: dict[tuple[str, int], int] = {}
+        self._consumer: Consumer | None = None
+
+    def seen(self, origin: Origin) -> None:
+        key = (origin.topic, origin.partition)
+        if origin.offset >= self.positions.get(key, -1):
+            self.positions[key] = origin.offset
+
+    def __call__(self) -> dict[str, int] | None:
+        try:
+            if self._consumer is None:
+                self._consumer = Consumer(
+                    {
+                        "bootstrap.servers": self.bootstrap_servers,
+                        "group.id": "eddy-lag-probe",
+                        "enable.auto.commit": False,
+                    }
+                )
+            lag: dict[str, int] = {}
+            for topic in self.topics:
+                total = 0
+                for p in range(self.partitions.get(topic, 0)):
+                    _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=1.0)
+                    total += max(0, high - (self.positions.get((topic, p), -1) + 1))
+                lag[topic] = total
+            return lag
+        except Exception as exc:
+            log.warning("could not measure consumer lag: %s", exc)
+            return None

@@ -1,0 +1,57 @@
+"""eddy's main job: `python -m bytewax.run dataflows.main` (add `-r DIR -s SECONDS -b 0` for recovery).
+
+Configuration comes from eddy.toml / EDDY_CONFIG and environment variables (see README). The broker and
+topics are checked before the flow is built, so a misconfiguration fails in seconds with a clear message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from dataflows.config import ConfigError, load_config
+from dataflows.flow import build_flow, check_inputs
+from dataflows.kafka_admin import BrokerError
+from dataflows.recovery import RecoveryError, guard_recovery_dir
+from features import FeatureEngine, FeatureFileError
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+logging.getLogger("kafka").setLevel(logging.WARNING)
+log = logging.getLogger("eddy")
+
+
+def _build():
+    try:
+        config = load_config()
+        partitions = check_inputs(config)
+        engine = FeatureEngine(config.sql_dir, config.fields)
+        guard_recovery_dir(sys.argv)
+    except (ConfigError, BrokerError, FeatureFileError, RecoveryError) as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+    t = config.topics
+    log.info(
+        "eddy: %s -> %s; reading '%s' (%d partitions) and '%s' (%d) from %s; writing '%s', '%s', '%s'",
+        config.source,
+        config.flow.mode,
+        t.events,
+        partitions[t.events],
+        t.labels,
+        partitions[t.labels],
+        config.bootstrap_servers,
+        t.predictions,
+        t.metrics,
+        t.dead_letters,
+    )
+    log.info(
+        "features: %s, version %s (%d features); model: %s; %s",
+        config.sql_dir,
+        engine.features_version,
+        len(engine.feature_names),
+        config.model,
+        "tailing the input" if config.tail else "stopping at the end of the input (EDDY_TAIL=false)",
+    )
+    return build_flow(config, partitions)
+
+
+flow = _build()

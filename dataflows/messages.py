@@ -1,0 +1,86 @@
+"""The messages that flow through eddy, as frozen dataclasses (their byte forms live in `dataflows.codec`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message was read: the dead letter's headers and the lag figures need it."""
+
+    topic: str
+    partition: int
+    offset: int
+    kafka_ts_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A decoded, validated event: `ts` is epoch milliseconds (UTC); `fields` holds the declared fields."""
+
+    event_id: str
+    ts: int
+    fields: dict[str, Any]
+    label: bool | None
+    origin: Origin
+    raw: bytes | None = None
+    key: bytes | None = None
+    received_at: float = 0.0
+
+    def as_row(self) -> dict[str, Any]:
+        """The form the feature engine takes."""
+        return {"event_id": self.event_id, "ts": self.ts, **self.fields}
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A delayed label; `ts` places it in event time (its `ts` field, else the Kafka message timestamp)."""
+
+    event_id: str
+    label: bool
+    ts: int
+    origin: Origin
+    ts_from_kafka: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message eddy refused: the original bytes, why, at which stage, and where it came from."""
+
+    value: bytes | None
+    key: bytes | None
+    error: str
+    stage: str
+    origin: Origin
+    reason: str = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """An event with the features it was scored with, on its way to the learner."""
+
+    event: Event
+    features: dict[str, Any]
+    features_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    event_id: str
+    ts: int
+    score: float
+    scores: dict[str, float]
+    model: dict[str, Any]
+    features_version: str
+    label_inline: bool
+    features: dict[str, Any] | None = None
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """A metrics report: what the metrics topic carries every N events and every T seconds."""
+
+    figures: dict[str, Any] = field(default_factory=dict)

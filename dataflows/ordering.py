@@ -1,0 +1,195 @@
+"""Canonical event-time order: the reason two runs over the same input give the same predictions.
+
+Events and labels are held until the watermark passes them, then released sorted by
+(`ts`, events before labels, `event_id`, topic, partition, offset). The watermark is the minimum, over the
+input partitions, of the newest `ts` read from each, minus the allowed lateness: reading one partition
+faster than another never moves it, so the order does not depend on partition count, batching, worker
+count or where a run crashed and resumed.
+
+Policies:
+- late event (ts below the watermark when it arrives): refused as a dead letter, reason `late`.
+- late label: applied at once, where it arrives (counted as `labels_late`).
+- duplicate event (its `event_id` released before, within the dedupe horizon): dead letter, `duplicate`;
+  the first copy in canonical order wins.
+- idle partition (nothing read for `idle_timeout_s`): stops holding the watermark back until it speaks
+  again; when every partition is idle, everything held is released. Only idleness, a wall-clock matter,
+  can make two runs differ.
+- `arrival` mode releases everything at once in arrival order (lowest latency, no order guarantee).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+
+from dataflows.messages import DeadLetter, Event, Label
+
+Item = Event | Label
+
+
+@dataclass
+class Released:
+    items: list[Item] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def sort_key(item: Item) -> tuple:
+    o = item.origin
+    return (item.ts, 0 if isinstance(item, Event) else 1, item.event_id, o.topic, o.partition, o.offset)
+
+
+class EventTimeOrder:
+    """Holds, sorts and releases events and labels by event time; plain state, safe to pickle.
+
+    >>> from dataflows.messages import Origin
+    >>> order = EventTimeOrder(["events:0", "events:1"], lateness_ms=0, idle_timeout_s=60)
+    >>> def ev(i, ts, p):
+    ...     return Event(f"e{i}", ts, {}, None, Origin("events", p, i))
+    >>> order.push([ev(1, 100, 0), ev(2, 300, 0)], now=0.0).items
+    []
+    >>> [e.event_id for e in order.push([ev(3, 200, 1)], now=0.0).items]
+    ['e1']
+    >>> [e.event_id for e in order.flush().items]
+    ['e3', 'e2']
+    """
+
+    def __init__(
+        self,
+        partitions: list[str],
+        lateness_ms: int = 5_000,
+        idle_timeout_s: float = 5.0,
+        dedupe_horizon_ms: int = 86_400_000,
+        mode: str = "event_time",
+    ) -> None:
+        self.partitions = list(partitions)
+        self.lateness_ms = lateness_ms
+        self.idle_timeout_s = idle_timeout_s
+        self.dedupe_horizon_ms = dedupe_horizon_ms
+        self.mode = mode
+        self.newest: dict[str, int] = {}
+        self.watermark: int | None = None
+        self.held: list[tuple[tuple, Item]] = []
+        self.seen: dict[str, int] = {}
+        self.seen_order: deque[tuple[int, str]] = deque()
+        self.counters = {"late_events": 0, "labels_late": 0, "duplicates": 0, "idle_releases": 0}
+        self._heard: dict[str, float] = {}
+        self._started: float | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_heard"] = {}
+        state["_started"] = None
+        return state
+
+    def push(self, items: list[Item], now: float) -> Released:
+        """Take newly read items (in arrival order) at wall-clock time `now`; return what is released."""
+        if self._started is None:
+            self._started = now
+        out = Released()
+        for item in items:
+            if self.mode == "arrival":
+                self._release(item, out)
+                self._forget()
+                continue
+            part = f"{item.origin.topic}:{item.origin.partition}"
+            self._heard[part] = now
+            if self.watermark is not None and item.ts < self.watermark:
+                if isinstance(item, Label):
+                    self.counters["labels_late"] += 1
+                    out.items.append(item)
+                else:
+                    self.counters["late_events"] += 1
+                    out.dead.append(
+                        _dead(
+                            item,
+                            "late",
+                            f"late: ts {item.ts} is before the watermark "
+                            f"{self.watermark} (allowed lateness {self.lateness_ms} ms)",
+                        )
+                    )
+                continue
+            if item.ts > self.newest.get(part, -1):
+                self.newest[part] = item.ts
+            heapq.heappush(self.held, (sort_key(item), item))
+        if self.mode != "arrival":
+            self._advance(now, out)
+        return out
+
+    def tick(self, now: float) -> Released:
+        """Re-check idleness (call when `next_wakeup` has passed)."""
+        out = Released()
+        self._advance(now, out)
+        return out
+
+    def flush(self) -> Released:
+        """End of input: release everything held."""
+        out = Released()
+        if self.held:
+            self._set_watermark(max(k[0] for k, _ in self.held) + 1)
+        self._drain(None, out)
+        return out
+
+    def next_wakeup(self, now: float) -> float | None:
+        """Wall-clock time at which a partition going idle would next change the watermark."""
+        if not self.held or self.mode == "arrival" or self._started is None:
+            return None
+        times = [self._heard.get(p, self._started) for p in self.partitions if not self._is_idle(p, now)]
+        return min(times) + self.idle_timeout_s if times else None
+
+    def _is_idle(self, part: str, now: float) -> bool:
+        heard = self._heard.get(part, self._started if self._started is not None else now)
+        return now - heard >= self.idle_timeout_s
+
+    def _advance(self, now: float, out: Released) -> None:
+        active = [p for p in self.partitions if not self._is_idle(p, now)]
+        if active:
+            if any(p not in self.newest for p in active):
+                return
+            mark = min(self.newest[p] for p in active) - self.lateness_ms
+        elif self.held:
+            self.counters["idle_releases"] += 1
+            mark = max(k[0] for k, _ in self.held) + 1
+        else:
+            return
+        self._set_watermark(mark)
+        self._drain(self.watermark, out)
+
+    def _set_watermark(self, mark: int) -> None:
+        if self.watermark is None or mark > self.watermark:
+            self.watermark = mark
+
+    def _drain(self, mark: int | None, out: Released) -> None:
+        while self.held and (mark is None or self.held[0][0][0] < mark):
+            _, item = heapq.heappop(self.held)
+            self._release(item, out)
+        self._forget()
+
+    def _release(self, item: Item, out: Released) -> None:
+        if isinstance(item, Event):
+            if item.event_id in self.seen:
+                self.counters["duplicates"] += 1
+                out.dead.append(
+                    _dead(
+                        item,
+                        "duplicate",
+                        f"duplicate: event_id {item.event_id!r} was already seen (ts {self.seen[item.event_id]})",
+                    )
+                )
+                return
+            self.seen[item.event_id] = item.ts
+            self.seen_order.append((item.ts, item.event_id))
+        out.items.append(item)
+
+    def _forget(self) -> None:
+        if not self.seen_order:
+            return
+        horizon = self.seen_order[-1][0] - self.dedupe_horizon_ms
+        while self.seen_order and self.seen_order[0][0] < horizon:
+            ts, event_id = self.seen_order.popleft()
+            if self.seen.get(event_id) == ts:
+                del self.seen[event_id]
+
+
+def _dead(event: Event, reason: str, message: str) -> DeadLetter:
+    return DeadLetter(event.raw, event.key, message, "order", event.origin, reason)

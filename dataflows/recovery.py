@@ -1,0 +1,109 @@
+"""Recovery directories: create them, and refuse a resume that Bytewax would silently get wrong.
+
+Bytewax keys saved state by step id: a renamed stateful step, or a renamed `Dataflow`, resumes with no
+state at all, yet with the input offsets of the old run, so the model would restart from nothing mid-stream.
+`guard_recovery_dir` reads the directory's snapshots first and stops with a clear message instead.
+
+    python -m dataflows.recovery init DIR [--partitions N]
+    python -m dataflows.recovery show DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from dataflows.flow import FLOW_ID, STATEFUL_STEPS
+
+
+class RecoveryError(RuntimeError):
+    """A recovery directory this flow must not resume from."""
+
+
+def recovery_dir_from_argv(argv: list[str]) -> Path | None:
+    """The `-r DIR` that `python -m bytewax.run` was given (or BYTEWAX_RECOVERY_DIRECTORY)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-r", "--recovery-directory") and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--recovery-directory="):
+            return Path(arg.split("=", 1)[1])
+    env = os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")
+    return Path(env) if env else None
+
+
+def saved_steps(directory: Path) -> set[str]:
+    """Step ids that have snapshots in the recovery directory."""
+    steps: set[str] = set()
+    for part in sorted(directory.glob("part-*.sqlite3")):
+        with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as db:
+            steps.update(row[0] for row in db.execute("SELECT DISTINCT step_id FROM snaps"))
+    return steps
+
+
+def expected_steps() -> set[str]:
+    return {f"{FLOW_ID}.{step}" for step in STATEFUL_STEPS}
+
+
+def guard_recovery_dir(argv: list[str]) -> None:
+    """Stop before the flow starts if the recovery directory holds another flow's (or old step ids') state."""
+    directory = recovery_dir_from_argv(argv)
+    if directory is None:
+        return
+    if not directory.is_dir() or not any(directory.glob("part-*.sqlite3")):
+        raise RecoveryError(
+            f"recovery directory {directory} is not initialised; create it once with "
+            f"`python -m dataflows.recovery init {directory}` (or `task run:recover`)"
+        )
+    saved = saved_steps(directory)
+    if not saved:
+        return
+    expected = expected_steps()
+    missing = expected - saved
+    unknown = {s for s in saved - expected if not s.startswith(f"{FLOW_ID}.read_kafka")}
+    if missing:
+        raise RecoveryError(
+            f"recovery directory {directory} holds state for {sorted(saved)} but this flow's stateful steps are "
+            f"{sorted(expected)}; missing: {sorted(missing)}"
+            + (f", unknown: {sorted(unknown)}" if unknown else "")
+            + ". Bytewax would resume these steps with no state (a renamed step or flow id). Resume with the "
+            "eddy version that wrote the directory, or start over with a fresh one."
+        )
+
+
+def init(directory: Path, partitions: int) -> None:
+    if any(directory.glob("part-*.sqlite3")):
+        print(f"{directory} is already initialised ({len(list(directory.glob('part-*.sqlite3')))} partitions)")
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(directory), str(partitions)], check=True)
+    print(f"initialised {directory} with {partitions} recovery partition(s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dataflows.recovery", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("init", help="create a recovery directory (once; harmless if it exists)")
+    create.add_argument("directory", type=Path)
+    create.add_argument("--partitions", type=int, default=1, help="recovery partitions (default: %(default)s)")
+    show = commands.add_parser("show", help="list the steps with saved state, and check them against this flow")
+    show.add_argument("directory", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "init":
+        init(args.directory, args.partitions)
+        return 0
+    print("\n".join(sorted(saved_steps(args.directory))) or "(no snapshots yet)")
+    try:
+        guard_recovery_dir(["-r", str(args.directory)])
+    except RecoveryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("compatible with this flow")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

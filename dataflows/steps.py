@@ -1,0 +1,236 @@
+"""The dataflow's three stateful steps, as Bytewax `StatefulBatchLogic`s over eddy's plain state objects.
+
+Each step keeps its live resources (DuckDB connection, clocks) beside its state and snapshots only plain
+state, pickled, tagged with `STATE_FORMAT` so that a resume from an incompatible snapshot is refused with a
+clear message instead of silently mis-restoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from bytewax.operators import StatefulBatchLogic
+
+from dataflows.config import Config
+from dataflows.messages import DeadLetter, Event, Label, Metrics, Prediction, Scored
+from dataflows.metrics import MetricsReporter
+from dataflows.ordering import EventTimeOrder
+from features import FeatureEngine
+from models import OnlineLearner, make_model
+
+log = logging.getLogger("eddy")
+
+STATE_FORMAT = 1
+"""Bump when the pickled state of any step changes shape; old snapshots are then refused by name."""
+
+
+class StateFormatError(RuntimeError):
+    """A recovery snapshot this version of eddy cannot resume from."""
+
+
+def pack(step_id: str, state: Any) -> bytes:
+    return pickle.dumps({"format": STATE_FORMAT, "step": step_id, "state": state}, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(step_id: str, blob: bytes | None) -> Any:
+    if blob is None:
+        return None
+    try:
+        saved = pickle.loads(blob)
+    except Exception as exc:
+        raise StateFormatError(
+            f"step '{step_id}': the recovery snapshot cannot be read ({exc}); it was written by an incompatible "
+            "version of eddy. Start with a fresh recovery directory (see README, Recovery)."
+        ) from exc
+    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT or saved.get("step") != step_id:
+        found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
+        raise StateFormatError(
+            f"step '{step_id}': the recovery snapshot has state format {found!r}, this eddy needs "
+            f"{STATE_FORMAT}. Resume with the eddy version that wrote it, or start with a fresh recovery "
+            "directory (see README, Recovery)."
+        )
+    return saved["state"]
+
+
+class OrderByEventTime(StatefulBatchLogic):
+    """Releases events and labels in canonical event-time order (see `dataflows.ordering`)."""
+
+    STEP = "order_by_event_time"
+
+    def __init__(self, config: Config, partitions: list[str], resume: bytes | None):
+        flow = config.flow
+        self.order: EventTimeOrder = unpack(self.STEP, resume) or EventTimeOrder(
+            partitions, flow.lateness_ms, flow.idle_timeout_s, flow.dedupe_horizon_ms, flow.mode
+        )
+        self.order.partitions = list(partitions)
+
+    def on_batch(self, items: list[Event | Label]):
+        released = self.order.push(items, time.time())
+        return [*released.dead, *released.items], self.RETAIN
+
+    def on_notify(self):
+        released = self.order.tick(time.time())
+        return [*released.dead, *released.items], self.RETAIN
+
+    def on_eof(self):
+        released = self.order.flush()
+        return [*released.dead, *released.items], self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        at = self.order.next_wakeup(time.time())
+        return None if at is None else datetime.fromtimestamp(at, tz=UTC)
+
+    def snapshot(self) -> bytes:
+        return pack(self.STEP, self.order)
+
+
+class ComputeFeatures(StatefulBatchLogic):
+    """Computes every SQL feature group for the released events, in micro-batches; labels pass through."""
+
+    STEP = "compute_features"
+
+    def __init__(self, config: Config, resume: bytes | None):
+        self.sql_dir = config.sql_dir
+        self.fields = config.fields
+        blob = unpack(self.STEP, resume)
+        if blob is None:
+            self.engine = FeatureEngine(self.sql_dir, self.fields, lateness_ms=0, auto_reload=False)
+        else:
+            self.engine = FeatureEngine.restore(blob, self.sql_dir, self.fields, lateness_ms=0, auto_reload=False)
+        self._reported_errors: set[str] = set()
+
+    def on_batch(self, items: list[Event | Label | DeadLetter]):
+        self._reload()
+        events = [item for item in items if isinstance(item, Event)]
+        if not events:
+            return items, self.RETAIN
+        rows = [e.as_row() for e in events]
+        pushed = self.engine.push(rows)
+        flushed = self.engine.flush()
+        computed = {row["event_id"]: feats for batch in (pushed, flushed) for row, feats in batch}
+        late = {le.event["event_id"]: le.reason for le in pushed.late}
+        version = self.engine.features_version
+        out: list[Any] = []
+        for item in items:
+            if not isinstance(item, Event):
+                out.append(item)
+            elif item.event_id in computed:
+                out.append(Scored(item, computed[item.event_id], version))
+            else:
+                reason = late.get(item.event_id, "the feature engine returned no features for this event")
+                out.append(DeadLetter(item.raw, item.key, reason, "features", item.origin, "late"))
+        return out, self.RETAIN
+
+    def _reload(self) -> None:
+        report = self.engine.reload()
+        if report.changed:
+            log.info(
+                "feature definitions reloaded: version %s -> %s (%s)",
+                report.previous_version,
+                report.features_version,
+                ", ".join(self.engine.feature_names),
+            )
+        for error in report.errors:
+            message = str(error)
+            if message not in self._reported_errors:
+                self._reported_errors.add(message)
+                log.error("feature edit refused, keeping version %s:\n%s", report.features_version, message)
+
+    def snapshot(self) -> bytes:
+        return pack(self.STEP, self.engine.snapshot())
+
+
+@dataclass
+class LearnerState:
+    learner: OnlineLearner
+    reporter: MetricsReporter
+
+
+class ScoreAndLearn(StatefulBatchLogic):
+    """Scores every event before learning its label (test-then-train); joins delayed labels; reports metrics."""
+
+    STEP = "score_and_learn"
+
+    def __init__(self, config: Config, lag_probe, resume: bytes | None):
+        self.config = config
+        self.state: LearnerState = unpack(self.STEP, resume) or LearnerState(
+            OnlineLearner(make_model(config.model), config.flow.label_horizon_ms, config.flow.rolling_window),
+            MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s),
+        )
+        self.lag_probe = lag_probe
+        self.include_features = config.include_features
+        self.versions = {"river": config.model}
+
+    def on_batch(self, items: list[Scored | Label | DeadLetter]):
+        learner, reporter = self.state.learner, self.state.reporter
+        out: list[Any] = []
+        now = time.time()
+        for item in items:
+            if isinstance(item, Scored):
+                event = item.event
+                if self.lag_probe is not None:
+                    self.lag_probe.seen(event.origin)
+                x = model_input(item.features)
+                result = learner.score(event.event_id, event.ts, x, event.label)
+                out.append(
+                    Prediction(
+                        event_id=event.event_id,
+                        ts=event.ts,
+                        score=result.score,
+                        scores={"river": result.score},
+                        model=self.versions,
+                        features_version=item.features_version,
+                        label_inline=result.label_inline,
+                        features=x if self.include_features else None,
+                    )
+                )
+                reporter.scored(event, item.features_version, now)
+                if reporter.due_by_count():
+                    out.append(self._report(now))
+            elif isinstance(item, Label):
+                if self.lag_probe is not None:
+                    self.lag_probe.seen(item.origin)
+                learner.label(item.event_id, item.label)
+                reporter.labels += 1
+            else:
+                reporter.dead_letter(item.reason)
+                out.append(item)
+        return out, self.RETAIN
+
+    def on_notify(self):
+        return [self._report(time.time())], self.RETAIN
+
+    def on_eof(self):
+        return [self._report(time.time(), final=True)], self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return datetime.fromtimestamp(self.state.reporter.next_at(time.time()), tz=UTC)
+
+    def _report(self, now: float, final: bool = False) -> Metrics:
+        lag = self.lag_probe() if self.lag_probe else None
+        return self.state.reporter.report(self.state.learner, now, lag, final)
+
+    def snapshot(self) -> bytes:
+        return pack(self.STEP, self.state)
+
+
+def model_input(features: dict[str, Any]) -> dict[str, Any]:
+    """Features as River takes them: NULLs (and NaN/inf) left out, DECIMAL as float, other exotic types as text."""
+    x: dict[str, Any] = {}
+    for name, value in features.items():
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        if isinstance(value, bool | int | float | str):
+            x[name] = value
+        elif isinstance(value, Decimal):
+            x[name] = float(value)
+        else:
+            x[name] = str(value)
+    return x
