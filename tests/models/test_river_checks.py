@@ -21,3 +21,13 @@ def _cases():
 @pytest.mark.parametrize(("model", "check"), list(_cases()))
 def test_river_check(model, check):
     check(model.clone())
+
+
+def test_the_check_data_is_enough_for_lightgbm_to_take_part():
+    from river import datasets
+
+    for params in Ensemble._unit_test_params():
+        model = Ensemble(**params)
+        for x, y in datasets.Phishing().take(200):
+            model.learn_one(x, y)
+        assert model.lightgbm_version is not None
