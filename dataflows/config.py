@@ -104,13 +104,13 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         bootstrap_servers=str(kafka.get("bootstrap_servers", Config.bootstrap_servers)),
         partitions=int(kafka.get("partitions", Config.partitions)),
         topics=Topics(**{k: str(v) for k, v in raw.get("topics", {}).items() if k in Topics.__annotations__}),
-        sql_dir=(base / feats["sql_dir"]) if "sql_dir" in feats else Config().sql_dir,
+        sql_dir=(base / feats["sql_dir"]).resolve() if "sql_dir" in feats else Config().sql_dir,
         include_features=bool(feats.get("include_features", False)),
         model=str(raw.get("model", {}).get("name", Config.model)),
         tail=bool(raw.get("flow", {}).get("tail", True)),
         fields=dict(raw.get("fields", {})),
         flow=_flow_settings(raw.get("flow", {}), path),
-        ensemble=dict(raw.get("ensemble", {})),
+        ensemble=_ensemble_settings(raw.get("ensemble", {}), base),
         source=str(path) if path.exists() else "built-in defaults",
     )
     unknown_topics = set(raw.get("topics", {})) - set(Topics.__annotations__)
@@ -132,6 +132,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         overrides["include_features"] = parse_bool(env["EDDY_INCLUDE_FEATURES"], "EDDY_INCLUDE_FEATURES")
     if "EDDY_TAIL" in env:
         overrides["tail"] = parse_bool(env["EDDY_TAIL"], "EDDY_TAIL")
+    if "EDDY_ENSEMBLE" in env:
+        overrides["ensemble"] = {**config.ensemble, "enabled": parse_bool(env["EDDY_ENSEMBLE"], "EDDY_ENSEMBLE")}
     if "EDDY_MODE" in env:
         overrides["flow"] = replace(config.flow, mode=env["EDDY_MODE"])
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
@@ -170,3 +172,10 @@ def _flow_settings(table: dict, path: Path) -> FlowSettings:
                 raise ConfigError(f"{path}: [flow] {name} must be a number > 0, got {value!r}")
             values[name] = float(value)
     return FlowSettings(**values)
+
+
+def _ensemble_settings(table: dict, base: Path) -> dict:
+    settings = dict(table)
+    if settings.get("registry_dir"):
+        settings["registry_dir"] = str((base / settings["registry_dir"]).resolve())
+    return settings

@@ -84,7 +84,7 @@ class MetricsReporter:
             "consumer_lag": lag,
             "features_version": self.features_version,
             "roc_auc_method": "exact (Mann-Whitney, ties count 1/2)",
-            "river": learner.report(),
+            **_quality_and_counters(learner.report()),
         }
         self.reports += 1
         self._since_report = 0
@@ -97,3 +97,14 @@ def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     return round(values[min(len(values) - 1, int(q * len(values)))], 1)
+
+
+QUALITY_KEYS = ("roc_auc", "roc_auc_rolling", "log_loss", "log_loss_rolling", "accuracy", "accuracy_rolling", "labels")
+
+
+def _quality_and_counters(report: dict) -> dict:
+    """The learner's report as `quality` (the published score, then each member) and `learner` counters."""
+    members = report.get("members") or {}
+    quality = {"score": {k: report.get(k) for k in QUALITY_KEYS}, **members}
+    counters = {k: v for k, v in report.items() if k not in QUALITY_KEYS and k != "members"}
+    return {"quality": quality, "learner": counters}

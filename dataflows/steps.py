@@ -19,11 +19,12 @@ from typing import Any
 from bytewax.operators import StatefulBatchLogic
 
 from dataflows.config import Config
+from dataflows.learners import build_model
 from dataflows.messages import DeadLetter, Event, Label, Metrics, Prediction, Scored
 from dataflows.metrics import MetricsReporter
 from dataflows.ordering import EventTimeOrder
 from features import FeatureEngine
-from models import OnlineLearner, make_model
+from models import OnlineLearner
 
 log = logging.getLogger("eddy")
 
@@ -161,12 +162,11 @@ class ScoreAndLearn(StatefulBatchLogic):
     def __init__(self, config: Config, lag_probe, resume: bytes | None):
         self.config = config
         self.state: LearnerState = unpack(self.STEP, resume) or LearnerState(
-            OnlineLearner(make_model(config.model), config.flow.label_horizon_ms, config.flow.rolling_window),
+            OnlineLearner(build_model(config), config.flow.label_horizon_ms, config.flow.rolling_window),
             MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s),
         )
         self.lag_probe = lag_probe
         self.include_features = config.include_features
-        self.versions = {"river": config.model}
 
     def on_batch(self, items: list[Scored | Label | DeadLetter]):
         learner, reporter = self.state.learner, self.state.reporter
@@ -178,14 +178,15 @@ class ScoreAndLearn(StatefulBatchLogic):
                 if self.lag_probe is not None:
                     self.lag_probe.seen(event.origin)
                 x = model_input(item.features)
-                result = learner.score(event.event_id, event.ts, x, event.label)
+                meta = {"ts": event.ts / 1000, "offset": event.origin.offset, "features_version": item.features_version}
+                result = learner.score(event.event_id, event.ts, x, event.label, meta)
                 out.append(
                     Prediction(
                         event_id=event.event_id,
                         ts=event.ts,
                         score=result.score,
-                        scores={"river": result.score},
-                        model=self.versions,
+                        scores=result.scores,
+                        model=result.versions,
                         features_version=item.features_version,
                         label_inline=result.label_inline,
                         features=x if self.include_features else None,

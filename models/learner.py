@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from river import base
 
@@ -42,6 +42,8 @@ class ScoreResult:
     score: float
     label_inline: bool
     learned: bool
+    scores: dict | None = field(default=None, repr=False, compare=False)
+    versions: dict | None = field(default=None, repr=False, compare=False)
 
 
 class OnlineLearner:
@@ -99,6 +101,7 @@ class OnlineLearner:
         self.label_horizon_ms = label_horizon_ms
         self.window = window
         self.tracker = QualityTracker(window)
+        self.members: dict[str, QualityTracker] = {}
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.now_ms: int | None = None
         self.pending_events: dict[str, tuple[dict, float, int]] = {}
@@ -113,29 +116,53 @@ class OnlineLearner:
             return UNTRAINED_SCORE
         return float(proba.get(True, 0.0))
 
-    def score(self, event_id: str, ts_ms: int, x: dict, label: bool | None = None) -> ScoreResult:
-        """Score one event, then learn its label if it is inline or already arrived."""
+    def predict_detailed(self, x: dict) -> tuple[float, dict[str, float | None], dict]:
+        """The score, each member's score and each member's version (a model with members, e.g. the
+        `Ensemble`, reports them; a plain River model is its own single member, `river`)."""
+        detailed = getattr(self.model, "predict_proba_one_detailed", None)
+        if detailed is None:
+            p = self.predict(x)
+            return (
+                p,
+                {"river": p},
+                {
+                    "river": self.counters["labels_inline"]
+                    + self.counters["labels_delayed"]
+                    + self.counters["labels_early"]
+                },
+            )
+        scored = detailed(x)
+        return float(scored.score), dict(scored.scores), dict(scored.versions)
+
+    def score(
+        self, event_id: str, ts_ms: int, x: dict, label: bool | None = None, meta: dict | None = None
+    ) -> ScoreResult:
+        """Score one event, then learn its label if it is inline or already arrived.
+
+        `meta` (e.g. `ts`, `offset`, `features_version`) is passed to `learn_one` of models that take it."""
         _check_label(label)
         self._advance(ts_ms)
         self._expire()
-        p = self.predict(x)
+        p, scores, versions = self.predict_detailed(x)
         self.counters["events_scored"] += 1
         early = self.pending_labels.pop(event_id, None)
         if label is not None:
-            self._learn(x, label, p)
+            self._learn(x, label, p, scores, meta)
             self.counters["labels_inline"] += 1
             if early is not None:
                 self.counters["labels_unmatched"] += 1
         elif early is not None:
-            self._learn(x, early[0], p)
+            self._learn(x, early[0], p, scores, meta)
             self.counters["labels_early"] += 1
         else:
             if event_id in self.pending_events:
                 self.counters["events_duplicate"] += 1
-            self.pending_events[event_id] = (dict(x), p, ts_ms)
+            self.pending_events[event_id] = (dict(x), p, ts_ms, scores, meta)
             heapq.heappush(self.event_deadlines, (ts_ms + self.label_horizon_ms, event_id))
         learned = label is not None or early is not None
-        return ScoreResult(event_id, p, label_inline=label is not None, learned=learned)
+        return ScoreResult(
+            event_id, p, label_inline=label is not None, learned=learned, scores=scores, versions=versions
+        )
 
     def label(self, event_id: str, y: bool) -> bool:
         """Learn a delayed label; True if its event was waiting, False if the label now waits instead."""
@@ -144,8 +171,8 @@ class OnlineLearner:
             raise TypeError("OnlineLearner.label: the label must be a bool, got None")
         entry = self.pending_events.pop(event_id, None)
         if entry is not None:
-            x, p, _ = entry
-            self._learn(x, y, p)
+            x, p, _, scores, meta = entry
+            self._learn(x, y, p, scores, meta)
             self.counters["labels_delayed"] += 1
             return True
         if self.pending_labels.pop(event_id, None) is not None:
@@ -167,11 +194,19 @@ class OnlineLearner:
             **self.counters,
             "pending_events": len(self.pending_events),
             "pending_labels": len(self.pending_labels),
+            "members": {name: tracker.report() for name, tracker in sorted(self.members.items())},
         }
 
-    def _learn(self, x: dict, y: bool, p: float) -> None:
-        self.model.learn_one(x, y)
+    def _learn(self, x: dict, y: bool, p: float, scores: dict, meta: dict | None) -> None:
+        if meta and hasattr(self.model, "predict_proba_one_detailed"):
+            self.model.learn_one(x, y, **meta)
+        else:
+            self.model.learn_one(x, y)
         self.tracker.update(y, p)
+        if len(scores) > 1:
+            for name, score in scores.items():
+                if score is not None:
+                    self.members.setdefault(name, QualityTracker(self.window)).update(y, score)
 
     def _advance(self, ts_ms: int) -> None:
         if self.now_ms is None:

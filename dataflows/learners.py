@@ -1,0 +1,36 @@
+"""Which model the flow learns with: the configured River pipeline, blended with LightGBM unless disabled."""
+
+from __future__ import annotations
+
+import inspect
+
+from river import base
+
+from dataflows.config import Config, ConfigError
+from models import make_model
+from models.ensemble import Ensemble
+
+_ENSEMBLE_PARAMS = set(inspect.signature(Ensemble.__init__).parameters) - {"self", "river_model"}
+
+
+def build_model(config: Config) -> base.Classifier:
+    """`[model] name` as a River pipeline; with `[ensemble] enabled` (the default), inside the Ensemble."""
+    try:
+        river = make_model(config.model)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: [model] name: {exc}") from exc
+    settings = dict(config.ensemble)
+    if not settings.pop("enabled", True):
+        return river
+    unknown = set(settings) - _ENSEMBLE_PARAMS
+    if unknown:
+        raise ConfigError(
+            f"{config.source}: unknown [ensemble] key(s) {sorted(unknown)}; "
+            f"known: enabled, {', '.join(sorted(_ENSEMBLE_PARAMS))}"
+        )
+    if settings.get("background") == "none":
+        settings["background"] = None
+    try:
+        return Ensemble(river_model=river, **settings)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{config.source}: [ensemble]: {exc}") from exc
