@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage
+from bytewax.connectors.kafka import KafkaError
 from bytewax.connectors.kafka import operators as kop
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import Consumer, TopicPartition
 
 from dataflows.codec import Codec, encode_dead_letter, encode_metrics, encode_prediction
@@ -38,54 +38,81 @@ def check_inputs(config: Config) -> dict[str, int]:
     return require_topics(config.bootstrap_servers, [t.events, t.labels, t.predictions, t.metrics, t.dead_letters])
 
 
-def build_flow(config: Config, partitions: dict[str, int] | None = None) -> Dataflow:
-    """The dataflow for `config`; checks the broker and topics first unless `partitions` is given."""
+Inputs = Callable[[Dataflow], tuple[Stream, Stream]]
+Outputs = Callable[[str, Stream], None]
+
+
+def build_flow(
+    config: Config,
+    partitions: dict[str, int] | None = None,
+    inputs: Inputs | None = None,
+    outputs: Outputs | None = None,
+) -> Dataflow:
+    """The dataflow for `config`; checks the broker and topics first unless `partitions` is given.
+
+    `inputs` and `outputs` replace Kafka (the backtest reads a file and writes files): `inputs(flow)` returns
+    a stream of `KafkaSourceMessage`s and a stream of `KafkaError`s; `outputs(name, stream)` consumes the
+    encoded `KafkaSinkMessage`s of `predictions`, `metrics` and `dead_letters`.
+    """
     if partitions is None:
         partitions = check_inputs(config)
     FeatureEngine(config.sql_dir, config.fields)
     topics = config.topics
-    inputs = [topics.events, topics.labels]
-    input_partitions = [f"{topic}:{p}" for topic in inputs for p in range(partitions[topic])]
+    names = [topics.events, topics.labels]
+    input_partitions = [f"{topic}:{p}" for topic in names for p in range(partitions[topic])]
     brokers = config.bootstrap_servers.split(",")
     codec = Codec(topics.events, topics.labels, config.fields, config.flow.max_message_bytes)
+    if inputs is None:
+
+        def inputs(flow: Dataflow) -> tuple[Stream, Stream]:
+            consumed = kop.input(
+                "read_kafka", flow, brokers=brokers, topics=names, tail=config.tail, batch_size=config.flow.batch_size
+            )
+            return consumed.oks, consumed.errs
+
+    if outputs is None:
+        destinations = {
+            "predictions": topics.predictions,
+            "metrics": topics.metrics,
+            "dead_letters": topics.dead_letters,
+        }
+
+        def outputs(name: str, stream: Stream) -> None:
+            kop.output(f"write_{name}", stream, brokers=brokers, topic=destinations[name])
 
     flow = Dataflow(FLOW_ID)
-    consumed = kop.input(
-        "read_kafka", flow, brokers=brokers, topics=inputs, tail=config.tail, batch_size=config.flow.batch_size
-    )
-    decoded = op.map("decode", consumed.oks, codec.decode)
+    messages, errors = inputs(flow)
+    decoded = op.map("decode", messages, codec.decode)
     valid = op.branch("split_off_invalid", decoded, lambda m: not isinstance(m, DeadLetter))
-    consumer_errors = op.map("describe_consumer_errors", consumed.errs, _consumer_error)
+    consumer_errors = op.map("describe_consumer_errors", errors, _consumer_error)
 
     ordered = op.stateful_batch(
         OrderByEventTime.STEP,
         op.key_on("key_by_shard", valid.trues, _shard),
         lambda resume: OrderByEventTime(config, input_partitions, resume),
     )
-    featured = op.stateful_batch(
-        ComputeFeatures.STEP,
-        ordered,
-        lambda resume: ComputeFeatures(config, resume),
-    )
+    featured = op.stateful_batch(ComputeFeatures.STEP, ordered, lambda resume: ComputeFeatures(config, resume))
     rejected = op.key_on("key_dead_letters", op.merge("gather_dead_letters", valid.falses, consumer_errors), _shard)
-    probe = LagProbe(config.bootstrap_servers, inputs, partitions)
+    probe = LagProbe(config.bootstrap_servers, names, partitions) if config.bootstrap_servers else None
     learned = op.stateful_batch(
         ScoreAndLearn.STEP,
         op.merge("join_dead_letters", featured, rejected),
         lambda resume: ScoreAndLearn(config, probe, resume),
     )
-    outputs = op.key_rm("drop_shard_key", learned)
+    results = op.key_rm("drop_shard_key", learned)
 
-    _write(outputs, Prediction, encode_prediction, "predictions", topics.predictions, brokers)
-    _write(outputs, Metrics, encode_metrics, "metrics", topics.metrics, brokers)
-    _write(outputs, DeadLetter, encode_dead_letter, "dead_letters", topics.dead_letters, brokers)
+    for kind, encode, name in (
+        (Prediction, encode_prediction, "predictions"),
+        (Metrics, encode_metrics, "metrics"),
+        (DeadLetter, encode_dead_letter, "dead_letters"),
+    ):
+        chosen = op.filter(f"select_{name}", results, _is(kind))
+        outputs(name, op.map(f"encode_{name}", chosen, encode))
     return flow
 
 
-def _write(stream, kind: type, encode: Callable[..., KafkaSinkMessage], name: str, topic: str, brokers) -> None:
-    chosen = op.filter(f"select_{name}", stream, lambda m: isinstance(m, kind))
-    encoded = op.map(f"encode_{name}", chosen, encode)
-    kop.output(f"write_{name}", encoded, brokers=brokers, topic=topic)
+def _is(kind: type) -> Callable[[object], bool]:
+    return lambda item: isinstance(item, kind)
 
 
 def _shard(_item) -> str:
