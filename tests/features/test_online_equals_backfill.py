@@ -1,0 +1,106 @@
+"""The promise: for any stream, batch split and arrival order within the lateness, the online features
+equal the backfill's (floats within 1e-9, NULL exactly where the backfill has NULL)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from features import FeatureEngine
+from features.backfill import backfill
+from features.schema import to_arrow
+from tests.features.conftest import FIELDS, REPO, USER_COUNTS
+
+SHORT = """\
+-- group: short
+-- entity: user_id, merchant_id
+-- horizon: 10s
+SELECT
+    event_id,
+    count(*) OVER w AS pair_n_10s,
+    avg(amount) OVER w AS pair_mean_10s,
+    stddev_samp(amount) OVER w AS pair_std_10s,
+    max(amount) OVER w AS pair_max_10s,
+    CASE WHEN ts - lag(ts) OVER previous <= INTERVAL 10 SECONDS
+         THEN amount - lag(amount) OVER previous END AS pair_change
+FROM events
+WINDOW previous AS (PARTITION BY user_id, merchant_id ORDER BY ts, event_id),
+    w AS (PARTITION BY user_id, merchant_id ORDER BY ts RANGE BETWEEN INTERVAL 10 SECONDS PRECEDING AND CURRENT ROW)
+"""
+
+
+@pytest.fixture(scope="module")
+def test_sql(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sql")
+    (folder / "user_counts.sql").write_text(USER_COUNTS)
+    (folder / "short.sql").write_text(SHORT)
+    return folder
+
+
+@st.composite
+def scenarios(draw):
+    n = draw(st.integers(1, 60))
+    steps = st.sampled_from([0, 0, 1, 999, 1_000, 5_000, 10_000, 11_000, 3_600_000])
+    gaps = draw(st.lists(steps, min_size=n, max_size=n))
+    events, ts = [], 1_767_225_600_000
+    for i, gap in enumerate(gaps):
+        ts += gap
+        events.append({
+            "event_id": f"e{draw(st.integers(0, 10**6)):07d}-{i}",
+            "ts": ts,
+            "user_id": draw(st.sampled_from(["a", "b", "c"])),
+            "merchant_id": draw(st.sampled_from(["m", "n"])),
+            "amount": draw(st.one_of(st.none(), st.sampled_from([1.0, 2.5, 1e6]), st.floats(-1e3, 1e3))),
+            "category": "grocery",
+            "country": "FR",
+            "label": draw(st.booleans()),
+        })
+    lateness = draw(st.sampled_from([0, 1_000, 5_000]))
+    delays = draw(st.lists(st.integers(0, lateness), min_size=n, max_size=n))
+    noise = draw(st.permutations(range(n)))
+    arrival = [e for _, _, e in sorted(zip([e["ts"] + d for e, d in zip(events, delays, strict=True)],
+                                               noise, events, strict=True), key=lambda t: t[:2])]
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
+    batches = [arrival[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
+    return events, lateness, batches
+
+
+def same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return a == b
+
+
+def check(sql_dir, events, lateness, batches):
+    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=lateness)
+    online, order = {}, []
+    for batch in [*(engine.push(b) for b in batches), engine.flush()]:
+        assert not batch.late
+        for event, features in batch:
+            online[event["event_id"]] = features
+            order.append((event["ts"], event["event_id"]))
+    assert order == sorted(order)
+    expected = backfill(sql_dir, to_arrow(events, FIELDS), FIELDS).to_pylist()
+    assert len(online) == len(expected) == len(events)
+    for row in expected:
+        got = online[row.pop("event_id")]
+        assert got.keys() == row.keys()
+        for name, value in row.items():
+            assert same(got[name], value), (name, got[name], value)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=scenarios())
+def test_online_equals_backfill_with_short_windows_and_eviction(test_sql, scenario):
+    check(test_sql, *scenario)
+
+
+@settings(max_examples=25, deadline=None)
+@given(scenario=scenarios())
+def test_online_equals_backfill_on_the_shipped_transactions_sql(scenario):
+    check(REPO / "sql" / "transactions", *scenario)
