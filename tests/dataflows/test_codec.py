@@ -1,0 +1,161 @@
+"""Decoding and validation: every bad message becomes a dead letter whose reason names the problem."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+from bytewax.connectors.kafka import KafkaSourceMessage
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dataflows.codec import Codec, encode_dead_letter, encode_prediction, parse_ts
+from dataflows.messages import DeadLetter, Event, Label, Origin, Prediction
+
+FIELDS = {"user_id": "string", "amount": "double", "n": "bigint", "vip": "boolean"}
+CODEC = Codec("events", "labels", FIELDS, max_message_bytes=1024)
+GOOD = {"event_id": "e1", "ts": "2026-01-01T00:00:00Z", "user_id": "u1", "amount": 12, "n": 3, "vip": False}
+
+
+def msg(value, topic="events", offset=7, timestamp=(1, 1_767_225_600_000)) -> KafkaSourceMessage:
+    raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
+    return KafkaSourceMessage(key=b"k", value=raw, topic=topic, partition=2, offset=offset, timestamp=timestamp)
+
+
+def test_a_good_event_is_decoded_with_types_normalised():
+    event = CODEC.decode(msg({**GOOD, "label": 1, "extra": "ignored"}))
+    assert isinstance(event, Event)
+    assert event.event_id == "e1"
+    assert event.ts == 1_767_225_600_000
+    assert event.fields == {"user_id": "u1", "amount": 12.0, "n": 3, "vip": False}
+    assert isinstance(event.fields["amount"], float)
+    assert event.label is True
+    assert event.origin == Origin("events", 2, 7, 1_767_225_600_000)
+
+
+def test_epoch_milliseconds_and_iso_timestamps_agree():
+    assert parse_ts({"ts": 1_767_225_600_123}, "ts") == parse_ts({"ts": "2026-01-01T01:00:00.123+01:00"}, "ts")
+
+
+def test_explicit_nulls_are_allowed_for_declared_fields():
+    event = CODEC.decode(msg({**GOOD, "amount": None}))
+    assert isinstance(event, Event)
+    assert event.fields["amount"] is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "error"),
+    [
+        (b"{not json", "not_json", "not valid JSON"),
+        (None, "not_json", "empty message"),
+        (b"[1, 2]", "not_object", "expected a JSON object, got array"),
+        (b'"text"', "not_object", "expected a JSON object, got string"),
+        ({**GOOD, "event_id": 42}, "invalid_event_id", "'event_id' must be a string, got integer 42"),
+        ({**GOOD, "event_id": ""}, "invalid_event_id", "'event_id' must have 1 to 256 characters"),
+        ({k: v for k, v in GOOD.items() if k != "event_id"}, "missing_field", "missing field 'event_id'"),
+        ({k: v for k, v in GOOD.items() if k != "ts"}, "missing_field", "missing field 'ts'"),
+        (
+            {k: v for k, v in GOOD.items() if k != "amount"},
+            "missing_field",
+            "missing field 'amount' (declared as double",
+        ),
+        ({**GOOD, "ts": "yesterday"}, "invalid_ts", "'ts' is not ISO-8601: 'yesterday'"),
+        ({**GOOD, "ts": "2026-01-01T00:00:00"}, "invalid_ts", "'ts' has no timezone"),
+        ({**GOOD, "ts": 1.5}, "invalid_ts", "got number 1.5"),
+        ({**GOOD, "ts": 1_767_225_600}, "absurd_ts", "epoch seconds instead of milliseconds?"),
+        ({**GOOD, "ts": "3026-01-01T00:00:00Z"}, "absurd_ts", "outside 2000-01-01 .. 2100-01-01"),
+        ({**GOOD, "amount": "12.5"}, "wrong_type", "field 'amount' must be double, got string '12.5'"),
+        ({**GOOD, "amount": True}, "wrong_type", "field 'amount' must be double, got boolean"),
+        ({**GOOD, "n": 2.5}, "wrong_type", "field 'n' must be bigint, got number 2.5"),
+        ({**GOOD, "user_id": 5}, "wrong_type", "field 'user_id' must be string, got integer 5"),
+        ({**GOOD, "vip": "yes"}, "wrong_type", "field 'vip' must be boolean"),
+        (b'{"event_id": "e1", "ts": 1767225600000, "amount": NaN}', "not_finite", "field 'amount' is NaN"),
+        (b'{"event_id": "e1", "amount": -Infinity}', "not_finite", "field 'amount' is -Infinity"),
+        (b'{"event_id": "e1", "amount": 1e999}', "not_finite", "NaN or infinite"),
+        ({**GOOD, "label": "maybe"}, "invalid_label", "'label' must be true/false or 0/1, got string 'maybe'"),
+        ({**GOOD, "label": 2}, "invalid_label", "got integer 2"),
+        ({**GOOD, "user_id": "x" * 2000}, "oversize", "over the limit of 1024"),
+    ],
+)
+def test_bad_events_become_dead_letters_that_say_why(value, reason, error):
+    letter = CODEC.decode(msg(value))
+    assert isinstance(letter, DeadLetter)
+    assert letter.reason == reason
+    assert error in letter.error
+    assert letter.stage == "decode"
+    assert letter.value == (value if isinstance(value, bytes) or value is None else orjson.dumps(value))
+    assert letter.origin == Origin("events", 2, 7, 1_767_225_600_000)
+
+
+def test_labels_take_their_ts_or_the_kafka_timestamp():
+    with_ts = CODEC.decode(msg({"event_id": "e1", "label": True, "ts": 1_767_225_700_000}, topic="labels"))
+    without = CODEC.decode(msg({"event_id": "e1", "label": 0}, topic="labels", timestamp=(1, 1_767_225_800_000)))
+    assert with_ts == Label("e1", True, 1_767_225_700_000, with_ts.origin)
+    assert without.ts == 1_767_225_800_000 and without.ts_from_kafka and without.label is False
+
+
+def test_a_label_without_its_label_is_refused():
+    letter = CODEC.decode(msg({"event_id": "e1"}, topic="labels"))
+    assert isinstance(letter, DeadLetter) and letter.reason == "missing_field"
+
+
+def test_dead_letters_keep_the_original_bytes_and_say_why_in_headers():
+    letter = CODEC.decode(msg(b"\xff\xfe garbage"))
+    out = encode_dead_letter(letter)
+    headers = dict(out.headers)
+    assert out.value == b"\xff\xfe garbage"
+    assert out.key == b"k"
+    assert headers["reason"] == b"not_json"
+    assert headers["stage"] == b"decode"
+    assert headers["source_topic"] == b"events"
+    assert headers["source_partition"] == b"2"
+    assert headers["source_offset"] == b"7"
+    assert headers["error"].startswith(b"not valid JSON")
+
+
+def test_a_prediction_carries_the_contract_fields():
+    prediction = Prediction(
+        "e1",
+        1_767_225_600_000,
+        0.25,
+        {"river": 0.2, "lightgbm": 0.3},
+        {"river": 10, "lightgbm": 1},
+        "abc",
+        True,
+        {"f": 1.0},
+    )
+    body = orjson.loads(encode_prediction(prediction).value)
+    assert body == {
+        "event_id": "e1",
+        "ts": "2026-01-01T00:00:00.000+00:00",
+        "score": 0.25,
+        "scores": {"river": 0.2, "lightgbm": 0.3},
+        "model": {"river": 10, "lightgbm": 1},
+        "features_version": "abc",
+        "label_inline": True,
+        "features": {"f": 1.0},
+    }
+
+
+@given(st.binary(max_size=300))
+def test_decoding_never_raises_on_arbitrary_bytes(value):
+    result = CODEC.decode(msg(value))
+    assert isinstance(result, Event | DeadLetter)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["event_id", "ts", "user_id", "amount", "n", "vip", "label", "x"]), json_values))
+def test_every_json_object_is_either_a_valid_event_or_a_reasoned_dead_letter(obj):
+    result = CODEC.decode(msg(obj))
+    if isinstance(result, DeadLetter):
+        assert result.reason and result.error
+    else:
+        assert isinstance(result.event_id, str) and result.event_id
+        assert all(v is None or not isinstance(v, float) or math.isfinite(v) for v in result.fields.values())
