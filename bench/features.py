@@ -1,0 +1,122 @@
+"""Feature engine throughput: events/s and time per batch on the shipped transactions SQL.
+
+The engine is first filled with `--buffer` events (the buffer then holds what the longest horizon keeps),
+then the stream continues in batches of 100, 1000 and 10000 events; every `push` is timed (features of the
+released events, buffer append and eviction). The baseline runs each group's SQL over the whole buffer plus
+the batch, the naive way, at batch 1000. Memory: the process's peak RSS and the buffer's Arrow bytes.
+
+    python -m bench.features --buffer 100000 --batches 100 1000 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+import tomllib
+from pathlib import Path
+
+import pyarrow as pa
+
+from dataflows.datasets import transactions
+from features import FeatureEngine
+from features.engine import run_group
+from features.schema import to_arrow, to_ms
+
+REPO = Path(__file__).resolve().parents[1]
+REPEATS = {100: 40, 1000: 12, 10000: 3}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_batches(engine: FeatureEngine, events: list[dict], size: int, count: int) -> dict:
+    times, released = [], 0
+    for i in range(count):
+        batch = events[i * size:(i + 1) * size]
+        started = time.perf_counter()
+        released += len(engine.push(batch))
+        times.append(time.perf_counter() - started)
+    return {
+        "batch": size,
+        "batches": count,
+        "events_per_s": round(released / sum(times)),
+        "p50_ms": round(percentile(times, 0.5) * 1000, 2),
+        "p99_ms": round(percentile(times, 0.99) * 1000, 2),
+        "buffer_rows": len(engine.buffer),
+    }
+
+
+def naive_baseline(engine: FeatureEngine, events: list[dict], size: int, count: int) -> dict:
+    """Each group's SQL over the whole buffer plus the batch, then keep the batch's rows."""
+    con = engine._connection()
+    times = []
+    for i in range(count):
+        batch = to_arrow(events[i * size:(i + 1) * size], engine.fields)
+        started = time.perf_counter()
+        relation = pa.concat_tables([engine.buffer.table, batch])
+        for group in engine.catalog.groups:
+            run_group(con, group, relation, batch["event_id"])
+        times.append(time.perf_counter() - started)
+    return {"batch": size, "events_per_s": round(size * count / sum(times)),
+            "p50_ms": round(percentile(times, 0.5) * 1000, 2)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.features", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sql-dir", default=str(REPO / "sql" / "transactions"))
+    parser.add_argument("--buffer", type=int, default=100_000, help="events streamed before timing")
+    parser.add_argument("--batches", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--repeat", type=int, default=None, help="timed batches per size (default: by size)")
+    parser.add_argument("--threads", type=int, default=1, help="DuckDB threads (default 1: one core)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the whole-buffer baseline")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+
+    with open(REPO / "eddy.toml", "rb") as handle:
+        fields = tomllib.load(handle)["fields"]
+    counts = {size: args.repeat or REPEATS.get(size, 10) for size in args.batches}
+    needed = args.buffer + sum(size * count for size, count in counts.items()) + 5 * 1000
+    events = [{**e, "ts": to_ms(e["ts"])} for e in transactions(n=needed, seed=args.seed, drift_at=None)]
+
+    engine = FeatureEngine(args.sql_dir, fields, threads=args.threads, auto_reload=False)
+    started = time.perf_counter()
+    for i in range(0, args.buffer, 10_000):
+        engine.push(events[i:min(i + 10_000, args.buffer)])
+    print(f"filled: {args.buffer} events in {time.perf_counter() - started:.1f} s; buffer holds "
+          f"{len(engine.buffer)} rows ({engine.buffer.nbytes / 2**20:.1f} MiB), "
+          f"{len(engine.feature_names)} features in {len(engine.catalog.groups)} groups")
+
+    position, results = args.buffer, []
+    for size, count in counts.items():
+        result = run_batches(engine, events[position:], size, count)
+        position += size * count
+        results.append(result)
+        print(f"batch {size:>6}: {result['events_per_s']:>8} events/s, p50 {result['p50_ms']:>8.1f} ms, "
+              f"p99 {result['p99_ms']:>8.1f} ms per batch, buffer {result['buffer_rows']} rows")
+
+    figures: dict = {"buffer_events": args.buffer, "features": len(engine.feature_names),
+                     "groups": len(engine.catalog.groups), "threads": args.threads, "batches": results}
+    if not args.no_baseline:
+        baseline = naive_baseline(engine, events[position:], 1000, 5)
+        mine = next((r for r in results if r["batch"] == 1000), None)
+        figures["baseline_whole_buffer"] = baseline
+        line = f"baseline, window over the whole buffer, batch 1000: {baseline['events_per_s']} events/s"
+        if mine:
+            figures["speedup_vs_baseline"] = round(mine["events_per_s"] / baseline["events_per_s"], 2)
+            line += f" (engine is {figures['speedup_vs_baseline']}x)"
+        print(line)
+    figures["buffer_rows_end"] = len(engine.buffer)
+    figures["buffer_mib"] = round(engine.buffer.nbytes / 2**20, 2)
+    figures["events_streamed"] = position
+    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(f"memory: peak RSS {figures['peak_rss_mib']} MiB; buffer {figures['buffer_mib']} MiB for "
+          f"{figures['buffer_rows_end']} rows after {position} events (bounded by the longest horizon)")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
