@@ -1,0 +1,58 @@
+"""River's Phishing data through Kafka and eddy gives exactly River's own test-then-train numbers."""
+
+from __future__ import annotations
+
+import pytest
+from river import datasets as river_datasets
+from river import evaluate, linear_model, metrics, preprocessing
+
+from dataflows import datasets
+from tests.flowkit import PHISHING_CONFIG, by_id, config_for, outputs, publish, run_flow
+
+pytestmark = pytest.mark.kafka
+
+
+def rivers_own_loop() -> list[float]:
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    scores = []
+    for x, y in river_datasets.Phishing():
+        scores.append(model.predict_proba_one(x)[True])
+        model.learn_one(x, y)
+    return scores
+
+
+def brute_force_auc(labels: list[bool], scores: list[float]) -> float:
+    pos = [s for y, s in zip(labels, scores, strict=True) if y]
+    neg = [s for y, s in zip(labels, scores, strict=True) if not y]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_phishing_scores_and_metrics_equal_rivers(kafka_bootstrap, make_topics):
+    topics = make_topics(partitions=1)
+    events = list(datasets.phishing())
+    publish(kafka_bootstrap, topics.events, events)
+
+    run_flow(config_for(topics, kafka_bootstrap, PHISHING_CONFIG))
+
+    predictions, reports, dead = outputs(kafka_bootstrap, topics)
+    assert dead == []
+    ours = by_id(predictions)
+    expected = rivers_own_loop()
+    assert len(ours) == len(expected) == 1250
+    for event, score in zip(events, expected, strict=True):
+        assert ours[event["event_id"]]["score"] == pytest.approx(score, abs=1e-9)
+
+    final = reports[-1]["quality"]["score"]
+    fresh = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    log_loss = evaluate.progressive_val_score(river_datasets.Phishing(), fresh, metrics.LogLoss()).get()
+    fresh = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    accuracy = evaluate.progressive_val_score(river_datasets.Phishing(), fresh, metrics.Accuracy()).get()
+    assert final["log_loss"] == pytest.approx(log_loss, abs=1e-12)
+    assert final["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    labels = [e["label"] for e in events]
+    assert final["roc_auc"] == pytest.approx(brute_force_auc(labels, expected), abs=1e-12)
+    fresh = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    approximate = evaluate.progressive_val_score(river_datasets.Phishing(), fresh, metrics.ROCAUC()).get()
+    assert final["roc_auc"] == pytest.approx(approximate, abs=0.01)
+    assert reports[-1]["roc_auc_method"].startswith("exact")

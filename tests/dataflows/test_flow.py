@@ -1,0 +1,142 @@
+"""The whole flow against the real broker: bad input never stops it and is never lost; labels join later."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from dataflows import datasets
+from dataflows.codec import parse_ts
+from tests.flowkit import REPO, by_id, config_for, dead_letter_reasons, flow_env, outputs, publish, run_flow
+
+pytestmark = pytest.mark.kafka
+
+SMALL_ENSEMBLE = {"refit_every": 300, "window": 1000, "lag": 50, "background": "none"}
+
+
+def test_bad_messages_become_dead_letters_and_the_flow_keeps_going(kafka_bootstrap, make_topics, tmp_path):
+    topics = make_topics(partitions=2)
+    good = list(datasets.transactions(600, seed=11))
+    bad = [
+        b"{not json",
+        b"[1, 2, 3]",
+        orjson.dumps({**good[0], "event_id": "bad-type", "amount": "lots"}),
+        orjson.dumps({k: v for k, v in good[1].items() if k != "amount"} | {"event_id": "bad-missing"}),
+        b'{"event_id": "bad-nan", "ts": 1767225600000, "amount": NaN}',
+        orjson.dumps({**good[2], "event_id": "bad-ts", "ts": 1_767_225_600}),
+        orjson.dumps({**good[3], "event_id": "bad-big", "category": "x" * 70_000}),
+        orjson.dumps(good[4]),
+    ]
+    messages = good[:300] + bad + good[300:]
+    publish(kafka_bootstrap, topics.events, messages, key=lambda m: None, partition=lambda i, m: i % 2)
+    config = config_for(topics, kafka_bootstrap)
+    config = replace(config, ensemble={**SMALL_ENSEMBLE, "registry_dir": str(tmp_path / "registry")})
+
+    run_flow(config)
+
+    predictions, metrics, dead = outputs(kafka_bootstrap, topics)
+    assert sorted(by_id(predictions)) == sorted(e["event_id"] for e in good)
+    reasons = sorted(reason for reason, _ in dead_letter_reasons(dead))
+    assert reasons == sorted(
+        ["not_json", "not_object", "wrong_type", "missing_field", "not_finite", "absurd_ts", "oversize", "duplicate"]
+    )
+    assert {r.value for r in dead} == set(bad)
+    final = metrics[-1]
+    assert final["type"] == "final"
+    assert final["dead_letters_total"] == len(bad)
+    assert final["dead_letters"]["duplicate"] == 1
+    assert final["events"] == len(good)
+
+
+def test_delayed_labels_are_learned_with_the_features_the_event_was_scored_with(kafka_bootstrap, make_topics):
+    topics = make_topics(partitions=1)
+    events = list(datasets.transactions(800, seed=3))
+    publish(kafka_bootstrap, topics.events, [{k: v for k, v in e.items() if k != "label"} for e in events])
+    labels = [{"event_id": e["event_id"], "label": e["label"], "ts": parse_ts(e, "ts") + 30_000} for e in events[:700]]
+    publish(kafka_bootstrap, topics.labels, labels)
+    config = replace(config_for(topics, kafka_bootstrap), ensemble={"enabled": False})
+
+    run_flow(config)
+
+    predictions, metrics, _ = outputs(kafka_bootstrap, topics)
+    assert len(predictions) == len(events)
+    assert not any(p["label_inline"] for p in predictions)
+    learner = metrics[-1]["learner"]
+    assert learner["labels_delayed"] == 700
+    assert learner["labels_unmatched"] == 0
+    assert learner["pending_events"] == 100
+    assert metrics[-1]["quality"]["score"]["labels"] == 700
+    early, late = by_id(predictions)[events[0]["event_id"]], by_id(predictions)[events[-1]["event_id"]]
+    assert early["score"] == 0.5
+    assert late["score"] != 0.5
+
+
+def test_predictions_carry_the_features_they_were_scored_with(kafka_bootstrap, make_topics):
+    topics = make_topics(partitions=1)
+    events = [
+        {
+            "event_id": f"e{i}",
+            "ts": 1_767_225_600_000 + i * 60_000,
+            "user_id": "u1",
+            "merchant_id": "m1",
+            "amount": 10.0 * (i + 1),
+            "category": "grocery",
+            "country": "FR",
+            "label": False,
+        }
+        for i in range(5)
+    ]
+    publish(kafka_bootstrap, topics.events, events)
+    config = replace(config_for(topics, kafka_bootstrap), include_features=True, ensemble={"enabled": False})
+
+    run_flow(config)
+
+    predictions, _, _ = outputs(kafka_bootstrap, topics)
+    last = by_id(predictions)["e4"]
+    assert last["features"]["user_count_10m"] == 5
+    assert last["features"]["user_sum_10m"] == pytest.approx(150.0)
+    assert last["features"]["user_seconds_since_previous"] == pytest.approx(60.0)
+    assert last["scores"] == {"river": last["score"]}
+    assert set(last) >= {"event_id", "ts", "score", "scores", "model", "features_version", "label_inline"}
+
+
+def test_the_flow_refuses_to_start_without_a_broker_within_seconds(tmp_path):
+    env = flow_env(make_fake_topics(), "localhost:1")
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflows.main"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "no Kafka broker answers at localhost:1" in result.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_the_flow_refuses_to_start_without_its_topics(kafka_bootstrap):
+    env = flow_env(make_fake_topics(), kafka_bootstrap)
+    result = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflows.main"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "do not exist" in result.stderr
+    assert "task topics" in result.stderr
+
+
+def make_fake_topics():
+    from dataflows.config import Topics
+
+    return Topics("nope-events", "nope-labels", "nope-predictions", "nope-metrics", "nope-dlq")
