@@ -8,6 +8,7 @@ python -m dataflows.replay my_events.jsonl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import itertools
 import logging
@@ -21,6 +22,7 @@ from kafka import KafkaProducer
 from tqdm import tqdm
 
 from dataflows import datasets
+from dataflows.codec import Invalid, parse_ts
 from dataflows.config import ConfigError, load_config
 from dataflows.kafka_admin import BrokerError, require_topics
 
@@ -48,12 +50,18 @@ def load_dataset(name: str, limit: int | None, seed: int = 42, drift_at: float |
     return iter(list(datasets.read_file(name, limit)))
 
 
-def split_label(event: dict) -> tuple[dict, dict | None]:
-    """The event without its label, and the label message for the labels topic (None if unlabelled)."""
+def split_label(event: dict, delay_s: float = 0.0) -> tuple[dict, dict | None]:
+    """The event without its label, and the label message for the labels topic (None if unlabelled).
+
+    The label's `ts` places it in event time, `delay_s` after its event: that is where eddy learns it, so a
+    replay gives the same predictions however fast it runs."""
     if "label" not in event:
         return event, None
     rest = {k: v for k, v in event.items() if k != "label"}
-    return rest, {"event_id": event.get("event_id"), "label": event["label"]}
+    label = {"event_id": event.get("event_id"), "label": event["label"]}
+    with contextlib.suppress(Invalid):
+        label["ts"] = parse_ts(event, "ts") + round(delay_s * 1000)
+    return rest, label
 
 
 def replay(
@@ -78,7 +86,7 @@ def replay(
                 time.sleep(ahead)
         key = _key(event, key_field)
         if label_delay_s is not None:
-            event, label = split_label(event)
+            event, label = split_label(event, label_delay_s)
             if label is not None:
                 heapq.heappush(delayed, (time.monotonic() + label_delay_s, next(counter), orjson.dumps(label), key))
         producer.send(events_topic, value=orjson.dumps(event), key=key)

@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from dataflows import datasets
+from dataflows.codec import parse_ts
 from dataflows.replay import main, make_producer, replay
 from tests.kafka_io import read_topic
 
@@ -39,6 +40,7 @@ def test_labels_arrive_on_their_topic_after_the_delay(kafka_bootstrap, make_topi
         label = orjson.loads(record.value)
         event = next(e for e in events if e["event_id"] == label["event_id"])
         assert label["label"] == event["label"]
+        assert label["ts"] == parse_ts(event, "ts") + 1500
         assert record.timestamp - sent[label["event_id"]].timestamp >= 1400
 
 
