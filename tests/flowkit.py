@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -92,3 +93,109 @@ def dead_letter_reasons(records) -> list[tuple[str, str]]:
         headers = {k: v.decode() for k, v in r.headers}
         out.append((headers["reason"], headers["error"]))
     return out
+
+
+# --- recovery and scale tests: isolated configs, input with delayed labels, watching a running flow ---
+
+
+def isolated_config(directory: Path, source: Path | None = None) -> Path:
+    """A copy of eddy.toml (or `source`) in `directory` whose relative paths are made absolute, and whose
+    model registry lives in `directory`: a test run writes nothing into the repository's `.eddy/`."""
+    import re
+
+    source = source or REPO / "eddy.toml"
+    text = source.read_text()
+
+    def absolute(match: re.Match) -> str:
+        return f'{match.group(1)}"{(source.parent / match.group(2)).resolve()}"'
+
+    text = re.sub(r'(?m)^(sql_dir\s*=\s*)"([^"]*)"', absolute, text)
+    text = re.sub(r'(?m)^(registry_dir\s*=\s*)"[^"]*"', lambda m: f'{m.group(1)}"{directory / "registry"}"', text)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "eddy.toml"
+    path.write_text(text)
+    return path
+
+
+def transactions_input(n: int, seed: int = 42, label_delay_s: tuple[float, float] | None = None):
+    """(events, labels) from `dataflows.datasets.transactions`: inline labels when `label_delay_s` is None;
+    else every label goes to the labels topic, its `ts` (epoch ms) its event's plus a seeded random delay in
+    that range (seconds), the labels sorted by that `ts` (so none is late in its partition)."""
+    import random
+    from datetime import datetime
+
+    from dataflows.datasets import transactions
+
+    events = list(transactions(n=n, seed=seed))
+    if label_delay_s is None:
+        return events, []
+    rng = random.Random(seed)
+    labels = []
+    for event in events:
+        ts_ms = int(datetime.fromisoformat(event["ts"]).timestamp() * 1000)
+        delay_ms = int(rng.uniform(*label_delay_s) * 1000)
+        labels.append({"event_id": event["event_id"], "label": event.pop("label"), "ts": ts_ms + delay_ms})
+    labels.sort(key=lambda m: (m["ts"], m["event_id"]))
+    return events, labels
+
+
+def publish_input(bootstrap: str, topics: Topics, events: list[dict], labels: list[dict], partitions: int) -> None:
+    """Events and labels spread round-robin over `partitions` partitions (each partition stays in ts order)."""
+    publish(bootstrap, topics.events, events, partition=lambda i, _: i % partitions)
+    if labels:
+        publish(bootstrap, topics.labels, labels, partition=lambda i, _: i % partitions)
+
+
+def start_flow_logged(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
+    """`python -m bytewax.run ... dataflows.main` with its output appended to `log_path` (no pipe to fill)."""
+    with log_path.open("a") as log:
+        log.write(f"\n=== bytewax.run {' '.join(args)}\n")
+        log.flush()
+        return subprocess.Popen([sys.executable, "-m", "bytewax.run", *args, "dataflows.main"], env=env, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def committed_epoch(recovery_dir: Path) -> int:
+    """The epoch a resume would start from: the lowest commit over the recovery partitions (0 if none)."""
+    import sqlite3
+
+    epochs = []
+    for part in sorted(recovery_dir.glob("part-*.sqlite3")):
+        db = sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=10)
+        try:
+            epochs.append(db.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()[0] or 0)
+        finally:
+            db.close()
+    return min(epochs, default=0)
+
+
+class TopicTail:
+    """Reads a topic incrementally while a flow writes it: `poll()` returns the records that arrived since."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        deadline = time.monotonic() + 10
+        parts = self.consumer.partitions_for_topic(topic)
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.1)
+            parts = self.consumer.partitions_for_topic(topic)
+        self.partitions = [TopicPartition(topic, p) for p in sorted(parts or [])]
+        self.consumer.assign(self.partitions)
+        self.consumer.seek_to_beginning(*self.partitions)
+
+    def poll(self, timeout_ms: int = 200) -> list:
+        return [r for batch in self.consumer.poll(timeout_ms=timeout_ms, max_records=50_000).values() for r in batch]
+
+    def drain(self) -> list:
+        """Everything up to the topic's current end."""
+        end = self.consumer.end_offsets(self.partitions)
+        out: list = []
+        deadline = time.monotonic() + 30
+        while any(self.consumer.position(tp) < end[tp] for tp in self.partitions) and time.monotonic() < deadline:
+            out.extend(self.poll())
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
