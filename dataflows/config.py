@@ -41,7 +41,7 @@ class FlowSettings:
     label_horizon_ms: int = 86_400_000
     metrics_every_events: int = 1_000
     metrics_every_s: float = 10.0
-    rolling_window: int = 1_000
+    rolling_window: int = 5_000
     max_message_bytes: int = 65_536
     batch_size: int = 1_000
 

@@ -1,21 +1,34 @@
-"""The end-to-end demo behind `task demo`: replay the transactions stream and show what reached Kafka.
+"""The end-to-end demo behind `task demo`: payments in, the dataflow learning, results a person can read.
 
-python -m dataflows.demo [--events 20000] [--label-delay 2]
+    python -m dataflows.demo [--events 30000] [--label-delay 30]
+
+Expects the broker and topics to exist (`task demo` starts and resets them first).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
-from collections import Counter
+import time
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from dataflows import datasets
-from dataflows.config import load_config
+from dataflows.config import REPO_ROOT, load_config
 from dataflows.kafka_admin import BrokerError, require_topics
 from dataflows.replay import make_producer, replay
+
+MALFORMED = [
+    b'{"event_id": "broken-1", "ts": "2026-01-01T00:00:00Z", "amount": "a lot"',
+    b'{"event_id": "broken-2", "ts": 1767225600, "user_id": "u1", "merchant_id": "m1", "amount": 5.0, '
+    b'"category": "fuel", "country": "FR"}',
+    b'{"event_id": "broken-3", "ts": "2026-01-01T00:00:00Z", "user_id": "u1", "merchant_id": "m1", '
+    b'"amount": NaN, "category": "fuel", "country": "FR"}',
+    b'["not", "an", "object"]',
+]
 
 
 def read_all(bootstrap: str, topic: str) -> list:
@@ -35,47 +48,104 @@ def read_all(bootstrap: str, topic: str) -> list:
         consumer.close()
 
 
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "   -  " if value is None else f"{value:.{digits}f}"
+
+
+def show_results(config, events: list[dict], run_s: float) -> None:
+    t = config.topics
+    predictions = [orjson.loads(r.value) for r in read_all(config.bootstrap_servers, t.predictions)]
+    reports = [orjson.loads(r.value) for r in read_all(config.bootstrap_servers, t.metrics)]
+    dead = read_all(config.bootstrap_servers, t.dead_letters)
+    final = reports[-1] if reports else {}
+    print(f"\n4. results ({run_s:.1f}s for the flow, start-up included)")
+    print(f"   {len(predictions):,} predictions on '{t.predictions}', {len(reports)} metrics messages on '{t.metrics}'")
+    quality = final.get("quality", {})
+    print("\n   prequential quality (every event scored before its label was learned; ROC AUC is exact)")
+    print(f"   {'member':<10} {'ROC AUC':>8} {'log loss':>9} {'accuracy':>9}   {'rolling AUC':>11} {'labels':>7}")
+    for name in ("score", "river", "lightgbm"):
+        q = quality.get(name)
+        if q:
+            label = "ensemble" if name == "score" else name
+            print(
+                f"   {label:<10} {_fmt(q['roc_auc']):>8} {_fmt(q['log_loss']):>9} {_fmt(q['accuracy']):>9}   "
+                f"{_fmt(q['roc_auc_rolling']):>11} {q['labels']:>7,}"
+            )
+    versions = sorted({p["model"].get("lightgbm") for p in predictions if p["model"].get("lightgbm")})
+    if versions:
+        first = next(p for p in predictions if p["model"].get("lightgbm"))
+        print(
+            f"\n   LightGBM refits in force: versions {versions}; first used for event {first['event_id']} "
+            f"(registry: {config.ensemble.get('registry_dir', '-')})"
+        )
+    reasons = final.get("dead_letters", {})
+    print(
+        f"\n   dead letters on '{t.dead_letters}': {len(dead)} "
+        f"({', '.join(f'{k} {v}' for k, v in reasons.items()) or 'none'})"
+    )
+    for record in dead[:4]:
+        headers = {k: v.decode() for k, v in record.headers}
+        print(f"     - {headers['reason']}: {headers['error'][:90]}")
+    labels = {e["event_id"]: e.get("label") for e in events}
+    riskiest = sorted(predictions, key=lambda p: p["score"], reverse=True)[:5]
+    print("\n   highest-scored payments, and whether they were fraud")
+    for p in riskiest:
+        print(f"     {p['event_id']}  score {p['score']:.3f}  fraud: {labels.get(p['event_id'])}")
+    if predictions:
+        print(f"\n   one prediction as published:\n     {orjson.dumps(predictions[len(predictions) // 2]).decode()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     config = load_config()
     parser = argparse.ArgumentParser(prog="python -m dataflows.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20_000, help="transactions to replay (default: %(default)s)")
+    parser.add_argument("--events", type=int, default=30_000, help="transactions to replay (default: %(default)s)")
     parser.add_argument(
         "--label-delay",
         type=float,
-        default=2.0,
-        help="seconds before each label follows its event on the labels topic (default: %(default)s)",
+        default=30.0,
+        help="labels follow their payment this many seconds later, in event time, on the labels "
+        "topic (default: %(default)s; 0 keeps them inline)",
     )
     args = parser.parse_args(argv)
-    topics = config.topics
+    t = config.topics
     try:
-        require_topics(config.bootstrap_servers, [topics.events, topics.labels])
+        require_topics(config.bootstrap_servers, t.all())
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
+    events = list(datasets.transactions(args.events))
+    delayed = args.label_delay > 0
     print(
-        f"1. replaying {args.events:,} synthetic card payments to '{topics.events}' "
-        f"(labels follow on '{topics.labels}' after {args.label_delay:g}s)"
+        f"1. replaying {len(events):,} synthetic card payments to '{t.events}' (fraud pattern changes halfway)"
+        + (f"; labels on '{t.labels}', {args.label_delay:g}s later in event time" if delayed else "")
     )
+    producer = make_producer(config.bootstrap_servers)
     result = replay(
-        datasets.transactions(args.events),
-        make_producer(config.bootstrap_servers),
-        topics.events,
-        topics.labels,
-        args.label_delay,
+        iter(events), producer, t.events, t.labels, 0.0 if delayed else None, label_event_delay_s=args.label_delay
     )
-    print(f"   published {result.events:,} events and {result.labels:,} labels in {result.seconds:.1f}s")
+    print(f"   published {result.events:,} events" + (f" and {len(events):,} labels" if delayed else ""))
+    print(f"2. adding {len(MALFORMED)} malformed messages, to show where bad input goes")
+    for value in MALFORMED:
+        producer.send(t.events, value=value)
+    producer.flush()
+    producer.close()
 
-    events = [orjson.loads(r.value) for r in read_all(config.bootstrap_servers, topics.events)]
-    labels = [orjson.loads(r.value) for r in read_all(config.bootstrap_servers, topics.labels)]
-    frauds = sum(1 for label in labels if label["label"])
-    print(
-        f"2. on the broker: {len(events):,} events, {len(labels):,} labels ({frauds:,} fraudulent, "
-        f"{frauds / max(1, len(labels)):.1%})"
+    print("3. running the dataflow until the end of its input: EDDY_TAIL=false python -m bytewax.run dataflows.main")
+    started = time.monotonic()
+    flow = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflows.main"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "EDDY_TAIL": "false"},
+        capture_output=True,
+        text=True,
     )
-    categories = Counter(e["category"] for e in events).most_common(4)
-    print("   busiest categories: " + ", ".join(f"{name} {count:,}" for name, count in categories))
-    print(f"   first event: {orjson.dumps(events[0]).decode() if events else '-'}")
+    run_s = time.monotonic() - started
+    if flow.returncode != 0:
+        print(flow.stderr[-3000:], file=sys.stderr)
+        print("error: the dataflow failed (its log is above)", file=sys.stderr)
+        return 1
+    show_results(config, events, run_s)
     return 0
 
 

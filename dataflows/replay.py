@@ -73,8 +73,12 @@ def replay(
     rate: float | None = None,
     key_field: str = "event_id",
     progress: tqdm | None = None,
+    label_event_delay_s: float | None = None,
 ) -> ReplayResult:
-    """Send every event; with `label_delay_s`, labels go to `labels_topic` that many seconds after their event."""
+    """Send every event; with `label_delay_s`, labels go to `labels_topic` that many seconds after their event.
+
+    A label's `ts` is its event's plus `label_event_delay_s` (default: `label_delay_s`)."""
+    event_delay = label_delay_s if label_event_delay_s is None else label_event_delay_s
     delayed: list[tuple[float, int, bytes, bytes | None]] = []
     counter = itertools.count()
     sent_events = sent_labels = 0
@@ -86,7 +90,7 @@ def replay(
                 time.sleep(ahead)
         key = _key(event, key_field)
         if label_delay_s is not None:
-            event, label = split_label(event, label_delay_s)
+            event, label = split_label(event, event_delay)
             if label is not None:
                 heapq.heappush(delayed, (time.monotonic() + label_delay_s, next(counter), orjson.dumps(label), key))
         producer.send(events_topic, value=orjson.dumps(event), key=key)
