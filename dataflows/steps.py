@@ -172,12 +172,14 @@ class ScoreAndLearn(StatefulBatchLogic):
         learner, reporter = self.state.learner, self.state.reporter
         out: list[Any] = []
         now = time.time()
+        inputs = {id(item): model_input(item.features) for item in items if isinstance(item, Scored)}
+        learner.prepare(list(inputs.values()))
         for item in items:
             if isinstance(item, Scored):
                 event = item.event
                 if self.lag_probe is not None:
                     self.lag_probe.seen(event.origin)
-                x = model_input(item.features)
+                x = inputs[id(item)]
                 meta = {"ts": event.ts / 1000, "offset": event.origin.offset, "features_version": item.features_version}
                 result = learner.score(event.event_id, event.ts, x, event.label, meta)
                 out.append(

@@ -231,11 +231,32 @@ class Ensemble(base.Classifier):
         """Whether a background fit is running right now."""
         return bool(self._queue.running())
 
+    def prepare(self, xs: list[Mapping]) -> None:
+        """Score a micro-batch with LightGBM in one call before scoring it event by event.
+
+        One batched call costs a few µs a row against ~100 µs for single rows. The scores are used only while
+        the model that made them is in force: after a refit takes effect mid-batch, rows are scored singly,
+        so the result is the same as without `prepare`.
+        """
+        self._prepared = None
+        if self.lightgbm is not None and xs:
+            scores = self.lightgbm.predict_many(xs)
+            self._prepared = (self.lightgbm_version, {id(x): (x, float(p)) for x, p in zip(xs, scores, strict=True)})
+
     def _member_scores(self, x: Mapping) -> dict[str, float | None]:
         proba = self.river.predict_proba_one(x)
         river = float(proba.get(True, 0.5)) if proba else 0.5
-        lightgbm = None if self.lightgbm is None else self.lightgbm.predict_proba(x)
-        return {"river": river, "lightgbm": lightgbm}
+        return {"river": river, "lightgbm": self._lightgbm_score(x)}
+
+    def _lightgbm_score(self, x: Mapping) -> float | None:
+        if self.lightgbm is None:
+            return None
+        prepared = getattr(self, "_prepared", None)
+        if prepared is not None and prepared[0] == self.lightgbm_version:
+            hit = prepared[1].get(id(x))
+            if hit is not None and hit[0] is x:
+                return hit[1]
+        return self.lightgbm.predict_proba(x)
 
     def _track(self, scores: dict[str, float | None], y: bool) -> None:
         for name, p in (*scores.items(), ("ensemble", self._blend.combine(scores))):
@@ -275,6 +296,7 @@ class Ensemble(base.Classifier):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_last"] = None
+        state["_prepared"] = None
         return state
 
     def __deepcopy__(self, memo: dict) -> Ensemble:

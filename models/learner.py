@@ -116,6 +116,13 @@ class OnlineLearner:
             return UNTRAINED_SCORE
         return float(proba.get(True, 0.0))
 
+    def prepare(self, xs: list[dict]) -> None:
+        """Let the model score a micro-batch ahead where it can do so faster (the Ensemble's LightGBM);
+        the scores are the same as without it."""
+        prepare = getattr(self.model, "prepare", None)
+        if prepare is not None:
+            prepare(xs)
+
     def predict_detailed(self, x: dict) -> tuple[float, dict[str, float | None], dict]:
         """The score, each member's score and each member's version (a model with members, e.g. the
         `Ensemble`, reports them; a plain River model is its own single member, `river`)."""
