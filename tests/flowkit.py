@@ -117,10 +117,12 @@ def isolated_config(directory: Path, source: Path | None = None) -> Path:
     return path
 
 
-def transactions_input(n: int, seed: int = 42, label_delay_s: tuple[float, float] | None = None):
+def transactions_input(n: int, seed: int = 42, label_delay_s: tuple[float, float] | None = None,
+                       delayed_share: float = 1.0):
     """(events, labels) from `dataflows.datasets.transactions`: inline labels when `label_delay_s` is None;
-    else every label goes to the labels topic, its `ts` (epoch ms) its event's plus a seeded random delay in
-    that range (seconds), the labels sorted by that `ts` (so none is late in its partition)."""
+    else a seeded random `delayed_share` of the labels go to the labels topic, each with a `ts` (epoch ms) its
+    event's plus a seeded random delay in that range (seconds), sorted by that `ts` (none is late in its
+    partition); the other events keep their label inline."""
     import random
     from datetime import datetime
 
@@ -132,6 +134,8 @@ def transactions_input(n: int, seed: int = 42, label_delay_s: tuple[float, float
     rng = random.Random(seed)
     labels = []
     for event in events:
+        if rng.random() >= delayed_share:
+            continue
         ts_ms = int(datetime.fromisoformat(event["ts"]).timestamp() * 1000)
         delay_ms = int(rng.uniform(*label_delay_s) * 1000)
         labels.append({"event_id": event["event_id"], "label": event.pop("label"), "ts": ts_ms + delay_ms})

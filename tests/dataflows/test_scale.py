@@ -1,0 +1,109 @@
+"""Scaling out changes nothing: the same input gives the same predictions and features with 1 worker, 2 worker
+threads, 2 processes, and from a 1-partition topic (canonical event-time order, see `dataflows.ordering`)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.flowkit import (
+    by_id,
+    flow_env,
+    isolated_config,
+    outputs,
+    publish_input,
+    run_flow_process,
+    start_flow_logged,
+    transactions_input,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+N_EVENTS = 12_000
+TOLERANCE = 1e-12
+RUN_TIMEOUT_S = 240
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _two_processes(env: dict[str, str], tmp_path) -> None:
+    ports = _free_ports(2)
+    addresses = ";".join(f"localhost:{p}" for p in ports)
+    logs = [tmp_path / f"process-{i}.log" for i in range(2)]
+    procs = [start_flow_logged(env, logs[i], "-i", str(i), "-a", addresses) for i in range(2)]
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, log in zip(procs, logs, strict=True):
+        assert proc.returncode == 0, f"process exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def scale_input():
+    # 80 % of the labels inline, 20 % delayed on the labels topic (every input partition carries data).
+    return transactions_input(N_EVENTS, seed=5, label_delay_s=(1.0, 1800.0), delayed_share=0.2)
+
+
+def _run(kafka_bootstrap, make_topics, tmp_path, scale_input, partitions: int, how: str) -> dict[str, dict]:
+    events, labels = scale_input
+    topics = make_topics(partitions=partitions)
+    publish_input(kafka_bootstrap, topics, events, labels, partitions)
+    run_dir = tmp_path / f"{how}-{partitions}"
+    env = flow_env(topics, kafka_bootstrap, isolated_config(run_dir), EDDY_INCLUDE_FEATURES="true")
+    started = time.monotonic()
+    if how == "w1":
+        run_flow_process(env, "-w", "1", timeout=RUN_TIMEOUT_S)
+    elif how == "w2":
+        run_flow_process(env, "-w", "2", timeout=RUN_TIMEOUT_S)
+    else:
+        _two_processes(env, run_dir)
+    predictions, _, dead = outputs(kafka_bootstrap, topics)
+    print(f"{how} on {partitions} partition(s): {len(predictions)} predictions in {time.monotonic() - started:.1f} s")
+    assert not dead, f"{how}: {len(dead)} dead letters"
+    ids = [p["event_id"] for p in predictions]
+    assert len(ids) == len(set(ids)) == N_EVENTS, f"{how}: {len(ids)} predictions, {len(set(ids))} distinct"
+    assert all("features" in p and p["features"] for p in predictions), "EDDY_INCLUDE_FEATURES=true: no features"
+    return by_id(predictions)
+
+
+def _differences(name: str, got: dict[str, dict], want: dict[str, dict]) -> list[str]:
+    problems = []
+    features = sorted(e for e in want if got[e]["features"] != want[e]["features"])
+    if features:
+        e = features[0]
+        a, b = got[e]["features"], want[e]["features"]
+        diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+        problems.append(f"{name}: {len(features)} events have other features, first {e}: {diff}")
+    scores = sorted(e for e in want if abs(got[e]["score"] - want[e]["score"]) > TOLERANCE)
+    if scores:
+        problems.append(f"{name}: {len(scores)} scores differ, first "
+                        f"{[(e, got[e]['score'], want[e]['score']) for e in scores[:3]]}")
+    return problems
+
+
+def test_workers_processes_and_partitions_give_the_same_predictions(kafka_bootstrap, make_topics, tmp_path,
+                                                                     scale_input):
+    reference = _run(kafka_bootstrap, make_topics, tmp_path, scale_input, 3, "w1")
+    problems: list[str] = []
+    for partitions, how in [(3, "w2"), (3, "processes"), (1, "w1")]:
+        got = _run(kafka_bootstrap, make_topics, tmp_path, scale_input, partitions, how)
+        assert set(got) == set(reference)
+        problems += _differences(f"{how} on {partitions} partition(s)", got, reference)
+    assert not problems, "\n".join(problems)
