@@ -8,7 +8,6 @@ clear message instead of silently mis-restoring.
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 import time
 from dataclasses import dataclass
@@ -228,10 +227,14 @@ def model_input(features: dict[str, Any]) -> dict[str, Any]:
     """Features as River takes them: NULLs (and NaN/inf) left out, DECIMAL as float, other exotic types as text."""
     x: dict[str, Any] = {}
     for name, value in features.items():
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            continue
-        if isinstance(value, bool | int | float | str):
+        kind = type(value)
+        if kind is float:
+            if value - value == 0.0:
+                x[name] = value
+        elif kind is int or kind is str or kind is bool:
             x[name] = value
+        elif value is None:
+            continue
         elif isinstance(value, Decimal):
             x[name] = float(value)
         else:

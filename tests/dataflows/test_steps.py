@@ -1,0 +1,37 @@
+"""The stateful steps' plain parts: model inputs and the state-format guard on snapshots."""
+
+from __future__ import annotations
+
+import pickle
+from decimal import Decimal
+
+import pytest
+
+from dataflows.steps import STATE_FORMAT, StateFormatError, model_input, pack, unpack
+
+
+def test_model_input_leaves_out_what_river_cannot_learn_from():
+    features = {"a": 1.5, "nan": float("nan"), "inf": float("-inf"), "null": None, "n": 3, "s": "FR", "b": True,
+                "dec": Decimal("2.5")}
+    assert model_input(features) == {"a": 1.5, "n": 3, "s": "FR", "b": True, "dec": 2.5}
+
+
+def test_a_snapshot_round_trips_under_its_step():
+    assert unpack("score_and_learn", pack("score_and_learn", {"n": 1})) == {"n": 1}
+    assert unpack("score_and_learn", None) is None
+
+
+def test_a_snapshot_of_another_format_is_refused_by_name():
+    old = pickle.dumps({"format": STATE_FORMAT - 1, "step": "score_and_learn", "state": {}})
+    with pytest.raises(StateFormatError, match=rf"step 'score_and_learn': .* state format {STATE_FORMAT - 1}"):
+        unpack("score_and_learn", old)
+
+
+def test_a_snapshot_of_another_step_is_refused():
+    with pytest.raises(StateFormatError, match="step 'compute_features'"):
+        unpack("compute_features", pack("score_and_learn", {}))
+
+
+def test_unreadable_bytes_are_refused_with_advice():
+    with pytest.raises(StateFormatError, match="fresh recovery directory"):
+        unpack("order_by_event_time", b"not a pickle")
