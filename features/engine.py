@@ -245,9 +245,11 @@ class FeatureEngine:
         first_ts = released[0][0]
         columns = {}
         for group in self.catalog.groups:
-            history = self.buffer.history(first_ts - group.horizon_ms, group.entity, batch)
+            # A batch-join plan matches entities in its join; a window plan needs them filtered here.
+            entity = () if group.batch_sql else group.entity
+            history = self.buffer.history(first_ts - group.horizon_ms, entity, batch)
             relation = pa.concat_tables([history, batch]) if history.num_rows else batch
-            columns.update(run_group(self._connection(), group, relation, batch["event_id"]))
+            columns.update(run_group(self._connection(), group, relation, batch["event_id"], batch))
         features = pa.table(columns).to_pylist() if columns else [{} for _ in events]
         self.buffer.append(batch)
         self.counters["evicted"] += self.buffer.evict(self._max_ts - self.lateness_ms - self.catalog.horizon_ms)
@@ -267,16 +269,27 @@ def connect(threads: int = 1) -> duckdb.DuckDBPyConnection:
 
 
 def run_group(
-    con: duckdb.DuckDBPyConnection, group: FeatureGroup, events: pa.Table, event_ids: pa.ChunkedArray
+    con: duckdb.DuckDBPyConnection,
+    group: FeatureGroup,
+    events: pa.Table,
+    event_ids: pa.ChunkedArray,
+    batch: pa.Table | None = None,
 ) -> dict[str, pa.ChunkedArray]:
-    """Run one group's SQL over `events` and return its feature columns aligned with `event_ids`."""
-    con.register("events", events)
+    """Run one group's SQL over `events` and return its feature columns aligned with `event_ids`.
+
+    With `batch`, the rows whose features are wanted, a group that has a batch-join plan runs it instead
+    (see `features.joinplan`): same results, computed for the batch's rows only.
+    """
+    names = ("__history", "__batch") if batch is not None and group.batch_sql else ("events",)
+    for name, relation in zip(names, (events, batch), strict=False):
+        con.register(name, relation)
     try:
-        result = con.sql(group.sql).to_arrow_table()
+        result = con.sql(group.sql if names == ("events",) else group.batch_sql).to_arrow_table()
     except duckdb.Error as exc:
         raise RuntimeError(f"feature group '{group.name}' ({group.path}) failed: {exc}") from exc
     finally:
-        con.unregister("events")
+        for name in names:
+            con.unregister(name)
     index = pc.index_in(event_ids, value_set=result["event_id"].combine_chunks())
     aligned = result.take(index)
     return {name: aligned[name] for name in group.feature_names}

@@ -17,10 +17,12 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
 
+from features.joinplan import batch_join_sql
 from features.schema import empty_events, event_columns
 
 HEADER_KEYS = ("group", "entity", "horizon", "lateness", "description")
@@ -61,6 +63,7 @@ class FeatureGroup:
     sql: str
     feature_names: tuple[str, ...]
     description: str = ""
+    batch_sql: str | None = None
 
 
 def parse_duration(text: str) -> int:
@@ -94,7 +97,13 @@ def load_group(path: str | Path, fields: dict[str, str], text: str | None = None
     name = header["group"][0]
     if not _NAME.match(name):
         raise FeatureFileError(path, header["group"][1], f"group name {name!r} must be an identifier")
-    columns = _bind(path, text, body_line, fields)
+    con = duckdb.connect(config={"enable_external_access": False})
+    try:
+        columns, statement = _bind(con, path, text, body_line, fields)
+        _check_reach(con, path, text, body_line, statement, horizon)
+        batch_sql = batch_join_sql(con, text, statement, columns, entity, horizon, fields)
+    finally:
+        con.close()
     return FeatureGroup(
         name=name,
         path=str(path),
@@ -104,6 +113,7 @@ def load_group(path: str | Path, fields: dict[str, str], text: str | None = None
         sql=text,
         feature_names=tuple(c for c in columns if c != "event_id"),
         description=header.get("description", ("", 0))[0],
+        batch_sql=batch_sql,
     )
 
 
@@ -184,11 +194,9 @@ def _duration(path: Path, header: dict[str, tuple[str, int]], key: str) -> int:
         raise FeatureFileError(path, line, f"{key}: {exc}") from exc
 
 
-def _bind(path: Path, text: str, body_line: int, fields: dict[str, str]) -> list[str]:
+def _bind(con, path: Path, text: str, body_line: int, fields: dict[str, str]) -> tuple[list[str], dict]:
     """Parse and bind the whole file (header lines are SQL comments, so DuckDB's line numbers are the file's)."""
-    con = duckdb.connect()
     try:
-        con.execute("SET enable_external_access = false")
         serialized = json.loads(con.execute("SELECT json_serialize_sql(?)", [text]).fetchall()[0][0])
         if serialized.get("error"):
             _raise_duckdb(path, text, body_line, serialized.get("error_message", "invalid SQL"), fields)
@@ -206,7 +214,7 @@ def _bind(path: Path, text: str, body_line: int, fields: dict[str, str]) -> list
             raise FeatureFileError(path, body_line, "expected one SELECT statement over `events`")
         columns = relation.columns
     finally:
-        con.close()
+        con.unregister("events")
     if "event_id" not in columns:
         raise FeatureFileError(path, body_line, "the SELECT returns no `event_id` column; "
                                                 "every feature row must say which event it belongs to")
@@ -217,7 +225,32 @@ def _bind(path: Path, text: str, body_line: int, fields: dict[str, str]) -> list
     if reserved:
         raise FeatureFileError(path, body_line, f"output column(s) {', '.join(reserved)} are reserved; "
                                                 "rename them")
-    return columns
+    return columns, statements[0]
+
+
+def _check_reach(con, path: Path, text: str, body_line: int, statement: dict, horizon_ms: int) -> None:
+    """A RANGE window that reaches further back than the header's horizon would see a truncated history
+    online (the buffer keeps only the horizon) but the whole history in a backfill: reject it."""
+    for node in _walk(statement):
+        if node.get("class") != "WINDOW" or node.get("start") != "EXPR_PRECEDING_RANGE":
+            continue
+        expression = node.get("start_expr") or {}
+        start, length = expression.get("query_location"), expression.get("query_location_length")
+        if start is None or not length or start + length > len(text.encode()):
+            continue
+        reach_text = text.encode()[start:start + length].decode()
+        try:
+            value = con.execute(f"SELECT to_microseconds(0) + ({reach_text})").fetchall()[0][0]
+        except duckdb.Error:
+            continue
+        if isinstance(value, timedelta) and value > timedelta(milliseconds=horizon_ms):
+            line, column = _line_of(text, start, body_line)
+            raise FeatureFileError(
+                path, line,
+                f"the window reaches back {reach_text} ({value}), beyond the header's horizon "
+                f"({timedelta(milliseconds=horizon_ms)}); raise the horizon so live and backfill agree",
+                column,
+            )
 
 
 def _raise_duckdb(path: Path, text: str, body_line: int, message: str, fields: dict[str, str]):

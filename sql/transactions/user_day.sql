@@ -10,20 +10,14 @@ SELECT
     avg(amount) OVER last_24h AS user_mean_24h,
     stddev_samp(amount) OVER last_24h AS user_std_24h,
     max(amount) OVER last_24h AS user_max_24h,
-    -- seconds since the user's previous payment, NULL if none in the last 24 hours
-    CASE WHEN ts - previous_ts <= INTERVAL 24 HOURS
-         THEN date_diff('millisecond', previous_ts, ts) / 1000.0 END AS user_seconds_since_previous,
-    -- this amount over the mean of the user's other payments in the last 24 hours
-    amount / NULLIF(previous_mean, 0) AS user_amount_vs_mean_24h
-FROM (
-    SELECT
-        *,
-        lag(ts) OVER (PARTITION BY user_id ORDER BY ts, event_id) AS previous_ts,
-        avg(amount) OVER (
-            PARTITION BY user_id ORDER BY ts
-            RANGE BETWEEN INTERVAL 24 HOURS PRECEDING AND CURRENT ROW EXCLUDE CURRENT ROW
-        ) AS previous_mean
-    FROM events
-)
+    -- seconds since the user's previous payment (at an earlier ts), NULL if none in the last 24 hours
+    date_diff('millisecond', max(ts) OVER before_24h, ts) / 1000.0 AS user_seconds_since_previous,
+    -- this amount over the mean of the user's earlier payments in the last 24 hours
+    amount / NULLIF(avg(amount) OVER before_24h, 0) AS user_amount_vs_mean_24h
+FROM events
 WINDOW
-    last_24h AS (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 24 HOURS PRECEDING AND CURRENT ROW)
+    last_24h AS (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 24 HOURS PRECEDING AND CURRENT ROW),
+    before_24h AS (
+        PARTITION BY user_id ORDER BY ts
+        RANGE BETWEEN INTERVAL 24 HOURS PRECEDING AND INTERVAL 1 MILLISECOND PRECEDING
+    )

@@ -32,12 +32,41 @@ WINDOW previous AS (PARTITION BY user_id, merchant_id ORDER BY ts, event_id),
 """
 
 
+# Runs as a batch join (see features.joinplan): several frames, one ending before the current row.
+JOINED = """\
+-- group: joined
+-- entity: merchant_id, user_id
+-- horizon: 10s
+SELECT
+    event_id,
+    count(*) OVER w AS j_n,
+    count(amount) OVER w AS j_n_amount,
+    min(amount) OVER (PARTITION BY user_id, merchant_id ORDER BY ts
+                      RANGE BETWEEN INTERVAL 5 SECONDS PRECEDING AND CURRENT ROW) AS j_min_5s,
+    amount - avg(amount) OVER earlier AS j_vs_earlier,
+    date_diff('millisecond', max(ts) OVER earlier, ts) AS j_ms_since_earlier,
+    var_pop(amount) OVER earlier AS j_var_earlier
+FROM events
+WINDOW w AS (PARTITION BY user_id, merchant_id ORDER BY ts RANGE BETWEEN INTERVAL 10 SECONDS PRECEDING AND CURRENT ROW),
+    earlier AS (PARTITION BY user_id, merchant_id ORDER BY ts
+                RANGE BETWEEN INTERVAL 10 SECONDS PRECEDING AND INTERVAL 1 MILLISECOND PRECEDING)
+"""
+
+
 @pytest.fixture(scope="module")
 def test_sql(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sql")
     (folder / "user_counts.sql").write_text(USER_COUNTS)
     (folder / "short.sql").write_text(SHORT)
+    (folder / "joined.sql").write_text(JOINED)
     return folder
+
+
+def test_both_plans_are_exercised(test_sql):
+    plans = {g.name: g.batch_sql is not None for g in FeatureEngine(test_sql, FIELDS).catalog.groups}
+    assert plans == {"joined": True, "short": False, "user_counts": False}
+    shipped = FeatureEngine(REPO / "sql" / "transactions", FIELDS).catalog.groups
+    assert all(g.batch_sql for g in shipped)
 
 
 @st.composite
@@ -51,7 +80,7 @@ def scenarios(draw):
         events.append({
             "event_id": f"e{draw(st.integers(0, 10**6)):07d}-{i}",
             "ts": ts,
-            "user_id": draw(st.sampled_from(["a", "b", "c"])),
+            "user_id": draw(st.sampled_from(["a", "b", "c", None])),
             "merchant_id": draw(st.sampled_from(["m", "n"])),
             "amount": draw(st.one_of(st.none(), st.sampled_from([1.0, 2.5, 1e6]), st.floats(-1e3, 1e3))),
             "category": "grocery",

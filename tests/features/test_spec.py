@@ -112,3 +112,22 @@ def test_the_shipped_files_load(folder, fields):
     catalog = require_catalog(REPO / folder, fields)
     assert catalog.feature_names
     assert len(catalog.version) == 12
+
+
+def test_a_window_longer_than_the_horizon_is_rejected(tmp_path):
+    select = "count(*) OVER (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 2 HOURS PRECEDING AND CURRENT ROW)"
+    with pytest.raises(FeatureFileError, match=r"line 4, column \d+: the window reaches back INTERVAL 2 HOURS"):
+        load(tmp_path, HEADER + f"SELECT event_id,\n {select} AS n FROM events\n".replace(",\n", ", "))
+
+
+@pytest.mark.parametrize(("select", "planned"), [
+    ("sum(amount) OVER (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW)",
+     True),
+    ("lag(amount) OVER (PARTITION BY user_id ORDER BY ts, event_id)", False),
+    ("sum(amount) OVER (PARTITION BY country ORDER BY ts RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW)",
+     False),
+    ("sum(amount) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW)", False),
+])
+def test_only_windowed_aggregates_over_the_entity_get_a_batch_join_plan(tmp_path, select, planned):
+    group = load(tmp_path, HEADER + f"SELECT event_id, {select} AS f FROM events\n")
+    assert (group.batch_sql is not None) == planned

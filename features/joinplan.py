@@ -1,0 +1,264 @@
+"""A faster, equivalent plan for the common shape of feature SQL: windowed aggregates as a batch join.
+
+A window over `events` computes a result for every row it reads, history included, although only the
+batch's rows are wanted; with a 24-hour horizon that is ~10x the work. When every window in a file is an
+aggregate (`count`, `sum`, `avg`, `min`, `max`, `stddev_*`, `var_*`) of one column (or `*`),
+`PARTITION BY` the header's entity, `ORDER BY ts`, with a `RANGE` frame from a constant interval back to
+the current row or a constant interval back, the file is rewritten as: join each batch row to its entity's
+history within the frame, aggregate per batch row, then evaluate the user's own select list over the batch
+row with each window replaced by its aggregate. The rewrite is built from DuckDB's own parse tree, using
+the text spans of the user's expressions, and is accepted only if it gives the same result as the plain
+SQL on a synthetic sample at load time; otherwise the file runs as written. The plain SQL stays the
+definition: the backfill always runs it, and the property tests compare the two.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import timedelta
+
+import duckdb
+import pyarrow as pa
+
+from features.schema import to_arrow
+
+_AGGREGATES = {"count", "count_star", "sum", "avg", "mean", "min", "max", "stddev", "stddev_samp",
+               "stddev_pop", "variance", "var_samp", "var_pop"}
+_NO_LOCATION = 2**64 - 1
+
+
+class _Ineligible(Exception):
+    """The file's shape is not one the batch join reproduces exactly; it runs as written."""
+
+
+def batch_join_sql(
+    con: duckdb.DuckDBPyConnection,
+    text: str,
+    statement: dict,
+    columns: list[str],
+    entity: tuple[str, ...],
+    horizon_ms: int,
+    fields: dict[str, str],
+) -> str | None:
+    """The batch-join rewrite of a feature file, or None when it does not apply or does not agree."""
+    if not entity:
+        return None
+    try:
+        sql = _rewrite(con, text.encode(), statement, columns, entity)
+    except _Ineligible:
+        return None
+    return sql if _agrees(con, text, sql, fields, horizon_ms) else None
+
+
+def _rewrite(con, raw: bytes, statement: dict, columns: list[str], entity: tuple[str, ...]) -> str:
+    node = statement["node"]
+    if node.get("type") != "SELECT_NODE" or node.get("modifiers") or node.get("cte_map", {}).get("map"):
+        raise _Ineligible
+    if any(node.get(k) for k in ("where_clause", "group_expressions", "group_sets", "having", "qualify",
+                                 "sample")):
+        raise _Ineligible
+    source = node.get("from_table") or {}
+    if source.get("type") != "BASE_TABLE" or source.get("table_name") != "events" or source.get("schema_name"):
+        raise _Ineligible
+    alias = source.get("alias") or "events"
+    windows: list[dict] = []
+    items = []
+    for item, name in zip(node["select_list"], columns, strict=True):
+        items.append(f"{_replace_windows(raw, item, windows, entity, con)} AS {_quote(name)}")
+    if not windows:
+        raise _Ineligible
+    widest = max(windows, key=lambda w: w["lo_us"])
+    nearest = min(windows, key=lambda w: w["hi_us"])
+    bounds = f"__h.ts >= __b.ts - ({widest['lo']})"
+    bounds += f" AND __h.ts <= __b.ts - ({nearest['hi']})" if nearest["hi"] else " AND __h.ts <= __b.ts"
+    keys = " AND ".join(f"__h.{_quote(c)} IS NOT DISTINCT FROM __b.{_quote(c)}" for c in entity)
+    aggregates = []
+    for i, window in enumerate(windows):
+        argument = f"__h.{_quote(window['column'])}" if window["column"] else "__h.ts"
+        expression = f"{window['function']}({argument})"
+        if window["lo_us"] != widest["lo_us"] or window["hi_us"] != nearest["hi_us"]:
+            condition = f"__h.ts >= __b.ts - ({window['lo']})"
+            condition += f" AND __h.ts <= __b.ts - ({window['hi']})" if window["hi"] else ""
+            expression += f" FILTER (WHERE {condition})"
+        aggregates.append(f"{expression} AS __w{i}")
+    return (
+        "WITH __agg AS (\n"
+        f"    SELECT __b.event_id AS __eid, {', '.join(aggregates)}\n"
+        f"    FROM __batch AS __b LEFT JOIN __history AS __h ON {keys} AND {bounds}\n"
+        "    GROUP BY __b.event_id\n"
+        ")\n"
+        f"SELECT {', '.join(items)}\n"
+        f"FROM __batch AS {_quote(alias)} JOIN __agg ON __agg.__eid = {_quote(alias)}.event_id"
+    )
+
+
+def _replace_windows(raw: bytes, item: dict, windows: list[dict], entity, con) -> str:
+    start, length = _item_span(raw, item)
+    text = raw[start:start + length]
+    spans = []
+    for node in _walk(item):
+        if node.get("class") in ("SUBQUERY", "STAR", "COLUMNS"):
+            raise _Ineligible
+        if node.get("class") == "WINDOW":
+            window = _window(raw, node, entity, con)
+            w_start, w_length = _span(node)
+            spans.append((w_start - start, w_length, len(windows)))
+            windows.append(window)
+    for offset, w_length, index in sorted(spans, reverse=True):
+        if offset < 0 or offset + w_length > len(text):
+            raise _Ineligible
+        text = text[:offset] + f"__agg.__w{index}".encode() + text[offset + w_length:]
+    return f"({text.decode()})"
+
+
+def _window(raw: bytes, node: dict, entity: tuple[str, ...], con) -> dict:
+    function = str(node.get("function_name", "")).lower()
+    if node.get("type") != "WINDOW_AGGREGATE" or function not in _AGGREGATES:
+        raise _Ineligible
+    if node.get("distinct") or node.get("filter_expr") or node.get("ignore_nulls") or node.get("arg_orders"):
+        raise _Ineligible
+    if node.get("exclude_clause", "NO_OTHER") != "NO_OTHER":
+        raise _Ineligible
+    partitions = node.get("partitions", [])
+    if any(p.get("class") != "COLUMN_REF" for p in partitions):
+        raise _Ineligible
+    if sorted(p["column_names"][-1] for p in partitions) != sorted(entity):
+        raise _Ineligible
+    orders = node.get("orders", [])
+    if len(orders) != 1 or orders[0].get("type") not in ("ORDER_DEFAULT", "ASCENDING"):
+        raise _Ineligible
+    order = orders[0]["expression"]
+    if order.get("class") != "COLUMN_REF" or order["column_names"][-1] != "ts":
+        raise _Ineligible
+    if node.get("start") != "EXPR_PRECEDING_RANGE":
+        raise _Ineligible
+    lo, lo_us = _interval(raw, node["start_expr"], con)
+    if node.get("end") == "CURRENT_ROW_RANGE":
+        hi, hi_us = "", 0
+    elif node.get("end") == "EXPR_PRECEDING_RANGE":
+        hi, hi_us = _interval(raw, node["end_expr"], con)
+    else:
+        raise _Ineligible
+    arguments = node.get("arguments", [])
+    if function == "count_star" or (function == "count" and not arguments):
+        function, column = "count", None
+    elif len(arguments) == 1 and arguments[0]["expression"].get("class") == "COLUMN_REF":
+        column = arguments[0]["expression"]["column_names"][-1]
+    else:
+        raise _Ineligible
+    return {"function": function, "column": column, "lo": lo, "lo_us": lo_us, "hi": hi, "hi_us": hi_us}
+
+
+def _interval(raw: bytes, expression: dict, con) -> tuple[str, int]:
+    """The interval's own text and its length in microseconds (fixed lengths only: no months)."""
+    if any(n.get("class") == "COLUMN_REF" for n in _walk(expression)):
+        raise _Ineligible
+    start, length = _span(expression)
+    text = raw[start:start + length].decode()
+    try:
+        rows = con.execute(f"SELECT to_microseconds(0) + ({text})").fetchall()
+    except duckdb.Error as exc:
+        raise _Ineligible from exc
+    value = rows[0][0]
+    if not isinstance(value, timedelta):
+        raise _Ineligible
+    return text, value // timedelta(microseconds=1)
+
+
+def _agrees(con, text: str, sql: str, fields: dict[str, str], horizon_ms: int) -> bool:
+    """Both plans on a synthetic sample with ties, NULLs and gaps around the horizon give equal results."""
+    sample = _sample(fields, horizon_ms)
+    try:
+        con.register("events", sample)
+        expected = con.sql(text).to_arrow_table().sort_by("event_id").to_pylist()
+        con.register("__history", sample)
+        con.register("__batch", sample)
+        got = con.sql(sql).to_arrow_table().sort_by("event_id").to_pylist()
+    except duckdb.Error:
+        return False
+    finally:
+        for name in ("events", "__history", "__batch"):
+            con.unregister(name)
+    return len(got) == len(expected) and all(_same_row(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def _sample(fields: dict[str, str], horizon_ms: int) -> pa.Table:
+    rng = random.Random(20260101)
+    step = max(1, horizon_ms // 4)
+    values = {
+        "string": lambda: rng.choice(["a", "b", "c", None]),
+        "double": lambda: rng.choice([None, 0.0, 1.5, -2.0, rng.uniform(-100, 100)]),
+        "bigint": lambda: rng.choice([None, 0, 1, rng.randint(-100, 100)]),
+        "boolean": lambda: rng.choice([None, True, False]),
+    }
+    events, ts = [], 1_767_225_600_000
+    for i in range(120):
+        ts += rng.choice([0, 0, 1, step, horizon_ms, horizon_ms + 1])
+        events.append({"event_id": f"s{i:03d}", "ts": ts, **{k: values[v]() for k, v in fields.items()}})
+    return to_arrow(events, fields)
+
+
+def _same_row(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for key, x in a.items():
+        y = b[key]
+        if isinstance(x, float) and isinstance(y, float):
+            if not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9) and not (math.isnan(x) and math.isnan(y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def _item_span(raw: bytes, item: dict) -> tuple[int, int]:
+    """The text of a select item: DuckDB gives operators a zero-length location, so take the union of the
+    spans inside it (a window counts as one span: its named parts may live in the WINDOW clause), then
+    widen it to balance parentheses. A wrong guess fails the load-time comparison and is not used."""
+    spans = []
+
+    def collect(node):
+        if isinstance(node, list):
+            for value in node:
+                collect(value)
+            return
+        if not isinstance(node, dict):
+            return
+        start, length = node.get("query_location"), node.get("query_location_length")
+        if start is not None and start != _NO_LOCATION and length:
+            spans.append((start, start + length))
+        if node.get("class") != "WINDOW":
+            for value in node.values():
+                collect(value)
+
+    collect(item)
+    if not spans:
+        raise _Ineligible
+    start, end = min(s for s, _ in spans), max(e for _, e in spans)
+    while raw[start:end].count(b"(") < raw[start:end].count(b")") and start > 0:
+        start = raw.rindex(b"(", 0, start)
+    while raw[start:end].count(b"(") > raw[start:end].count(b")") and end < len(raw):
+        end = raw.index(b")", end) + 1
+    return start, end - start
+
+
+def _span(node: dict) -> tuple[int, int]:
+    start, length = node.get("query_location"), node.get("query_location_length")
+    if start is None or start == _NO_LOCATION or not length:
+        raise _Ineligible
+    return start, length
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
