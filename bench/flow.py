@@ -1,0 +1,216 @@
+"""Benchmark: the whole dataflow through the real broker, against the loop people write today.
+
+    python -m bench.flow [--events 50000] [--latency-seconds 20] [--ensemble/--no-ensemble]
+
+Measures, in one run, on the synthetic transactions stream:
+1. eddy's end-to-end throughput: events already on a 3-partition topic, `EDDY_TAIL=false`, timed from the
+   first prediction to the last (start-up excluded; the full wall time is printed too);
+2. event-to-prediction latency (p50/p99, Kafka timestamps) while events are replayed at half that rate, in
+   event-time mode and in arrival mode;
+3. the plain loop: a kafka-python consumer that decodes JSON, predicts then learns with the same River
+   pipeline on the raw fields and updates a metric per message (no SQL features, no output);
+4. River's bare predict+learn rate on pre-decoded events.
+Prints figures for people, then one JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+from river import metrics
+
+from dataflows import datasets
+from dataflows.config import REPO_ROOT, Topics, load_config
+from dataflows.kafka_admin import delete_topics, ensure_topics
+from dataflows.replay import make_producer, replay
+from models import make_model
+
+RAW_FIELDS = ("amount", "category", "country")
+
+
+def fresh_topics(bootstrap: str, partitions: int) -> Topics:
+    suffix = uuid.uuid4().hex[:8]
+    topics = Topics(*(f"bench-{n}-{suffix}" for n in ("events", "labels", "predictions", "metrics", "dlq")))
+    ensure_topics(bootstrap, topics.all(), partitions)
+    return topics
+
+
+def flow_env(topics: Topics, bootstrap: str, tail: bool, mode: str, ensemble: bool) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "EDDY_EVENTS_TOPIC": topics.events,
+        "EDDY_LABELS_TOPIC": topics.labels,
+        "EDDY_PREDICTIONS_TOPIC": topics.predictions,
+        "EDDY_METRICS_TOPIC": topics.metrics,
+        "EDDY_DEAD_LETTERS_TOPIC": topics.dead_letters,
+        "EDDY_TAIL": "true" if tail else "false",
+        "EDDY_MODE": mode,
+        "EDDY_ENSEMBLE": "true" if ensemble else "false",
+    }
+
+
+def read_timestamps(bootstrap: str, topic: str, expected: int, timeout_s: float) -> dict[str, int]:
+    """event_id -> Kafka timestamp (ms) of every record on `topic`, waiting for `expected` of them."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    out: dict[str, int] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(out) < expected and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500, max_records=20_000).values():
+            for record in batch:
+                out.setdefault(orjson.loads(record.value)["event_id"], record.timestamp)
+    consumer.close()
+    return out
+
+
+def eddy_throughput(bootstrap: str, events: list[dict], ensemble: bool) -> dict:
+    topics = fresh_topics(bootstrap, 3)
+    try:
+        replay(iter(events), make_producer(bootstrap), topics.events)
+        started = time.monotonic()
+        flow = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.main"], cwd=REPO_ROOT,
+                              env=flow_env(topics, bootstrap, tail=False, mode="event_time", ensemble=ensemble),
+                              capture_output=True, text=True)
+        wall = time.monotonic() - started
+        if flow.returncode != 0:
+            raise SystemExit(f"the flow failed:\n{flow.stderr[-3000:]}")
+        stamps = read_timestamps(bootstrap, topics.predictions, len(events), 120)
+    finally:
+        delete_topics(bootstrap, topics.all())
+    span_s = (max(stamps.values()) - min(stamps.values())) / 1000
+    return {"events": len(stamps), "events_per_s": round(len(stamps) / span_s), "wall_s": round(wall, 1)}
+
+
+def eddy_latency(bootstrap: str, events: list[dict], rate: float, seconds: float, mode: str, ensemble: bool) -> dict:
+    """Replay at `rate` while the flow tails; latency = prediction's Kafka timestamp - event's."""
+    topics = fresh_topics(bootstrap, 3)
+    n = min(len(events), int(rate * seconds))
+    flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.main"], cwd=REPO_ROOT,
+                            env=flow_env(topics, bootstrap, tail=True, mode=mode, ensemble=ensemble),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        replay(iter(events[:n]), make_producer(bootstrap), topics.events, rate=rate)
+        sent = read_timestamps(bootstrap, topics.events, n, 60)
+        done = read_timestamps(bootstrap, topics.predictions, n, 60)
+    finally:
+        flow.send_signal(signal.SIGINT)
+        try:
+            flow.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            flow.kill()
+        delete_topics(bootstrap, topics.all())
+    latencies = sorted(done[e] - sent[e] for e in done if e in sent)
+    # The first events wait for idle partitions (labels) to stop holding the watermark back: skip the warm-up.
+    steady = latencies if len(latencies) < 10 else sorted(
+        done[e] - sent[e] for e in list(done)[len(done) // 10:] if e in sent)
+    return {"mode": mode, "rate": round(rate), "events": len(done),
+            "p50_ms": _pct(steady, 0.5), "p99_ms": _pct(steady, 0.99), "max_ms": steady[-1] if steady else None}
+
+
+def plain_loop(bootstrap: str, events: list[dict]) -> dict:
+    """What people write today: consume, decode, predict, learn, update a metric; nothing else."""
+    topics = fresh_topics(bootstrap, 3)
+    try:
+        replay(iter(events), make_producer(bootstrap), topics.events)
+        consumer = KafkaConsumer(topics.events, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                 group_id=f"plain-{uuid.uuid4().hex[:6]}", enable_auto_commit=False)
+        model, metric = make_model(), metrics.ROCAUC()
+        seen, started = 0, None
+        deadline = time.monotonic() + 300
+        while seen < len(events) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500, max_records=1000).values():
+                if started is None:
+                    started = time.perf_counter()
+                for record in batch:
+                    event = json.loads(record.value)
+                    x = {k: event[k] for k in RAW_FIELDS}
+                    metric.update(event["label"], model.predict_proba_one(x))
+                    model.learn_one(x, event["label"])
+                    seen += 1
+        elapsed = time.perf_counter() - started
+        consumer.close()
+    finally:
+        delete_topics(bootstrap, topics.all())
+    return {"events": seen, "events_per_s": round(seen / elapsed), "roc_auc_approx": round(metric.get(), 4)}
+
+
+def river_bare(events: list[dict]) -> dict:
+    model = make_model()
+    rows = [({k: e[k] for k in RAW_FIELDS}, e["label"]) for e in events]
+    started = time.perf_counter()
+    for x, y in rows:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    return {"events": len(rows), "events_per_s": round(len(rows) / (time.perf_counter() - started))}
+
+
+def _pct(values: list[int], q: float) -> int | None:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.flow", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000, help="events for the throughput runs")
+    parser.add_argument("--latency-seconds", type=float, default=20, help="length of each latency run")
+    parser.add_argument("--no-ensemble", dest="ensemble", action="store_false",
+                        help="River alone (no LightGBM refits) in eddy's runs")
+    args = parser.parse_args(argv)
+    bootstrap = load_config().bootstrap_servers
+    events = list(datasets.transactions(args.events))
+    lateness_ms = load_config().flow.lateness_ms
+
+    print(f"eddy, {args.events:,} events through the broker ({'ensemble' if args.ensemble else 'River alone'}) ...",
+          file=sys.stderr)
+    eddy = eddy_throughput(bootstrap, events, args.ensemble)
+    half = eddy["events_per_s"] / 2
+    print(f"latency at half that rate ({half:,.0f} events/s) ...", file=sys.stderr)
+    event_time = eddy_latency(bootstrap, events, half, args.latency_seconds, "event_time", args.ensemble)
+    arrival = eddy_latency(bootstrap, events, half, args.latency_seconds, "arrival", args.ensemble)
+    print("the plain kafka-python + River loop ...", file=sys.stderr)
+    plain = plain_loop(bootstrap, events)
+    bare = river_bare(events)
+    figures = {
+        "benchmark": "flow",
+        "events": args.events,
+        "ensemble": args.ensemble,
+        "eddy_events_per_s": eddy["events_per_s"],
+        "eddy_wall_s": eddy["wall_s"],
+        "plain_loop_events_per_s": plain["events_per_s"],
+        "river_bare_events_per_s": bare["events_per_s"],
+        "ratio_eddy_to_plain_loop": round(eddy["events_per_s"] / plain["events_per_s"], 3),
+        "ratio_eddy_to_river_bare": round(eddy["events_per_s"] / bare["events_per_s"], 3),
+        "latency_event_time": event_time,
+        "latency_arrival": arrival,
+        "allowed_lateness_ms": lateness_ms,
+        "peak_rss_mb_bench_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb_flow_processes": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
+    print(f"eddy end to end (features, {'ensemble' if args.ensemble else 'River'}, outputs, recovery-ready): "
+          f"{eddy['events_per_s']:>8,} events/s   ({eddy['wall_s']}s wall incl. start-up)")
+    print(f"plain kafka-python + River loop (no features, no output):  {plain['events_per_s']:>8,} events/s")
+    print(f"River bare predict+learn, pre-decoded:                     {bare['events_per_s']:>8,} events/s")
+    print(f"ratios: eddy / plain loop {figures['ratio_eddy_to_plain_loop']:.2f}, "
+          f"eddy / River bare {figures['ratio_eddy_to_river_bare']:.2f}")
+    for run in (event_time, arrival):
+        print(f"latency, {run['mode']:<10} at {run['rate']:,} events/s: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms "
+              f"(max {run['max_ms']} ms; allowed lateness {lateness_ms} ms)")
+    print(f"peak RSS: flow {figures['peak_rss_mb_flow_processes']} MB, bench {figures['peak_rss_mb_bench_process']} MB")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
