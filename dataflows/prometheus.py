@@ -14,6 +14,7 @@ Port 0 or None turns the exporter off: every method is then a cheap no-op.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -70,15 +71,15 @@ class PrometheusExporter:
         _set(m["events"], figures.get("events"))
         _set(m["labels"], figures.get("labels_received"))
         for reason, count in (figures.get("dead_letters") or {}).items():
-            _set(m["dead_letters"].labels(reason=reason), count)
+            _set(m["dead_letters"], count, reason=reason)
         _set(m["dead_letters_total"], figures.get("dead_letters_total"))
         _set(m["events_per_s"], figures.get("events_per_s"))
         _set(m["events_per_s_run"], figures.get("events_per_s_run"))
         for quantile, key in (("0.5", "latency_ms_p50"), ("0.99", "latency_ms_p99")):
             value = figures.get(key)
-            _set(m["latency"].labels(quantile=quantile), None if value is None else value / 1000)
+            _set(m["latency"], None if value is None else value / 1000, quantile=quantile)
         for topic, lag in (figures.get("consumer_lag") or {}).items():
-            _set(m["lag"].labels(topic=topic), lag)
+            _set(m["lag"], lag, topic=topic)
         event_time = figures.get("event_time")
         if event_time:
             from dataflows.report import to_ms
@@ -88,10 +89,10 @@ class PrometheusExporter:
         for member, quality in (figures.get("quality") or {}).items():
             name = "ensemble" if member == "score" else member
             for key in QUALITY:
-                _set(m[key].labels(member=name), (quality or {}).get(key))
-            _set(m["member_labels"].labels(member=name), (quality or {}).get("labels"))
+                _set(m[key], (quality or {}).get(key), member=name)
+            _set(m["member_labels"], (quality or {}).get("labels"), member=name)
         for member, version in _versions(figures).items():
-            _set(m["model_version"].labels(member=member), version)
+            _set(m["model_version"], version, member=member)
         if figures.get("features_version"):
             m["features_version"].clear()
             m["features_version"].labels(version=str(figures["features_version"])).set(1)
@@ -118,11 +119,11 @@ class PrometheusExporter:
         if seconds is not None:
             m["refit_seconds"].observe(seconds)
         for key, value in (record.get("metrics") or {}).items():
-            _set(m["refit_holdout"].labels(metric=key), value)
+            _set(m["refit_holdout"], value, metric=key)
         if version is not None:
-            _set(m["refit_version"].labels(decision=decision), version)
+            _set(m["refit_version"], version, decision=decision)
             if record.get("accepted"):
-                _set(m["model_version"].labels(member="lightgbm"), version)
+                _set(m["model_version"], version, member="lightgbm")
 
     def watch_registry(self, directory: str | Path, interval_s: float = 2.0) -> threading.Thread | None:
         """Report every refit the registry directory records, now and as new ones appear (daemon thread)."""
@@ -190,11 +191,12 @@ def _define(registry: CollectorRegistry) -> dict[str, Any]:
     }
 
 
-def _set(gauge, value) -> None:
+def _set(gauge: Gauge, value, **labels: str) -> None:
+    """Set a gauge (the child of `labels`) if `value` is a number; a None leaves it unset, not zero."""
     if isinstance(value, bool):
         value = int(value)
     if isinstance(value, int | float):
-        gauge.set(value)
+        (gauge.labels(**labels) if labels else gauge).set(value)
 
 
 def _versions(figures: dict) -> dict[str, float]:
@@ -258,10 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     exporter.watch_registry(args.registry_dir or config.ensemble.get("registry_dir"))
     print(f"eddy Prometheus exporter: {exporter.url} (following '{topic}' on {bootstrap}; Ctrl-C stops it)")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         follow(exporter, bootstrap, topic, threading.Event())
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
