@@ -9,6 +9,7 @@ messages into the series, marks (refits, drift) and summary that both draw.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import sys
@@ -315,9 +316,10 @@ def render_html(data: dict, title: str = "eddy run report") -> str:
     """The dashboard page with the data inlined: one self-contained file, no network, no server."""
     page = PAGE.read_text()
     inline = json.dumps(data, default=str).replace("</", "<\\/")
-    return page.replace("<!--EDDY_DATA-->", f"<script>window.EDDY_DATA = {inline};</script>").replace(
-        "<title>eddy dashboard</title>", f"<title>{title}</title>"
-    )
+    safe = html.escape(title)
+    page = page.replace("<title>eddy dashboard</title>", f"<title>{safe}</title>")
+    page = page.replace("<h1>eddy — watching it learn</h1>", f"<h1>{safe}</h1>")
+    return page.replace("<!--EDDY_DATA-->", f"<script>window.EDDY_DATA = {inline};</script>")
 
 
 def render_png(data: dict, path: str | Path, title: str = "eddy run report") -> None:

@@ -116,3 +116,21 @@ def test_help_and_broker_down(capsys):
 def test_chromium_is_installed():
     """CI installs Debian's chromium; the browser test above needs it."""
     assert shutil.which(str(CHROMIUM)), f"{CHROMIUM} is missing: `apt-get install -y chromium` (add it to .ci/run)"
+
+
+def test_report_html_renders_offline_in_chromium(tmp_path):
+    """The report is one file: opened from disk, with no server, its charts draw from the inlined data."""
+    from dataflows.report import write_report
+    from tests.dataflows.test_report import run
+
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `apt-get install -y chromium` (add it to .ci/run)"
+    paths = write_report(run(), tmp_path, drift_at="0.5", title="offline report")
+    dom = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+         "--dump-dom", paths["html"].as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert re.search(r'<body[^>]*data-rendered="5"', dom.stdout), dom.stdout[:1500]
+    assert "<h1>offline report</h1>" in dom.stdout and "mark-drift" in dom.stdout
