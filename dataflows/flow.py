@@ -86,10 +86,15 @@ def build_flow(
     valid = op.branch("split_off_invalid", decoded, lambda m: not isinstance(m, DeadLetter))
     consumer_errors = op.map("describe_consumer_errors", errors, _consumer_error)
 
+    ends = (
+        None
+        if config.tail or not config.bootstrap_servers
+        else end_offsets(config.bootstrap_servers, partitions, names)
+    )
     ordered = op.stateful_batch(
         OrderByEventTime.STEP,
         op.key_on("key_by_shard", valid.trues, _shard),
-        lambda resume: OrderByEventTime(config, input_partitions, resume),
+        lambda resume: OrderByEventTime(config, input_partitions, ends, resume),
     )
     featured = op.stateful_batch(ComputeFeatures.STEP, ordered, lambda resume: ComputeFeatures(config, resume))
     rejected = op.key_on("key_dead_letters", op.merge("gather_dead_letters", valid.falses, consumer_errors), _shard)
@@ -123,6 +128,19 @@ def _consumer_error(error: KafkaError) -> DeadLetter:
     msg = error.msg
     origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0)
     return DeadLetter(msg.value, msg.key, f"Kafka consumer error: {error.err}", "read", origin, "kafka_error")
+
+
+def end_offsets(bootstrap_servers: str, partitions: dict[str, int], topics: list[str]) -> dict[str, int]:
+    """Each input partition's end offset now: where a run that does not tail will stop reading it."""
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "eddy-end-offsets"})
+    try:
+        return {
+            f"{topic}:{p}": consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
+            for topic in topics
+            for p in range(partitions[topic])
+        }
+    finally:
+        consumer.close()
 
 
 class LagProbe:

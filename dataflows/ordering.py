@@ -14,6 +14,8 @@ Policies:
 - idle partition (nothing read for `idle_timeout_s`): stops holding the watermark back until it speaks
   again; when every partition is idle, everything held is released. Only idleness, a wall-clock matter,
   can make two runs differ.
+- finished partition (when the run stops at the end of its input, `ends` gives each partition's end
+  offset at start-up): once read to that end, or empty from the start, it no longer holds the watermark.
 - `arrival` mode releases everything at once in arrival order (lowest latency, no order guarantee).
 """
 
@@ -61,8 +63,10 @@ class EventTimeOrder:
         idle_timeout_s: float = 5.0,
         dedupe_horizon_ms: int = 86_400_000,
         mode: str = "event_time",
+        ends: dict[str, int] | None = None,
     ) -> None:
         self.partitions = list(partitions)
+        self.ends = ends
         self.lateness_ms = lateness_ms
         self.idle_timeout_s = idle_timeout_s
         self.dedupe_horizon_ms = dedupe_horizon_ms
@@ -72,6 +76,7 @@ class EventTimeOrder:
         self.held: list[tuple[tuple, Item]] = []
         self.seen: dict[str, int] = {}
         self.seen_order: deque[tuple[int, str]] = deque()
+        self.finished: set[str] = set()
         self.counters = {"late_events": 0, "labels_late": 0, "duplicates": 0, "idle_releases": 0}
         self._heard: dict[str, float] = {}
         self._started: float | None = None
@@ -94,6 +99,8 @@ class EventTimeOrder:
                 continue
             part = f"{item.origin.topic}:{item.origin.partition}"
             self._heard[part] = now
+            if self.ends is not None and item.origin.offset + 1 >= self.ends.get(part, 0):
+                self.finished.add(part)
             if self.watermark is not None and item.ts < self.watermark:
                 if isinstance(item, Label):
                     self.counters["labels_late"] += 1
@@ -134,21 +141,30 @@ class EventTimeOrder:
         """Wall-clock time at which a partition going idle would next change the watermark."""
         if not self.held or self.mode == "arrival" or self._started is None:
             return None
-        times = [self._heard.get(p, self._started) for p in self.partitions if not self._is_idle(p, now)]
+        times = [
+            self._heard.get(p, self._started)
+            for p in self.partitions
+            if not self._is_idle(p, now) and not self._is_finished(p)
+        ]
         return min(times) + self.idle_timeout_s if times else None
+
+    def _is_finished(self, part: str) -> bool:
+        """Read to the end it had when the run started (only with `ends`, i.e. when not tailing)."""
+        return self.ends is not None and (part in self.finished or self.ends.get(part, 0) == 0)
 
     def _is_idle(self, part: str, now: float) -> bool:
         heard = self._heard.get(part, self._started if self._started is not None else now)
         return now - heard >= self.idle_timeout_s
 
     def _advance(self, now: float, out: Released) -> None:
-        active = [p for p in self.partitions if not self._is_idle(p, now)]
+        active = [p for p in self.partitions if not self._is_idle(p, now) and not self._is_finished(p)]
         if active:
             if any(p not in self.newest for p in active):
                 return
             mark = min(self.newest[p] for p in active) - self.lateness_ms
         elif self.held:
-            self.counters["idle_releases"] += 1
+            if not all(self._is_finished(p) for p in self.partitions):
+                self.counters["idle_releases"] += 1
             mark = max(k[0] for k, _ in self.held) + 1
         else:
             return

@@ -138,3 +138,11 @@ def test_arrival_mode_releases_at_once_in_arrival_order():
     order = EventTimeOrder(["events:0"], mode="arrival")
     out = order.push([event(1, 200, 0, 0), event(2, 100, 0, 1)], now=0.0)
     assert [e.event_id for e in out.items] == ["e0001", "e0002"]
+
+
+def test_partitions_read_to_their_end_or_empty_stop_holding_the_watermark():
+    ends = {"events:0": 2, "events:1": 0, "labels:0": 0}
+    order = EventTimeOrder(["events:0", "events:1", "labels:0"], lateness_ms=0, idle_timeout_s=1e9, ends=ends)
+    assert [e.event_id for e in order.push([event(1, 100, 0, 0)], now=0.0).items] == []
+    assert [e.event_id for e in order.push([event(2, 200, 0, 1)], now=0.0).items] == ["e0001", "e0002"]
+    assert order.counters["idle_releases"] == 0
