@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import numbers
 
-from river import base, forest, linear_model, preprocessing, tree
+from river import base, linear_model, preprocessing
 
 SEED = 42
 
@@ -42,8 +42,12 @@ def make_model(name: str = "logistic_regression") -> base.Classifier:
         numeric = Numbers() | preprocessing.StandardScaler()
         return (strings + numeric) | linear_model.LogisticRegression()
     if name == "adaptive_random_forest":
+        from river import forest  # imported on demand: it pulls in scipy.stats, a second of start-up
+
         return forest.ARFClassifier(seed=SEED)
     if name == "hoeffding_adaptive_tree":
+        from river import tree
+
         return tree.HoeffdingAdaptiveTreeClassifier(seed=SEED)
     nearest = difflib.get_close_matches(name, MODELS, n=1)
     hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
