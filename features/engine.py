@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from features.buffer import EventBuffer
 from features.catalog import Catalog, load_catalog, require_catalog, signature
+from features.joinplan import with_row_numbers
 from features.schema import HIDDEN, arrow_schema, to_arrow, to_ms
 from features.spec import FeatureFileError, FeatureGroup
 
@@ -280,16 +281,17 @@ def run_group(
     With `batch`, the rows whose features are wanted, a group that has a batch-join plan runs it instead
     (see `features.joinplan`): same results, computed for the batch's rows only.
     """
-    names = ("__history", "__batch") if batch is not None and group.batch_sql else ("events",)
-    for name, relation in zip(names, (events, batch), strict=False):
+    joined = batch is not None and group.batch_sql is not None
+    names = ("__history", "__batch") if joined else ("events",)
+    for name, relation in zip(names, (events, with_row_numbers(batch) if joined else None), strict=False):
         con.register(name, relation)
     try:
-        result = con.sql(group.sql if names == ("events",) else group.batch_sql).to_arrow_table()
+        result = con.sql(group.batch_sql if joined else group.sql).to_arrow_table()
     except duckdb.Error as exc:
         raise RuntimeError(f"feature group '{group.name}' ({group.path}) failed: {exc}") from exc
     finally:
         for name in names:
             con.unregister(name)
-    index = pc.index_in(event_ids, value_set=result["event_id"].combine_chunks())
-    aligned = result.take(index)
-    return {name: aligned[name] for name in group.feature_names}
+    if not joined:
+        result = result.take(pc.index_in(event_ids, value_set=result["event_id"].combine_chunks()))
+    return {name: result[name] for name in group.feature_names}
