@@ -38,7 +38,7 @@ def signature(sql_dir: str | Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries))
 
 
-def load_catalog(sql_dir: str | Path, fields: dict[str, str]) -> tuple[Catalog, list[FeatureFileError]]:
+def load_catalog(sql_dir: str | Path, fields: dict[str, str]) -> tuple[Catalog | None, list[FeatureFileError]]:
     """Load every `*.sql` file; returns the catalog (None if any file fails) and every error found."""
     sql_dir = Path(sql_dir)
     if not sql_dir.is_dir():

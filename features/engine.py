@@ -54,22 +54,6 @@ class LateEvent:
 
 
 @dataclass(frozen=True)
-class FeatureBatch:
-    """Released events in (ts, event_id) order with their features (None for NULL), and late events."""
-
-    events: list[dict]
-    features: list[dict[str, Any]]
-    late: list[LateEvent] = field(default_factory=list)
-    features_version: str = ""
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-    def __iter__(self):
-        return iter(zip(self.events, self.features, strict=True))
-
-
-@dataclass(frozen=True)
 class ReloadReport:
     """What a check of the SQL folder found: whether definitions changed, and why an edit was refused."""
 
@@ -77,6 +61,27 @@ class ReloadReport:
     features_version: str
     previous_version: str
     errors: list[FeatureFileError] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Released events in (ts, event_id) order with their features (None for NULL), and late events.
+
+    `reload` is set when this push found the SQL folder edited (new definitions, or errors that kept the
+    previous ones), so the flow can log it.
+    """
+
+    events: list[dict]
+    features: list[dict[str, Any]]
+    late: list[LateEvent] = field(default_factory=list)
+    features_version: str = ""
+    reload: ReloadReport | None = None
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __iter__(self):
+        return iter(zip(self.events, self.features, strict=True))
 
 
 class FeatureEngine:
@@ -143,8 +148,9 @@ class FeatureEngine:
 
     def push(self, events: list[dict]) -> FeatureBatch:
         """Take new events; return features for the events this push releases, and the late ones."""
-        if self.auto_reload:
-            self.reload()
+        report = self.reload() if self.auto_reload else None
+        if report is not None and not (report.changed or report.errors):
+            report = None
         late = []
         for event in events:
             ts = event["ts"] if type(event["ts"]) is int else to_ms(event["ts"])
@@ -160,7 +166,7 @@ class FeatureEngine:
             if self._max_ts is None or ts > self._max_ts:
                 self._max_ts = ts
         released = self._release(self.watermark)
-        return self._features(released, late)
+        return self._features(released, late, report)
 
     def flush(self) -> FeatureBatch:
         """Release every held event (end of stream); later events with ts <= max ts seen become late."""
@@ -236,10 +242,12 @@ class FeatureEngine:
             released.append((ts, event))
         return released
 
-    def _features(self, released: list[tuple[int, dict]], late: list[LateEvent]) -> FeatureBatch:
+    def _features(
+        self, released: list[tuple[int, dict]], late: list[LateEvent], report: ReloadReport | None = None
+    ) -> FeatureBatch:
         version = self.features_version
         if not released:
-            return FeatureBatch([], [], late, version)
+            return FeatureBatch([], [], late, version, report)
         events = [event for _, event in released]
         rows = [{**event, "ts": ts} for ts, event in released]
         batch = to_arrow(rows, self.fields)
@@ -256,7 +264,7 @@ class FeatureEngine:
         self.counters["evicted"] += self.buffer.evict(self._max_ts - self.lateness_ms - self.catalog.horizon_ms)
         self.counters["released"] += len(events)
         self.counters["batches"] += 1
-        return FeatureBatch(events, features, late, version)
+        return FeatureBatch(events, features, late, version, report)
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:

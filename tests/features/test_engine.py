@@ -104,6 +104,8 @@ def test_an_edit_loads_under_a_new_version_and_applies_to_buffered_history(sql_d
     os.utime(sql_dir / "user_counts.sql", ns=(1, 1))
     out = engine.push([event(5, 5 * MIN, amount=3.0), event(6, 6 * MIN)])
     assert engine.features_version != before and out.features_version == engine.features_version
+    assert out.reload.changed and out.reload.previous_version == before
+    assert engine.push([]).reload is None
     assert by_id(out)["e0005"] == {"n_1h": 6, "sum_1h": 11.0, "previous_id": "e0004"}
 
 
@@ -126,7 +128,10 @@ def test_an_invalid_edit_keeps_the_previous_definitions_and_says_why(sql_dir):
     assert not report.changed and engine.features_version == before
     assert "line 7" in str(report.errors[0]) and "amout" in str(report.errors[0])
     assert engine.counters["reload_errors"] == 1
-    engine.push([event(0, 0)])
+    assert engine.push([event(0, 0)]).reload is None
+    (sql_dir / "user_counts.sql").write_text("-- group: g\n")
+    out = engine.push([])
+    assert not out.reload.changed and "missing header key(s) entity, horizon" in str(out.reload.errors[0])
     assert by_id(engine.flush())["e0000"]["sum_1h"] == 1.0
 
 
