@@ -11,6 +11,8 @@ Semantics (the contract the dataflow and the backfill rely on):
 - A released event's features are each group's SQL run over `events` = the buffered history of the batch's
   entities since (batch's first ts − the group's horizon), plus the released batch. Windows that end at the
   current row see every event with ts <= the event's own, equal ts included; order ties by `event_id`.
+  Groups of windowed aggregates run as an equivalent batch join instead (`features.joinplan`).
+- `event_id` must be unique; the engine does not deduplicate.
 
 >>> import tempfile, pathlib
 >>> sql_dir = pathlib.Path(tempfile.mkdtemp())

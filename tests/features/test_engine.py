@@ -170,3 +170,16 @@ def test_a_snapshot_with_other_fields_is_refused(sql_dir):
     blob = FeatureEngine(sql_dir, FIELDS).snapshot()
     with pytest.raises(ValueError, match="differs from the fields given"):
         FeatureEngine.restore(blob, sql_dir, {**FIELDS, "extra": "bigint"})
+
+
+def test_the_phishing_pass_through_gives_each_event_its_own_fields():
+    from dataflows.datasets import phishing
+    from features.schema import to_ms
+    from tests.features.conftest import REPO
+
+    events = [{**e, "ts": to_ms(e["ts"])} for e in phishing(limit=50)]
+    fields = {k: "double" for k in events[0] if k not in ("event_id", "ts", "label")}
+    engine = FeatureEngine(REPO / "sql" / "phishing", fields)
+    out = [*engine.push(events), *engine.flush()]
+    assert len(out) == 50
+    assert all(f == {k: float(e[k]) for k in fields} for e, f in out)
