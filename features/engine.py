@@ -237,7 +237,7 @@ class FeatureEngine:
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _release(self, mark: int | None) -> list[dict]:
+    def _release(self, mark: int | None) -> list[tuple[int, dict]]:
         released = []
         while self._held and (mark is None or self._held[0][0] < mark):
             ts, _, _, event = heapq.heappop(self._held)

@@ -123,12 +123,14 @@ def check(sql_dir, events, lateness, batches):
             assert same(got[name], value), (name, got[name], value)
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenario=scenarios())
 def test_online_equals_backfill_with_short_windows_and_eviction(test_sql, scenario):
     check(test_sql, *scenario)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(scenario=scenarios())
 def test_online_equals_backfill_on_the_shipped_transactions_sql(scenario):
