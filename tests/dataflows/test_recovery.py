@@ -38,7 +38,7 @@ from tests.flowkit import (
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-N_EVENTS = 30_000
+N_EVENTS = 40_000
 PARTITIONS = 3
 TOLERANCE = 1e-12
 RUN_TIMEOUT_S = 240
@@ -66,8 +66,8 @@ def _run_with_kills(bootstrap: str, topics, env: dict[str, str], recovery_dir: P
                     kills: int, seed: int) -> list[Segment]:
     """Run the recoverable job, SIGKILL it `kills` times at seeded random moments, resume until it finishes."""
     rng = random.Random(seed)
-    # Kill i once this many distinct events have predictions (seeded, spread over the first two thirds).
-    thresholds = sorted(int(rng.uniform(0.05, 0.5) * n) for _ in range(kills))
+    # Kill i once this many distinct events have predictions (seeded, within the first 40 %).
+    thresholds = sorted(int(rng.uniform(0.03, 0.4) * n) for _ in range(kills))
     tail = TopicTail(bootstrap, topics.predictions)
     distinct: set[str] = set()
     segments: list[Segment] = []
@@ -113,6 +113,13 @@ def _run_with_kills(bootstrap: str, topics, env: dict[str, str], recovery_dir: P
             return segments
     finally:
         tail.close()
+
+
+def _close(got: dict, want: dict) -> bool:
+    """Member scores equal within TOLERANCE (None, a member not yet fitted, only equals None)."""
+    return got.keys() == want.keys() and all(
+        (got[k] is None) == (want[k] is None) and (got[k] is None or abs(got[k] - want[k]) <= TOLERANCE) for k in got
+    )
 
 
 def _reference(bootstrap: str, topics, env: dict[str, str], n: int) -> dict[str, dict]:
@@ -189,8 +196,8 @@ def test_sigkill_and_resume_gives_the_uninterrupted_predictions(kafka_bootstrap,
         f"{len(wrong)} of {N_EVENTS} scores differ from the uninterrupted run (event, recovered, reference), "
         f"first ones: {wrong[:5]}; {summary}"
     )
-    wrong_members = [eid for eid in reference if first[eid]["scores"] != reference[eid]["scores"]
-                     or first[eid]["model"] != reference[eid]["model"]]
+    wrong_members = [eid for eid in reference if first[eid]["model"] != reference[eid]["model"]
+                     or not _close(first[eid]["scores"], reference[eid]["scores"])]
     assert not wrong_members, f"{len(wrong_members)} predictions differ in member scores or versions, " \
                               f"e.g. {[(first[e], reference[e]) for e in wrong_members[:2]]}"
     _, _, dead = outputs(kafka_bootstrap, topics)
