@@ -31,6 +31,7 @@ Semantics (the contract the dataflow and the backfill rely on):
 from __future__ import annotations
 
 import heapq
+import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from features.schema import HIDDEN, arrow_schema, to_arrow, to_ms
 from features.spec import FeatureFileError, FeatureGroup
 
 _SNAPSHOT_FORMAT = 1
+log = logging.getLogger("eddy.features")
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,12 @@ class FeatureEngine:
 
 def connect(threads: int = 1) -> duckdb.DuckDBPyConnection:
     """A private in-memory DuckDB that feature SQL cannot use to read or write files."""
-    return duckdb.connect(config={"threads": int(threads), "enable_external_access": False})
+    con = duckdb.connect(config={"threads": int(threads), "enable_external_access": False})
+    # Batch-join plans stream __history through a hash table of the batch, so each event's window rows
+    # are aggregated in history order whatever else the relation holds: floating-point sums come out
+    # bit-identical however the stream was cut into micro-batches (deterministic replays and recovery).
+    con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+    return con
 
 
 def run_group(
@@ -292,16 +299,40 @@ def run_group(
     (see `features.joinplan`): same results, computed for the batch's rows only.
     """
     joined = batch is not None and group.batch_sql is not None
-    names = ("__history", "__batch") if joined else ("events",)
-    for name, relation in zip(names, (events, with_row_numbers(batch) if joined else None), strict=False):
-        con.register(name, relation)
+    if joined:
+        try:
+            result = _query(con, group.batch_sql, {"__history": events, "__batch": with_row_numbers(batch)})
+            return {name: result[name] for name in group.feature_names}
+        except duckdb.Error as exc:
+            # The exact fixed-point sums overflow past ~1e26 (~1e13 for variances): such a batch runs the
+            # file's own SQL instead, with the same values up to float rounding.
+            log.warning("feature group '%s': batch-join plan failed (%s); running its SQL as written", group.name, exc)
+            entity_rows = _entity_history(events, group.entity, batch)
+            events = entity_rows
     try:
-        result = con.sql(group.batch_sql if joined else group.sql).to_arrow_table()
+        result = _query(con, group.sql, {"events": events})
     except duckdb.Error as exc:
         raise RuntimeError(f"feature group '{group.name}' ({group.path}) failed: {exc}") from exc
-    finally:
-        for name in names:
-            con.unregister(name)
-    if not joined:
-        result = result.take(pc.index_in(event_ids, value_set=result["event_id"].combine_chunks()))
+    result = result.take(pc.index_in(event_ids, value_set=result["event_id"].combine_chunks()))
     return {name: result[name] for name in group.feature_names}
+
+
+def _query(con: duckdb.DuckDBPyConnection, sql: str, relations: dict[str, pa.Table]) -> pa.Table:
+    for name, relation in relations.items():
+        con.register(name, relation)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        for name in relations:
+            con.unregister(name)
+
+
+def _entity_history(events: pa.Table, entity: tuple[str, ...], batch: pa.Table) -> pa.Table:
+    """The rows of `events` whose entity appears in `batch` (what a window plan needs)."""
+    if not entity:
+        return events
+    mask = None
+    for column in entity:
+        keep = pc.is_in(events[column], value_set=batch[column].combine_chunks())
+        mask = keep if mask is None else pc.and_(mask, keep)
+    return events.filter(mask)

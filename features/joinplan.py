@@ -45,13 +45,15 @@ def batch_join_sql(
     if not entity:
         return None
     try:
-        sql = _rewrite(con, text.encode(), statement, columns, entity)
+        sql = _rewrite(con, text.encode(), statement, columns, entity, fields)
     except _Ineligible:
         return None
     return sql if _agrees(con, text, sql, fields, horizon_ms) else None
 
 
-def _rewrite(con, raw: bytes, statement: dict, columns: list[str], entity: tuple[str, ...]) -> str:
+def _rewrite(
+    con, raw: bytes, statement: dict, columns: list[str], entity: tuple[str, ...], fields: dict[str, str]
+) -> str:
     node = statement["node"]
     if node.get("type") != "SELECT_NODE" or node.get("modifiers") or node.get("cte_map", {}).get("map"):
         raise _Ineligible
@@ -69,29 +71,115 @@ def _rewrite(con, raw: bytes, statement: dict, columns: list[str], entity: tuple
     if not windows:
         raise _Ineligible
     widest = max(windows, key=lambda w: w["lo_us"])
-    nearest = min(windows, key=lambda w: w["hi_us"])
-    bounds = f"__h.ts >= __b.ts - ({widest['lo']})"
-    bounds += f" AND __h.ts <= __b.ts - ({nearest['hi']})" if nearest["hi"] else " AND __h.ts <= __b.ts"
+    # Every batch row joins at least itself (it is part of __history), so an inner join keeps every row.
+    bounds = f"__h.ts >= __b.ts - ({widest['lo']}) AND __h.ts <= __b.ts"
     keys = " AND ".join(f"__h.{_quote(c)} IS NOT DISTINCT FROM __b.{_quote(c)}" for c in entity)
+    exact = [i for i, w in enumerate(windows) if _needs_exact(w, fields)]
+    spread = [i for i in exact if windows[i]["function"].startswith(("var", "std"))]
+    batch_ts = "__h.__bts" if exact else "__b.ts"
+    conditions = []
+    for window in windows:
+        condition = None
+        if window["lo_us"] != widest["lo_us"] or window["hi_us"]:
+            condition = f"__h.ts >= {batch_ts} - ({window['lo']})"
+            condition += f" AND __h.ts <= {batch_ts} - ({window['hi']})" if window["hi"] else ""
+        conditions.append(condition)
+
+    def agg(name: str, argument: str, i: int) -> str:
+        return f"{name}({argument})" + (f" FILTER (WHERE {conditions[i]})" if conditions[i] else "")
+
+    def value(i: int) -> str:
+        column = windows[i]["column"]
+        return f"CAST(__h.{_quote(column)} AS DOUBLE)" if column else "__h.ts"
+
+    def exact_sum(argument: str, scale: str, i: int) -> str:
+        total = agg("sum", f"CAST(round(({argument}) * {scale}) AS HUGEINT)", i)
+        return f"(CAST({total} AS DOUBLE) / any_value({scale}))"
+
     aggregates = []
     for i, window in enumerate(windows):
-        argument = f"__h.{_quote(window['column'])}" if window["column"] else "__h.ts"
-        expression = f"{window['function']}({argument})"
-        if window["lo_us"] != widest["lo_us"] or window["hi_us"] != nearest["hi_us"]:
-            condition = f"__h.ts >= __b.ts - ({window['lo']})"
-            condition += f" AND __h.ts <= __b.ts - ({window['hi']})" if window["hi"] else ""
-            expression += f" FILTER (WHERE {condition})"
+        function = window["function"]
+        if i not in exact:
+            argument = f"__h.{_quote(window['column'])}" if window["column"] else "__h.ts"
+            aggregates.append(f"{agg(function, argument, i)} AS __w{i}")
+            continue
+        count = agg("count", value(i), i)
+        if function == "sum":
+            expression = exact_sum(value(i), f"__s.__k{i}", i)
+        elif function in ("avg", "mean"):
+            expression = f"({exact_sum(value(i), f'__s.__k{i}', i)} / nullif({count}, 0))"
+        else:
+            deviation = f"({value(i)} - __m.__m{i})"
+            squares = exact_sum(f"{deviation} * {deviation}", f"__d.__k{i}", i)
+            population = function in ("var_pop", "stddev_pop")
+            divisor = count if population else f"({count} - 1)"
+            expression = f"(CASE WHEN {count} > {0 if population else 1} THEN {squares} / {divisor} END)"
+            if function.startswith("stddev"):
+                expression = f"sqrt({expression})"
         aggregates.append(f"{expression} AS __w{i}")
+
+    joined = f"FROM __history AS __h JOIN __batch AS __b ON {keys} AND {bounds}"
+    if not exact:
+        head = f"WITH __agg AS (\n    SELECT __b.__row, {', '.join(aggregates)}\n    {joined}\n"
+        head += "    GROUP BY __b.__row\n)\n"
+    else:
+        # Float sums are taken exactly, in fixed point scaled to each window's largest magnitude: stages that
+        # find those magnitudes (and, for variances, the means and largest deviations) come first.
+        magnitudes = ", ".join(f"{_scale(agg('max', f'abs({value(i)})', i))} AS __k{i}" for i in exact)
+        stages = [
+            f"__j AS MATERIALIZED (\n    SELECT __b.__row, __h.*, __b.ts AS __bts\n    {joined}\n)",
+            f"__s AS (\n    SELECT __row, {magnitudes} FROM __j AS __h GROUP BY __row\n)",
+        ]
+        tables = ["__j AS __h", "JOIN __s ON __s.__row = __h.__row"]
+        if spread:
+            means = ", ".join(
+                f"({exact_sum(value(i), f'__s.__k{i}', i)} / nullif({agg('count', value(i), i)}, 0)) AS __m{i}"
+                for i in spread
+            )
+            stages.append(_stage("__m", means, tables))
+            tables.append("JOIN __m ON __m.__row = __h.__row")
+            deviations = ", ".join(
+                f"{_scale(_squared(agg('max', f'abs({value(i)} - __m.__m{i})', i)))} AS __k{i}" for i in spread
+            )
+            stages.append(_stage("__d", deviations, tables))
+            tables.append("JOIN __d ON __d.__row = __h.__row")
+        stages.append(_stage("__agg", ", ".join(aggregates), tables))
+        head = "WITH " + ",\n".join(stages) + "\n"
     return (
-        "WITH __agg AS (\n"
-        f"    SELECT __b.__row, {', '.join(aggregates)}\n"
-        f"    FROM __batch AS __b LEFT JOIN __history AS __h ON {keys} AND {bounds}\n"
-        "    GROUP BY __b.__row\n"
-        ")\n"
-        f"SELECT {', '.join(items)}\n"
-        f"FROM __batch AS {_quote(alias)} JOIN __agg ON __agg.__row = {_quote(alias)}.__row\n"
-        f"ORDER BY {_quote(alias)}.__row"
+        head
+        + f"SELECT {', '.join(items)}\n"
+        + f"FROM __batch AS {_quote(alias)} JOIN __agg ON __agg.__row = {_quote(alias)}.__row\n"
+        + f"ORDER BY {_quote(alias)}.__row"
     )
+
+
+def _stage(name: str, columns: str, tables: list[str]) -> str:
+    return f"{name} AS (\n    SELECT __h.__row, {columns}\n    FROM {' '.join(tables)}\n    GROUP BY __h.__row\n)"
+
+
+def _squared(expression: str) -> str:
+    return f"({expression} * {expression})"
+
+
+def _scale(magnitude: str) -> str:
+    """2^k with k chosen so that the largest term is about 2^62: a sum of terms fits a HUGEINT and keeps
+    62 bits of precision relative to the largest one (a double keeps 53). All-zero windows use 1."""
+    return (
+        f"pow(2.0, CASE WHEN coalesce({magnitude}, 0) = 0 THEN 0 "
+        f"ELSE least(900, 62 - CAST(ceil(log2({magnitude})) AS INTEGER)) END)"
+    )
+
+
+def _needs_exact(window: dict, fields: dict[str, str]) -> bool:
+    """Order-sensitive aggregates: float sums, and variances of any number (DuckDB's are float)."""
+    kind = fields.get(window["column"] or "")
+    function = window["function"]
+    if kind == "double":
+        return function in _FLOAT_SUMS
+    return kind == "bigint" and function.startswith(("var", "std"))
+
+
+_FLOAT_SUMS = {"sum", "avg", "mean", "stddev", "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop"}
 
 
 def _replace_windows(raw: bytes, item: dict, windows: list[dict], entity, con) -> str:
