@@ -44,6 +44,7 @@ class FlowSettings:
     rolling_window: int = 5_000
     max_message_bytes: int = 65_536
     batch_size: int = 1_000
+    prometheus_port: int = 0
 
 
 MODES = {"event_time", "arrival"}
@@ -134,8 +135,12 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         overrides["tail"] = parse_bool(env["EDDY_TAIL"], "EDDY_TAIL")
     if "EDDY_ENSEMBLE" in env:
         overrides["ensemble"] = {**config.ensemble, "enabled": parse_bool(env["EDDY_ENSEMBLE"], "EDDY_ENSEMBLE")}
+    if "EDDY_PROMETHEUS_PORT" in env:
+        overrides["flow"] = replace(
+            overrides.get("flow", config.flow), prometheus_port=int(env["EDDY_PROMETHEUS_PORT"])
+        )
     if "EDDY_MODE" in env:
-        overrides["flow"] = replace(config.flow, mode=env["EDDY_MODE"])
+        overrides["flow"] = replace(overrides.get("flow", config.flow), mode=env["EDDY_MODE"])
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
     if topic_overrides:
         overrides["topics"] = replace(config.topics, **topic_overrides)

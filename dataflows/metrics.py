@@ -84,6 +84,7 @@ class MetricsReporter:
             "consumer_lag": lag,
             "features_version": self.features_version,
             "roc_auc_method": "exact (Mann-Whitney, ties count 1/2)",
+            "model": _versions(learner),
             **_quality_and_counters(learner.report()),
         }
         self.reports += 1
@@ -108,3 +109,12 @@ def _quality_and_counters(report: dict) -> dict:
     quality = {"score": {k: report.get(k) for k in QUALITY_KEYS}, **members}
     counters = {k: v for k, v in report.items() if k not in QUALITY_KEYS and k != "members"}
     return {"quality": quality, "learner": counters}
+
+
+def _versions(learner: OnlineLearner) -> dict:
+    """Each member's version now: River's is the labels it learned; LightGBM's the refit in force."""
+    model = learner.model
+    learned = learner.counters["labels_inline"] + learner.counters["labels_delayed"] + learner.counters["labels_early"]
+    if hasattr(model, "lightgbm_version"):
+        return {"river": learned, "lightgbm": model.lightgbm_version}
+    return {"river": learned}

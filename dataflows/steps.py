@@ -22,6 +22,7 @@ from dataflows.learners import build_model
 from dataflows.messages import DeadLetter, Event, Label, Metrics, Prediction, Scored
 from dataflows.metrics import MetricsReporter
 from dataflows.ordering import EventTimeOrder
+from dataflows.prometheus import PrometheusExporter
 from features import FeatureEngine
 from models import OnlineLearner
 
@@ -71,9 +72,12 @@ class OrderByEventTime(StatefulBatchLogic):
         )
         self.order.partitions = list(partitions)
         self.order.ends = ends
+        self.exporter = PrometheusExporter(config.flow.prometheus_port)
 
     def on_batch(self, items: list[Event | Label]):
+        started = time.perf_counter()
         released = self.order.push(items, time.time())
+        self.exporter.observe_batch(self.STEP, time.perf_counter() - started, len(items))
         return [*released.dead, *released.items], self.RETAIN
 
     def on_notify(self):
@@ -106,12 +110,19 @@ class ComputeFeatures(StatefulBatchLogic):
         else:
             self.engine = FeatureEngine.restore(blob, self.sql_dir, self.fields, lateness_ms=0, auto_reload=False)
         self._reported_errors: set[str] = set()
+        self.exporter = PrometheusExporter(config.flow.prometheus_port)
 
     def on_batch(self, items: list[Event | Label | DeadLetter]):
+        started = time.perf_counter()
+        out = self._compute(items)
+        self.exporter.observe_batch(self.STEP, time.perf_counter() - started, len(items))
+        return out, self.RETAIN
+
+    def _compute(self, items: list[Event | Label | DeadLetter]) -> list[Any]:
         self._reload()
         events = [item for item in items if isinstance(item, Event)]
         if not events:
-            return items, self.RETAIN
+            return items
         rows = [e.as_row() for e in events]
         pushed = self.engine.push(rows)
         flushed = self.engine.flush()
@@ -127,7 +138,7 @@ class ComputeFeatures(StatefulBatchLogic):
             else:
                 reason = late.get(item.event_id, "the feature engine returned no features for this event")
                 out.append(DeadLetter(item.raw, item.key, reason, "features", item.origin, "late"))
-        return out, self.RETAIN
+        return out
 
     def _reload(self) -> None:
         report = self.engine.reload()
@@ -167,11 +178,16 @@ class ScoreAndLearn(StatefulBatchLogic):
         )
         self.lag_probe = lag_probe
         self.include_features = config.include_features
+        self.exporter = PrometheusExporter(config.flow.prometheus_port)
+        registry_dir = config.ensemble.get("registry_dir") if config.ensemble.get("enabled", True) else None
+        if self.exporter.enabled and registry_dir:
+            self.exporter.watch_registry(registry_dir)
 
     def on_batch(self, items: list[Scored | Label | DeadLetter]):
         learner, reporter = self.state.learner, self.state.reporter
         out: list[Any] = []
         now = time.time()
+        started = time.perf_counter()
         inputs = {id(item): model_input(item.features) for item in items if isinstance(item, Scored)}
         learner.prepare(list(inputs.values()))
         for item in items:
@@ -205,6 +221,7 @@ class ScoreAndLearn(StatefulBatchLogic):
             else:
                 reporter.dead_letter(item.reason)
                 out.append(item)
+        self.exporter.observe_batch(self.STEP, time.perf_counter() - started, len(items))
         return out, self.RETAIN
 
     def on_notify(self):
@@ -218,7 +235,9 @@ class ScoreAndLearn(StatefulBatchLogic):
 
     def _report(self, now: float, final: bool = False) -> Metrics:
         lag = self.lag_probe() if self.lag_probe else None
-        return self.state.reporter.report(self.state.learner, now, lag, final)
+        metrics = self.state.reporter.report(self.state.learner, now, lag, final)
+        self.exporter.observe_metrics(metrics.figures)
+        return metrics
 
     def snapshot(self) -> bytes:
         return pack(self.STEP, self.state)

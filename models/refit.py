@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class RefitResult:
     reason: str
     metrics: Mapping[str, float]
     member: lightgbm_member.LightGBMMember | None
+    fit_seconds: float | None = None
 
     def record(self, job: RefitJob) -> dict[str, Any]:
         """The registry's metadata for this refit."""
@@ -64,6 +66,7 @@ class RefitResult:
             "holdout": job.holdout,
             "gate": {"metric": job.gate.metric, "threshold": job.gate.threshold},
             "metrics": dict(self.metrics),
+            "fit_seconds": self.fit_seconds,
         }
 
 
@@ -73,6 +76,7 @@ def run(job: RefitJob) -> RefitResult:
     train_labels = job.labels[:n_train]
     if n_train < 2 or len(set(train_labels)) < 2:
         return RefitResult(job.version, False, "training slice holds a single class", {}, None)
+    started = time.perf_counter()
     try:
         member = lightgbm_member.fit(job.rows[:n_train], train_labels, job.params, job.num_boost_round, job.seed)
     except (ValueError, lightgbm.basic.LightGBMError) as error:
@@ -80,7 +84,7 @@ def run(job: RefitJob) -> RefitResult:
     holdout_rows, holdout_labels = job.rows[n_train:], job.labels[n_train:]
     base_rate = sum(train_labels) / n_train
     accepted, reason, metrics = job.gate.judge(holdout_labels, member.predict_many(holdout_rows), base_rate)
-    return RefitResult(job.version, accepted, reason, metrics, member)
+    return RefitResult(job.version, accepted, reason, metrics, member, round(time.perf_counter() - started, 3))
 
 
 MODES = ("thread", "process", None)

@@ -140,3 +140,30 @@ def make_fake_topics():
     from dataflows.config import Topics
 
     return Topics("nope-events", "nope-labels", "nope-predictions", "nope-metrics", "nope-dlq")
+
+
+def test_the_flow_serves_prometheus_metrics(kafka_bootstrap, make_topics, tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    topics = make_topics(partitions=1)
+    publish(kafka_bootstrap, topics.events, [*datasets.transactions(1500, seed=5), b"{broken"])
+    config = config_for(topics, kafka_bootstrap)
+    config = replace(
+        config,
+        flow=replace(config.flow, prometheus_port=port),
+        ensemble={**SMALL_ENSEMBLE, "registry_dir": str(tmp_path / "registry")},
+    )
+
+    run_flow(config)
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "eddy_events 1500.0" in text
+    assert 'eddy_dead_letters{reason="not_json"} 1.0' in text
+    assert 'eddy_batch_seconds_count{step="score_and_learn"}' in text
+    assert 'eddy_batch_seconds_count{step="compute_features"}' in text
+    assert 'eddy_model_version{member="lightgbm"}' in text
+    assert 'eddy_roc_auc{member="river"}' in text
