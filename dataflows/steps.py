@@ -110,6 +110,7 @@ class ComputeFeatures(StatefulBatchLogic):
         else:
             self.engine = FeatureEngine.restore(blob, self.sql_dir, self.fields, lateness_ms=0, auto_reload=False)
         self._reported_errors: set[str] = set()
+        self.arrival = config.flow.mode == "arrival"
         self.exporter = PrometheusExporter(config.flow.prometheus_port)
 
     def on_batch(self, items: list[Event | Label | DeadLetter]):
@@ -124,10 +125,12 @@ class ComputeFeatures(StatefulBatchLogic):
         if not events:
             return items
         rows = [e.as_row() for e in events]
-        pushed = self.engine.push(rows)
-        flushed = self.engine.flush()
-        computed = {row["event_id"]: feats for batch in (pushed, flushed) for row, feats in batch}
-        late = {le.event["event_id"]: le.reason for le in pushed.late}
+        if self.arrival:
+            batches = [self.engine.push_on_arrival(rows)]
+        else:
+            batches = [self.engine.push(rows), self.engine.flush()]
+        computed = {row["event_id"]: feats for batch in batches for row, feats in batch}
+        late = {le.event["event_id"]: le.reason for le in batches[0].late}
         version = self.engine.features_version
         out: list[Any] = []
         for item in items:

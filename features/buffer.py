@@ -52,6 +52,18 @@ class EventBuffer:
             self.table = self.table.combine_chunks()
         self._ts_ms.extend(_ts_ms(batch))
 
+    def insert(self, batch: pa.Table) -> None:
+        """Add events that may be older than what is buffered (arrival mode), keeping (ts, event_id) order."""
+        if batch.num_rows == 0:
+            return
+        batch_ts = _ts_ms(batch)
+        if not self._ts_ms or min(batch_ts) >= self._ts_ms[-1]:
+            self.append(batch.sort_by([("ts", "ascending"), ("event_id", "ascending")]))
+            return
+        merged = pa.concat_tables([self.table, batch.select(self.schema.names).cast(self.schema)])
+        self.table = merged.sort_by([("ts", "ascending"), ("event_id", "ascending")]).combine_chunks()
+        self._ts_ms = _ts_ms(self.table)
+
     def evict(self, before_ms: int) -> int:
         """Drop events with ts < `before_ms`; returns how many were dropped."""
         cut = bisect.bisect_left(self._ts_ms, before_ms)

@@ -128,8 +128,15 @@ class FeatureEngine:
         self._seq = 0
         self._max_ts: int | None = None
         self._floor: int | None = None
-        self.counters = {"events": 0, "released": 0, "late_events": 0, "evicted": 0, "batches": 0,
-                         "reloads": 0, "reload_errors": 0}
+        self.counters = {
+            "events": 0,
+            "released": 0,
+            "late_events": 0,
+            "evicted": 0,
+            "batches": 0,
+            "reloads": 0,
+            "reload_errors": 0,
+        }
         self._con: duckdb.DuckDBPyConnection | None = None
 
     # -- public API -------------------------------------------------------------------------------------
@@ -162,8 +169,13 @@ class FeatureEngine:
             mark = self.watermark
             if mark is not None and ts < mark:
                 self.counters["late_events"] += 1
-                late.append(LateEvent(event, f"late: ts {ts} is before the watermark {mark} "
-                                             f"(max ts seen {self._max_ts} - lateness {self.lateness_ms} ms)"))
+                late.append(
+                    LateEvent(
+                        event,
+                        f"late: ts {ts} is before the watermark {mark} "
+                        f"(max ts seen {self._max_ts} - lateness {self.lateness_ms} ms)",
+                    )
+                )
                 continue
             self._seq += 1
             heapq.heappush(self._held, (ts, str(event["event_id"]), self._seq, event))
@@ -171,6 +183,26 @@ class FeatureEngine:
                 self._max_ts = ts
         released = self._release(self.watermark)
         return self._features(released, late, report)
+
+    def push_on_arrival(self, events: list[dict]) -> FeatureBatch:
+        """Features for every event now, from the history that has arrived so far, whatever the order.
+
+        The flow's `arrival` mode: lowest latency, no wait for the watermark. An event that arrives after
+        later ones sees only what has arrived before it, so the result can differ from a backfill; nothing
+        is late and nothing is held.
+        """
+        report = self.reload() if self.auto_reload else None
+        if report is not None and not (report.changed or report.errors):
+            report = None
+        released = []
+        for event in events:
+            ts = event["ts"] if type(event["ts"]) is int else to_ms(event["ts"])
+            self.counters["events"] += 1
+            released.append((ts, event))
+            if self._max_ts is None or ts > self._max_ts:
+                self._max_ts = ts
+        released.sort(key=lambda pair: (pair[0], str(pair[1]["event_id"])))
+        return self._features(released, [], report)
 
     def flush(self) -> FeatureBatch:
         """Release every held event (end of stream); later events with ts <= max ts seen become late."""
@@ -264,7 +296,7 @@ class FeatureEngine:
             relation = pa.concat_tables([history, batch]) if history.num_rows else batch
             columns.update(run_group(self._connection(), group, relation, batch["event_id"], batch))
         features = pa.table(columns).to_pylist() if columns else [{} for _ in events]
-        self.buffer.append(batch)
+        self.buffer.insert(batch)
         self.counters["evicted"] += self.buffer.evict(self._max_ts - self.lateness_ms - self.catalog.horizon_ms)
         self.counters["released"] += len(events)
         self.counters["batches"] += 1

@@ -167,3 +167,18 @@ def test_the_flow_serves_prometheus_metrics(kafka_bootstrap, make_topics, tmp_pa
     assert 'eddy_batch_seconds_count{step="compute_features"}' in text
     assert 'eddy_model_version{member="lightgbm"}' in text
     assert 'eddy_roc_auc{member="river"}' in text
+
+
+def test_arrival_mode_scores_every_event_without_waiting_for_the_watermark(kafka_bootstrap, make_topics):
+    topics = make_topics(partitions=2)
+    events = list(datasets.transactions(1000, seed=9))
+    publish(kafka_bootstrap, topics.events, events, partition=lambda i, m: i % 2)
+    config = config_for(topics, kafka_bootstrap, mode="arrival")
+    config = replace(config, ensemble={"enabled": False})
+
+    run_flow(config)
+
+    predictions, metrics, dead = outputs(kafka_bootstrap, topics)
+    assert dead == []
+    assert sorted(by_id(predictions)) == sorted(e["event_id"] for e in events)
+    assert metrics[-1]["learner"]["labels_inline"] == 1000
