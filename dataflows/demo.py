@@ -14,11 +14,11 @@ import sys
 import time
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 
 from dataflows import datasets
 from dataflows.config import REPO_ROOT, load_config
 from dataflows.kafka_admin import BrokerError, require_topics
+from dataflows.kafka_io import read_to_end
 from dataflows.replay import make_producer, replay
 
 MALFORMED = [
@@ -31,32 +31,15 @@ MALFORMED = [
 ]
 
 
-def read_all(bootstrap: str, topic: str) -> list:
-    """Every record of a topic, from the beginning to its current end."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list = []
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
-
-
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "   -  " if value is None else f"{value:.{digits}f}"
 
 
 def show_results(config, events: list[dict], run_s: float) -> None:
     t = config.topics
-    predictions = [orjson.loads(r.value) for r in read_all(config.bootstrap_servers, t.predictions)]
-    reports = [orjson.loads(r.value) for r in read_all(config.bootstrap_servers, t.metrics)]
-    dead = read_all(config.bootstrap_servers, t.dead_letters)
+    predictions = [orjson.loads(r.value) for r in read_to_end(config.bootstrap_servers, t.predictions)]
+    reports = [orjson.loads(r.value) for r in read_to_end(config.bootstrap_servers, t.metrics)]
+    dead = read_to_end(config.bootstrap_servers, t.dead_letters)
     final = reports[-1] if reports else {}
     print(f"\n4. results ({run_s:.1f}s for the flow, start-up included)")
     print(f"   {len(predictions):,} predictions on '{t.predictions}', {len(reports)} metrics messages on '{t.metrics}'")

@@ -57,28 +57,14 @@ def read_metrics_file(path: str | Path) -> list[dict]:
 
 def read_metrics_topic(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> list[dict]:
     """Every metrics message on `topic`, from the beginning to its current end."""
-    from kafka import KafkaConsumer, TopicPartition
-
     from dataflows.kafka_admin import require_topics
+    from dataflows.kafka_io import read_to_end
 
     require_topics(bootstrap_servers, [topic])
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records = []
-        import time
-
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            if time.monotonic() > deadline:
-                raise ReportError(f"timed out reading topic '{topic}' from {bootstrap_servers}")
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-    finally:
-        consumer.close()
+        records = read_to_end(bootstrap_servers, topic, timeout_s)
+    except TimeoutError as exc:
+        raise ReportError(str(exc)) from exc
     records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
     return [m for m in (_loads(r.value) for r in records) if m is not None]
 

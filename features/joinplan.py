@@ -23,8 +23,21 @@ import pyarrow as pa
 
 from features.schema import to_arrow
 
-_AGGREGATES = {"count", "count_star", "sum", "avg", "mean", "min", "max", "stddev", "stddev_samp",
-               "stddev_pop", "variance", "var_samp", "var_pop"}
+_AGGREGATES = {
+    "count",
+    "count_star",
+    "sum",
+    "avg",
+    "mean",
+    "min",
+    "max",
+    "stddev",
+    "stddev_samp",
+    "stddev_pop",
+    "variance",
+    "var_samp",
+    "var_pop",
+}
 _NO_LOCATION = 2**64 - 1
 
 
@@ -57,8 +70,7 @@ def _rewrite(
     node = statement["node"]
     if node.get("type") != "SELECT_NODE" or node.get("modifiers") or node.get("cte_map", {}).get("map"):
         raise _Ineligible
-    if any(node.get(k) for k in ("where_clause", "group_expressions", "group_sets", "having", "qualify",
-                                 "sample")):
+    if any(node.get(k) for k in ("where_clause", "group_expressions", "group_sets", "having", "qualify", "sample")):
         raise _Ineligible
     source = node.get("from_table") or {}
     if source.get("type") != "BASE_TABLE" or source.get("table_name") != "events" or source.get("schema_name"):
@@ -184,9 +196,9 @@ _FLOAT_SUMS = {"sum", "avg", "mean", "stddev", "stddev_samp", "stddev_pop", "var
 
 def _replace_windows(raw: bytes, item: dict, windows: list[dict], entity, con) -> str:
     start, length = _item_span(raw, item)
-    text = raw[start:start + length]
+    text = raw[start : start + length]
     spans = []
-    for node in _walk(item):
+    for node in walk(item):
         if node.get("class") in ("SUBQUERY", "STAR", "COLUMNS"):
             raise _Ineligible
         if node.get("class") == "WINDOW":
@@ -197,7 +209,7 @@ def _replace_windows(raw: bytes, item: dict, windows: list[dict], entity, con) -
     for offset, w_length, index in sorted(spans, reverse=True):
         if offset < 0 or offset + w_length > len(text):
             raise _Ineligible
-        text = text[:offset] + f"__agg.__w{index}".encode() + text[offset + w_length:]
+        text = text[:offset] + f"__agg.__w{index}".encode() + text[offset + w_length :]
     return f"({text.decode()})"
 
 
@@ -241,10 +253,10 @@ def _window(raw: bytes, node: dict, entity: tuple[str, ...], con) -> dict:
 
 def _interval(raw: bytes, expression: dict, con) -> tuple[str, int]:
     """The interval's own text and its length in microseconds (fixed lengths only: no months)."""
-    if any(n.get("class") == "COLUMN_REF" for n in _walk(expression)):
+    if any(n.get("class") == "COLUMN_REF" for n in walk(expression)):
         raise _Ineligible
     start, length = _span(expression)
-    text = raw[start:start + length].decode()
+    text = raw[start : start + length].decode()
     try:
         rows = con.execute(f"SELECT to_microseconds(0) + ({text})").fetchall()
     except duckdb.Error as exc:
@@ -348,11 +360,12 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _walk(node):
+def walk(node):
+    """Every dict in DuckDB's JSON parse tree, depth first."""
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _walk(value)
+            yield from walk(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _walk(value)
+            yield from walk(value)

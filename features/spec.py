@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from features.joinplan import batch_join_sql
+from features.joinplan import batch_join_sql, walk
 from features.schema import empty_events, event_columns
 
 HEADER_KEYS = ("group", "entity", "horizon", "lateness", "description")
@@ -33,8 +33,14 @@ _HEADER_LINE = re.compile(r"^--\s*([A-Za-z_][\w-]*)\s*:\s*(.*?)\s*$")
 _NAME = re.compile(r"^[A-Za-z_]\w*$")
 _EXAMPLE_HEADER = "-- group: user_velocity\n-- entity: user_id\n-- horizon: 24h\n-- lateness: 5s"
 # Window frame ends that never reach past the current row (peers with an equal ts are included).
-_SAFE_FRAME_ENDS = {"CURRENT_ROW_RANGE", "CURRENT_ROW_ROWS", "CURRENT_ROW_GROUPS",
-                    "EXPR_PRECEDING_RANGE", "EXPR_PRECEDING_ROWS", "EXPR_PRECEDING_GROUPS"}
+_SAFE_FRAME_ENDS = {
+    "CURRENT_ROW_RANGE",
+    "CURRENT_ROW_ROWS",
+    "CURRENT_ROW_GROUPS",
+    "EXPR_PRECEDING_RANGE",
+    "EXPR_PRECEDING_ROWS",
+    "EXPR_PRECEDING_GROUPS",
+}
 _FUTURE_FUNCTIONS = {"lead", "last_value", "nth_value"}
 
 
@@ -123,13 +129,15 @@ def check_catalog(groups: Iterable[FeatureGroup]) -> None:
     seen_features: dict[str, str] = {}
     for group in groups:
         if group.name in seen_groups:
-            raise FeatureFileError(group.path, 1, f"group {group.name!r} is also declared in "
-                                                  f"'{seen_groups[group.name]}'")
+            raise FeatureFileError(
+                group.path, 1, f"group {group.name!r} is also declared in '{seen_groups[group.name]}'"
+            )
         seen_groups[group.name] = group.path
         for feature in group.feature_names:
             if feature in seen_features:
                 raise FeatureFileError(
-                    group.path, None,
+                    group.path,
+                    None,
                     f"feature {feature!r} is also produced by '{seen_features[feature]}'; "
                     "feature names must be unique across files",
                 )
@@ -161,9 +169,9 @@ def _parse_header(path: Path, text: str) -> tuple[dict[str, tuple[str, int]], in
     missing = [k for k in REQUIRED_KEYS if k not in header]
     if missing:
         raise FeatureFileError(
-            path, 1,
-            f"missing header key(s) {', '.join(missing)}; a file starts with a header such as:\n"
-            f"{_EXAMPLE_HEADER}",
+            path,
+            1,
+            f"missing header key(s) {', '.join(missing)}; a file starts with a header such as:\n{_EXAMPLE_HEADER}",
         )
     if body_line > len(lines):
         raise FeatureFileError(path, len(lines), "no SQL after the header; expected one SELECT over `events`")
@@ -202,8 +210,7 @@ def _bind(con, path: Path, text: str, body_line: int, fields: dict[str, str]) ->
             _raise_duckdb(path, text, body_line, serialized.get("error_message", "invalid SQL"), fields)
         statements = serialized["statements"]
         if len(statements) != 1:
-            raise FeatureFileError(path, body_line,
-                                   f"expected exactly one SELECT statement, found {len(statements)}")
+            raise FeatureFileError(path, body_line, f"expected exactly one SELECT statement, found {len(statements)}")
         _check_point_in_time(path, text, body_line, statements[0])
         con.register("events", empty_events(fields))
         try:
@@ -216,29 +223,31 @@ def _bind(con, path: Path, text: str, body_line: int, fields: dict[str, str]) ->
     finally:
         con.unregister("events")
     if "event_id" not in columns:
-        raise FeatureFileError(path, body_line, "the SELECT returns no `event_id` column; "
-                                                "every feature row must say which event it belongs to")
+        raise FeatureFileError(
+            path,
+            body_line,
+            "the SELECT returns no `event_id` column; every feature row must say which event it belongs to",
+        )
     duplicates = sorted({c for c in columns if columns.count(c) > 1})
     if duplicates:
         raise FeatureFileError(path, body_line, f"duplicate output column(s): {', '.join(duplicates)}")
     reserved = [c for c in columns if c in ("ts", LABEL)]
     if reserved:
-        raise FeatureFileError(path, body_line, f"output column(s) {', '.join(reserved)} are reserved; "
-                                                "rename them")
+        raise FeatureFileError(path, body_line, f"output column(s) {', '.join(reserved)} are reserved; rename them")
     return columns, statements[0]
 
 
 def _check_reach(con, path: Path, text: str, body_line: int, statement: dict, horizon_ms: int) -> None:
     """A RANGE window that reaches further back than the header's horizon would see a truncated history
     online (the buffer keeps only the horizon) but the whole history in a backfill: reject it."""
-    for node in _walk(statement):
+    for node in walk(statement):
         if node.get("class") != "WINDOW" or node.get("start") != "EXPR_PRECEDING_RANGE":
             continue
         expression = node.get("start_expr") or {}
         start, length = expression.get("query_location"), expression.get("query_location_length")
         if start is None or not length or start + length > len(text.encode()):
             continue
-        reach_text = text.encode()[start:start + length].decode()
+        reach_text = text.encode()[start : start + length].decode()
         try:
             value = con.execute(f"SELECT to_microseconds(0) + ({reach_text})").fetchall()[0][0]
         except duckdb.Error:
@@ -246,7 +255,8 @@ def _check_reach(con, path: Path, text: str, body_line: int, statement: dict, ho
         if isinstance(value, timedelta) and value > timedelta(milliseconds=horizon_ms):
             line, column = _line_of(text, start, body_line)
             raise FeatureFileError(
-                path, line,
+                path,
+                line,
                 f"the window reaches back {reach_text} ({value}), beyond the header's horizon "
                 f"({timedelta(milliseconds=horizon_ms)}); raise the horizon so live and backfill agree",
                 column,
@@ -280,7 +290,7 @@ def _locate(text: str, message: str, body_line: int) -> tuple[int, int | None]:
 def _check_point_in_time(path: Path, text: str, body_line: int, statement: dict) -> None:
     """Reject windows that can see later events: a frame that ends after the current row, a window with no
     ORDER BY (it spans the whole partition) or a function that reads ahead (`lead`, ...)."""
-    for node in _walk(statement):
+    for node in walk(statement):
         if node.get("class") != "WINDOW":
             continue
         function = str(node.get("function_name", "")).lower()
@@ -294,7 +304,8 @@ def _check_point_in_time(path: Path, text: str, body_line: int, statement: dict)
         if problem:
             line, column = _line_of(text, node.get("query_location"), body_line)
             raise FeatureFileError(
-                path, line,
+                path,
+                line,
                 f"{problem}; features may only look at events up to the event's own ts "
                 "(ORDER BY ts ... ending at CURRENT ROW)",
                 column,
@@ -306,13 +317,3 @@ def _line_of(text: str, offset: int | None, body_line: int) -> tuple[int, int | 
         return body_line, None
     before = text[:offset]
     return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
-
-
-def _walk(node):
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
