@@ -37,7 +37,7 @@ def percentile(values: list[float], q: float) -> float:
 def run_batches(engine: FeatureEngine, events: list[dict], size: int, count: int) -> dict:
     times, cpu, released = [], 0.0, 0
     for i in range(count):
-        batch = events[i * size:(i + 1) * size]
+        batch = events[i * size : (i + 1) * size]
         started, started_cpu = time.perf_counter(), time.process_time()
         released += len(engine.push(batch))
         times.append(time.perf_counter() - started)
@@ -58,14 +58,17 @@ def naive_baseline(engine: FeatureEngine, events: list[dict], size: int, count: 
     con = engine._connection()
     times = []
     for i in range(count):
-        batch = to_arrow(events[i * size:(i + 1) * size], engine.fields)
+        batch = to_arrow(events[i * size : (i + 1) * size], engine.fields)
         started = time.perf_counter()
         relation = pa.concat_tables([engine.buffer.table, batch])
         for group in engine.catalog.groups:
             run_group(con, group, relation, batch["event_id"])
         times.append(time.perf_counter() - started)
-    return {"batch": size, "events_per_s": round(size * count / sum(times)),
-            "p50_ms": round(percentile(times, 0.5) * 1000, 2)}
+    return {
+        "batch": size,
+        "events_per_s": round(size * count / sum(times)),
+        "p50_ms": round(percentile(times, 0.5) * 1000, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,22 +91,31 @@ def main(argv: list[str] | None = None) -> None:
     engine = FeatureEngine(args.sql_dir, fields, threads=args.threads, auto_reload=False)
     started = time.perf_counter()
     for i in range(0, args.buffer, 10_000):
-        engine.push(events[i:min(i + 10_000, args.buffer)])
-    print(f"filled: {args.buffer} events in {time.perf_counter() - started:.1f} s; buffer holds "
-          f"{len(engine.buffer)} rows ({engine.buffer.nbytes / 2**20:.1f} MiB), "
-          f"{len(engine.feature_names)} features in {len(engine.catalog.groups)} groups")
+        engine.push(events[i : min(i + 10_000, args.buffer)])
+    print(
+        f"filled: {args.buffer} events in {time.perf_counter() - started:.1f} s; buffer holds "
+        f"{len(engine.buffer)} rows ({engine.buffer.nbytes / 2**20:.1f} MiB), "
+        f"{len(engine.feature_names)} features in {len(engine.catalog.groups)} groups"
+    )
 
     position, results = args.buffer, []
     for size, count in counts.items():
         result = run_batches(engine, events[position:], size, count)
         position += size * count
         results.append(result)
-        print(f"batch {size:>6}: {result['events_per_s']:>8} events/s ({result['events_per_cpu_s']} per CPU-second), "
-              f"p50 {result['p50_ms']:>7.1f} ms, p99 {result['p99_ms']:>7.1f} ms per batch, "
-              f"buffer {result['buffer_rows']} rows")
+        print(
+            f"batch {size:>6}: {result['events_per_s']:>8} events/s ({result['events_per_cpu_s']} per CPU-second), "
+            f"p50 {result['p50_ms']:>7.1f} ms, p99 {result['p99_ms']:>7.1f} ms per batch, "
+            f"buffer {result['buffer_rows']} rows"
+        )
 
-    figures: dict = {"buffer_events": args.buffer, "features": len(engine.feature_names),
-                     "groups": len(engine.catalog.groups), "threads": args.threads, "batches": results}
+    figures: dict = {
+        "buffer_events": args.buffer,
+        "features": len(engine.feature_names),
+        "groups": len(engine.catalog.groups),
+        "threads": args.threads,
+        "batches": results,
+    }
     if not args.no_baseline:
         baseline = naive_baseline(engine, events[position:], 1000, 5)
         mine = next((r for r in results if r["batch"] == 1000), None)
@@ -117,8 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     figures["buffer_mib"] = round(engine.buffer.nbytes / 2**20, 2)
     figures["events_streamed"] = position
     figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print(f"memory: peak RSS {figures['peak_rss_mib']} MiB; buffer {figures['buffer_mib']} MiB for "
-          f"{figures['buffer_rows_end']} rows after {position} events (bounded by the longest horizon)")
+    print(
+        f"memory: peak RSS {figures['peak_rss_mib']} MiB; buffer {figures['buffer_mib']} MiB for "
+        f"{figures['buffer_rows_end']} rows after {position} events (bounded by the longest horizon)"
+    )
     print(json.dumps(figures))
 
 

@@ -80,8 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print(f"  OnlineLearner / River rate: {ratio:.3f}")
     result = {
-        "benchmark": "river_bare", "events": len(events), "model": args.model,
-        "river": river, "online_learner": eddy, "ratio": ratio,
+        "benchmark": "river_bare",
+        "events": len(events),
+        "model": args.model,
+        "river": river,
+        "online_learner": eddy,
+        "ratio": ratio,
     }
     print(json.dumps(result))
     return result

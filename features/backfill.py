@@ -60,14 +60,15 @@ def read_events(path: str | Path, fields: dict[str, str] | None = None) -> tuple
         schema = arrow_schema(fields)
         columns = [table["event_id"].cast(pa.string()), rows_ts]
         for f in list(schema)[2:]:
-            columns.append(table[f.name].cast(f.type) if f.name in table.column_names
-                           else pa.nulls(table.num_rows, f.type))
+            columns.append(
+                table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            )
         return pa.Table.from_arrays(columns, schema=schema), fields
     rows = list(_jsonl(path))
     fields = fields or _infer_rows(rows)
     chunks = []
     for start in range(0, len(rows), _CHUNK):
-        chunk = [{**r, "ts": to_ms(r["ts"])} for r in rows[start:start + _CHUNK]]
+        chunk = [{**r, "ts": to_ms(r["ts"])} for r in rows[start : start + _CHUNK]]
         chunks.append(to_arrow(chunk, fields))
         log.info("read %d of %d events", start + len(chunk), len(rows))
     return (pa.concat_tables(chunks) if chunks else arrow_schema(fields).empty_table()), fields
@@ -126,12 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m features.backfill",
         description="Compute every feature group of SQL_DIR for a whole JSONL or Parquet file of events "
-                    "and write Parquet (event_id plus the feature columns).",
+        "and write Parquet (event_id plus the feature columns).",
     )
     parser.add_argument("--sql-dir", required=True, help="folder of feature files, e.g. sql/transactions")
-    parser.add_argument("--config", default=os.environ.get("EDDY_CONFIG", "eddy.toml"),
-                        help="eddy.toml whose [fields] table gives the field types (default: %(default)s; "
-                             "if absent, types are inferred from the input)")
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("EDDY_CONFIG", "eddy.toml"),
+        help="eddy.toml whose [fields] table gives the field types (default: %(default)s; "
+        "if absent, types are inferred from the input)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
     parser.add_argument("input", help="events, .jsonl or .parquet")
     parser.add_argument("output", help="features, .parquet")

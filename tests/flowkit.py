@@ -24,8 +24,13 @@ PHISHING_CONFIG = REPO / "configs" / "phishing.toml"
 def config_for(topics: Topics, bootstrap: str, config_path: Path | None = None, **flow) -> Config:
     """The repository's config (or another file) pointed at test topics, with [flow] overrides."""
     base = load_config(config_path, env={})
-    return replace(base, bootstrap_servers=bootstrap, topics=topics, tail=False,
-                   flow=replace(base.flow, idle_timeout_s=flow.pop("idle_timeout_s", 1.0), **flow))
+    return replace(
+        base,
+        bootstrap_servers=bootstrap,
+        topics=topics,
+        tail=False,
+        flow=replace(base.flow, idle_timeout_s=flow.pop("idle_timeout_s", 1.0), **flow),
+    )
 
 
 def publish(bootstrap: str, topic: str, messages: list, key=lambda m: None, partition=None) -> None:
@@ -34,8 +39,12 @@ def publish(bootstrap: str, topic: str, messages: list, key=lambda m: None, part
     for i, message in enumerate(messages):
         value = message if isinstance(message, bytes) else orjson.dumps(message)
         k = key(message)
-        producer.send(topic, value=value, key=None if k is None else str(k).encode(),
-                      partition=None if partition is None else partition(i, message))
+        producer.send(
+            topic,
+            value=value,
+            key=None if k is None else str(k).encode(),
+            partition=None if partition is None else partition(i, message),
+        )
     producer.flush()
     producer.close()
 
@@ -70,8 +79,14 @@ def flow_env(topics: Topics, bootstrap: str, config_path: Path | None = None, **
 
 
 def start_flow_process(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bytewax.run", *args, "dataflows.main"], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", *args, "dataflows.main"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def run_flow_process(env: dict[str, str], *args: str, timeout: float = 300) -> str:
@@ -117,8 +132,9 @@ def isolated_config(directory: Path, source: Path | None = None) -> Path:
     return path
 
 
-def transactions_input(n: int, seed: int = 42, label_delay_s: tuple[float, float] | None = None,
-                       delayed_share: float = 1.0):
+def transactions_input(
+    n: int, seed: int = 42, label_delay_s: tuple[float, float] | None = None, delayed_share: float = 1.0
+):
     """(events, labels) from `dataflows.datasets.transactions`: inline labels when `label_delay_s` is None;
     else a seeded random `delayed_share` of the labels go to the labels topic, each with a `ts` (epoch ms) its
     event's plus a seeded random delay in that range (seconds), sorted by that `ts` (none is late in its
@@ -155,8 +171,13 @@ def start_flow_logged(env: dict[str, str], log_path: Path, *args: str) -> subpro
     with log_path.open("a") as log:
         log.write(f"\n=== bytewax.run {' '.join(args)}\n")
         log.flush()
-        return subprocess.Popen([sys.executable, "-m", "bytewax.run", *args, "dataflows.main"], env=env, cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", *args, "dataflows.main"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def committed_epoch(recovery_dir: Path) -> int:

@@ -54,16 +54,18 @@ class Segment:
 
 
 def _init_recovery_dir(directory: Path) -> None:
-    subprocess.run([sys.executable, "-m", "dataflows.recovery", "init", str(directory)], cwd=REPO, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "dataflows.recovery", "init", str(directory)], cwd=REPO, check=True, capture_output=True
+    )
 
 
 def _log_tail(log_path: Path, chars: int = 4000) -> str:
     return log_path.read_text()[-chars:] if log_path.exists() else "(no log)"
 
 
-def _run_with_kills(bootstrap: str, topics, env: dict[str, str], recovery_dir: Path, log_path: Path, n: int,
-                    kills: int, seed: int) -> list[Segment]:
+def _run_with_kills(
+    bootstrap: str, topics, env: dict[str, str], recovery_dir: Path, log_path: Path, n: int, kills: int, seed: int
+) -> list[Segment]:
     """Run the recoverable job, SIGKILL it `kills` times at seeded random moments, resume until it finishes."""
     rng = random.Random(seed)
     # Kill i once this many distinct events have predictions (seeded, within the first 40 %).
@@ -135,22 +137,25 @@ def _reference(bootstrap: str, topics, env: dict[str, str], n: int) -> dict[str,
     ("labels", "delayed_share", "seed", "kills"),
     [("mixed", 0.2, 11, 3), ("delayed", 1.0, 23, 3)],
 )
-def test_sigkill_and_resume_gives_the_uninterrupted_predictions(kafka_bootstrap, make_topics, tmp_path, labels,
-                                                                 delayed_share, seed, kills):
+def test_sigkill_and_resume_gives_the_uninterrupted_predictions(
+    kafka_bootstrap, make_topics, tmp_path, labels, delayed_share, seed, kills
+):
     # "mixed": 80 % of the labels inline, 20 % on the labels topic up to 30 minutes (event time) later.
     # Not all inline: with an empty labels topic the watermark waits for `idle_timeout_s`, and with
     # EDDY_TAIL=false the input ends first, so the whole run is one batch released at the end of the input:
     # no snapshot would fall mid-run (see the report of issue 4).
-    events, label_messages = transactions_input(N_EVENTS, seed=seed, label_delay_s=(1.0, 1800.0),
-                                                delayed_share=delayed_share)
+    events, label_messages = transactions_input(
+        N_EVENTS, seed=seed, label_delay_s=(1.0, 1800.0), delayed_share=delayed_share
+    )
     assert 0 < len(label_messages) <= N_EVENTS
     config = isolated_config(tmp_path / "config-reference")
 
     reference_topics = make_topics(partitions=PARTITIONS)
     publish_input(kafka_bootstrap, reference_topics, events, label_messages, PARTITIONS)
     started = time.monotonic()
-    reference = _reference(kafka_bootstrap, reference_topics, flow_env(reference_topics, kafka_bootstrap, config),
-                           N_EVENTS)
+    reference = _reference(
+        kafka_bootstrap, reference_topics, flow_env(reference_topics, kafka_bootstrap, config), N_EVENTS
+    )
     reference_s = time.monotonic() - started
 
     topics = make_topics(partitions=PARTITIONS)
@@ -164,8 +169,10 @@ def test_sigkill_and_resume_gives_the_uninterrupted_predictions(kafka_bootstrap,
     recovered_s = time.monotonic() - started
 
     killed = [s for s in segments if s.killed]
-    summary = (f"{labels} labels: reference {reference_s:.1f} s; {len(segments)} runs, {len(killed)} killed, "
-               f"{sum(len(s.predictions) for s in segments)} predictions in {recovered_s:.1f} s")
+    summary = (
+        f"{labels} labels: reference {reference_s:.1f} s; {len(segments)} runs, {len(killed)} killed, "
+        f"{sum(len(s.predictions) for s in segments)} predictions in {recovered_s:.1f} s"
+    )
     print(summary)
     assert len(killed) >= 2, f"at least two kills must land mid-run: {summary}"
 
@@ -190,16 +197,24 @@ def test_sigkill_and_resume_gives_the_uninterrupted_predictions(kafka_bootstrap,
         replayed_ids = {p["event_id"] for p in segment.predictions}
         assert first_event not in replayed_ids, f"run {i} started over instead of resuming; {summary}"
 
-    wrong = [(eid, first[eid]["score"], reference[eid]["score"]) for eid in sorted(reference)
-             if abs(first[eid]["score"] - reference[eid]["score"]) > TOLERANCE]
+    wrong = [
+        (eid, first[eid]["score"], reference[eid]["score"])
+        for eid in sorted(reference)
+        if abs(first[eid]["score"] - reference[eid]["score"]) > TOLERANCE
+    ]
     assert not wrong, (
         f"{len(wrong)} of {N_EVENTS} scores differ from the uninterrupted run (event, recovered, reference), "
         f"first ones: {wrong[:5]}; {summary}"
     )
-    wrong_members = [eid for eid in reference if first[eid]["model"] != reference[eid]["model"]
-                     or not _close(first[eid]["scores"], reference[eid]["scores"])]
-    assert not wrong_members, f"{len(wrong_members)} predictions differ in member scores or versions, " \
-                              f"e.g. {[(first[e], reference[e]) for e in wrong_members[:2]]}"
+    wrong_members = [
+        eid
+        for eid in reference
+        if first[eid]["model"] != reference[eid]["model"] or not _close(first[eid]["scores"], reference[eid]["scores"])
+    ]
+    assert not wrong_members, (
+        f"{len(wrong_members)} predictions differ in member scores or versions, "
+        f"e.g. {[(first[e], reference[e]) for e in wrong_members[:2]]}"
+    )
     _, _, dead = outputs(kafka_bootstrap, topics)
     assert not dead, f"the recovered runs dead-lettered {len(dead)} messages"
 
@@ -208,9 +223,14 @@ def test_sigkill_and_resume_gives_the_uninterrupted_predictions(kafka_bootstrap,
 
 
 def _run_guarded(env: dict[str, str], recovery_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bytewax.run", "-r", str(recovery_dir), "-s", "1", "-b", "0",
-                           "dataflows.main"], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=90)
+    return subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "-r", str(recovery_dir), "-s", "1", "-b", "0", "dataflows.main"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
 
 
 def test_guard_refuses_a_directory_with_state_of_other_step_ids(kafka_bootstrap, make_topics, tmp_path):
@@ -218,8 +238,10 @@ def test_guard_refuses_a_directory_with_state_of_other_step_ids(kafka_bootstrap,
     recovery_dir = tmp_path / "recovery"
     _init_recovery_dir(recovery_dir)
     with sqlite3.connect(recovery_dir / "part-0.sqlite3") as db:
-        db.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)",
-                   (f"{FLOW_ID}.old_step_name", "eddy", 1, b"\x80\x05N."))
+        db.execute(
+            "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)",
+            (f"{FLOW_ID}.old_step_name", "eddy", 1, b"\x80\x05N."),
+        )
     env = flow_env(topics, kafka_bootstrap, isolated_config(tmp_path / "config"))
 
     started = time.monotonic()

@@ -93,13 +93,15 @@ def _differences(name: str, got: dict[str, dict], want: dict[str, dict]) -> list
         problems.append(f"{name}: {len(features)} events have other features, first {e}: {diff}")
     scores = sorted(e for e in want if abs(got[e]["score"] - want[e]["score"]) > TOLERANCE)
     if scores:
-        problems.append(f"{name}: {len(scores)} scores differ, first "
-                        f"{[(e, got[e]['score'], want[e]['score']) for e in scores[:3]]}")
+        problems.append(
+            f"{name}: {len(scores)} scores differ, first {[(e, got[e]['score'], want[e]['score']) for e in scores[:3]]}"
+        )
     return problems
 
 
-def test_workers_processes_and_partitions_give_the_same_predictions(kafka_bootstrap, make_topics, tmp_path,
-                                                                     scale_input):
+def test_workers_processes_and_partitions_give_the_same_predictions(
+    kafka_bootstrap, make_topics, tmp_path, scale_input
+):
     reference = _run(kafka_bootstrap, make_topics, tmp_path, scale_input, 3, "w1")
     problems: list[str] = []
     for partitions, how in [(3, "w2"), (3, "processes"), (1, "w1")]:

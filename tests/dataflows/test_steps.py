@@ -11,8 +11,16 @@ from dataflows.steps import STATE_FORMAT, StateFormatError, model_input, pack, u
 
 
 def test_model_input_leaves_out_what_river_cannot_learn_from():
-    features = {"a": 1.5, "nan": float("nan"), "inf": float("-inf"), "null": None, "n": 3, "s": "FR", "b": True,
-                "dec": Decimal("2.5")}
+    features = {
+        "a": 1.5,
+        "nan": float("nan"),
+        "inf": float("-inf"),
+        "null": None,
+        "n": 3,
+        "s": "FR",
+        "b": True,
+        "dec": Decimal("2.5"),
+    }
     assert model_input(features) == {"a": 1.5, "n": 3, "s": "FR", "b": True, "dec": 2.5}
 
 

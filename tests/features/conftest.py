@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-FIELDS = {"user_id": "string", "merchant_id": "string", "amount": "double", "category": "string",
-          "country": "string"}
+FIELDS = {"user_id": "string", "merchant_id": "string", "amount": "double", "category": "string", "country": "string"}
 REPO = Path(__file__).resolve().parents[2]
 
 USER_COUNTS = """\
@@ -34,5 +33,13 @@ def sql_dir(tmp_path: Path) -> Path:
 
 
 def event(i: int, ts_ms: int, user: str = "u1", amount: float = 1.0, **extra) -> dict:
-    return {"event_id": f"e{i:04d}", "ts": ts_ms, "user_id": user, "merchant_id": "m1", "amount": amount,
-            "category": "grocery", "country": "FR", **extra}
+    return {
+        "event_id": f"e{i:04d}",
+        "ts": ts_ms,
+        "user_id": user,
+        "merchant_id": "m1",
+        "amount": amount,
+        "category": "grocery",
+        "country": "FR",
+        **extra,
+    }

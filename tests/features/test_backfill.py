@@ -36,12 +36,19 @@ def test_jsonl_with_iso_ts_gives_features_in_time_order(tmp_path, sql_dir):
 
 def test_parquet_with_epoch_ms_and_inferred_types(tmp_path, sql_dir):
     source, output = tmp_path / "events.parquet", tmp_path / "out.parquet"
-    pq.write_table(pa.table({
-        "event_id": ["a", "b"], "ts": [1_767_225_600_000, 1_767_225_601_000],
-        "user_id": ["u", "u"], "amount": [1.0, 2.0], "label": [True, False],
-    }), source)
-    assert main(["--sql-dir", str(sql_dir), "--config", str(tmp_path / "absent.toml"), str(source),
-                 str(output)]) == 0
+    pq.write_table(
+        pa.table(
+            {
+                "event_id": ["a", "b"],
+                "ts": [1_767_225_600_000, 1_767_225_601_000],
+                "user_id": ["u", "u"],
+                "amount": [1.0, 2.0],
+                "label": [True, False],
+            }
+        ),
+        source,
+    )
+    assert main(["--sql-dir", str(sql_dir), "--config", str(tmp_path / "absent.toml"), str(source), str(output)]) == 0
     assert expected_rows(pq.read_table(output)) == [("a", 1, 1.0, None), ("b", 2, 3.0, "a")]
 
 
@@ -54,6 +61,7 @@ def test_a_bad_feature_file_fails_with_its_name(tmp_path, capsys):
 
 
 def test_the_module_runs_with_help():
-    done = subprocess.run([sys.executable, "-m", "features.backfill", "--help"], cwd=REPO,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "features.backfill", "--help"], cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert "--sql-dir" in done.stdout and "Parquet" in done.stdout

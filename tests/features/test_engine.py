@@ -111,8 +111,9 @@ def test_an_edit_loads_under_a_new_version_and_applies_to_buffered_history(sql_d
 
 def test_added_and_removed_files_are_noticed(sql_dir):
     engine = FeatureEngine(sql_dir, FIELDS)
-    (sql_dir / "double.sql").write_text("-- group: d\n-- entity: none\n-- horizon: 0s\n"
-                                        "SELECT event_id, amount * 2 AS twice FROM events\n")
+    (sql_dir / "double.sql").write_text(
+        "-- group: d\n-- entity: none\n-- horizon: 0s\nSELECT event_id, amount * 2 AS twice FROM events\n"
+    )
     report = engine.reload()
     assert report.changed and "twice" in engine.feature_names
     (sql_dir / "user_counts.sql").unlink()
@@ -149,10 +150,10 @@ def stream(n: int) -> list[dict]:
 def test_state_survives_snapshot_pickle_and_deepcopy(sql_dir, how):
     events = stream(300)
     whole = FeatureEngine(sql_dir, FIELDS, lateness_ms=3_000)
-    expected = [by_id(whole.push(events[i:i + 50])) for i in range(0, 300, 50)] + [by_id(whole.flush())]
+    expected = [by_id(whole.push(events[i : i + 50])) for i in range(0, 300, 50)] + [by_id(whole.flush())]
 
     engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=3_000)
-    got = [by_id(engine.push(events[i:i + 50])) for i in range(0, 150, 50)]
+    got = [by_id(engine.push(events[i : i + 50])) for i in range(0, 150, 50)]
     engine.push([])
     if how == "snapshot":
         engine = FeatureEngine.restore(engine.snapshot(), sql_dir, FIELDS)
@@ -161,7 +162,7 @@ def test_state_survives_snapshot_pickle_and_deepcopy(sql_dir, how):
     else:
         engine = copy.deepcopy(engine)
     assert engine._con is None
-    got += [by_id(engine.push(events[i:i + 50])) for i in range(150, 300, 50)] + [by_id(engine.flush())]
+    got += [by_id(engine.push(events[i : i + 50])) for i in range(150, 300, 50)] + [by_id(engine.flush())]
     assert got == expected
     assert engine.counters == whole.counters
 

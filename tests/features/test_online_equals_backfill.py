@@ -77,21 +77,28 @@ def scenarios(draw):
     events, ts = [], 1_767_225_600_000
     for i, gap in enumerate(gaps):
         ts += gap
-        events.append({
-            "event_id": f"e{draw(st.integers(0, 10**6)):07d}-{i}",
-            "ts": ts,
-            "user_id": draw(st.sampled_from(["a", "b", "c", None])),
-            "merchant_id": draw(st.sampled_from(["m", "n"])),
-            "amount": draw(st.one_of(st.none(), st.sampled_from([1.0, 2.5, 1e6]), st.floats(-1e3, 1e3))),
-            "category": "grocery",
-            "country": "FR",
-            "label": draw(st.booleans()),
-        })
+        events.append(
+            {
+                "event_id": f"e{draw(st.integers(0, 10**6)):07d}-{i}",
+                "ts": ts,
+                "user_id": draw(st.sampled_from(["a", "b", "c", None])),
+                "merchant_id": draw(st.sampled_from(["m", "n"])),
+                "amount": draw(st.one_of(st.none(), st.sampled_from([1.0, 2.5, 1e6]), st.floats(-1e3, 1e3))),
+                "category": "grocery",
+                "country": "FR",
+                "label": draw(st.booleans()),
+            }
+        )
     lateness = draw(st.sampled_from([0, 1_000, 5_000]))
     delays = draw(st.lists(st.integers(0, lateness), min_size=n, max_size=n))
     noise = draw(st.permutations(range(n)))
-    arrival = [e for _, _, e in sorted(zip([e["ts"] + d for e, d in zip(events, delays, strict=True)],
-                                               noise, events, strict=True), key=lambda t: t[:2])]
+    arrival = [
+        e
+        for _, _, e in sorted(
+            zip([e["ts"] + d for e, d in zip(events, delays, strict=True)], noise, events, strict=True),
+            key=lambda t: t[:2],
+        )
+    ]
     cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
     batches = [arrival[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
     return events, lateness, batches

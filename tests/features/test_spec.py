@@ -27,7 +27,7 @@ def test_a_valid_file_gives_its_features(tmp_path):
 
 
 def test_a_syntax_error_names_file_line_and_column(tmp_path):
-    expected = "g.sql': line 5, column 7: syntax error at or near \"events\""
+    expected = 'g.sql\': line 5, column 7: syntax error at or near "events"'
     with pytest.raises(FeatureFileError, match=re.escape(expected)):
         load(tmp_path, HEADER + "SELECT event_id\nFROMM events\n")
 
@@ -60,8 +60,10 @@ def test_an_unknown_header_key_suggests_the_nearest(tmp_path):
 
 
 def test_an_unknown_entity_column_suggests_the_nearest(tmp_path):
-    with pytest.raises(FeatureFileError, match=re.escape("line 2: entity column 'user' is not an event column; "
-                                                         "did you mean 'user_id'?")):
+    with pytest.raises(
+        FeatureFileError,
+        match=re.escape("line 2: entity column 'user' is not an event column; did you mean 'user_id'?"),
+    ):
         load(tmp_path, "-- group: g\n-- entity: user\n-- horizon: 1h\nSELECT event_id FROM events\n")
 
 
@@ -72,12 +74,17 @@ def test_a_bad_duration_is_rejected(tmp_path):
         parse_duration("10")
 
 
-@pytest.mark.parametrize(("select", "why"), [
-    ("lead(amount) OVER (PARTITION BY user_id ORDER BY ts)", r"lead\(\) reads rows after the current one"),
-    ("sum(amount) OVER (PARTITION BY user_id)", r"has no ORDER BY"),
-    ("sum(amount) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING)",
-     r"frame that ends after the current row"),
-])
+@pytest.mark.parametrize(
+    ("select", "why"),
+    [
+        ("lead(amount) OVER (PARTITION BY user_id ORDER BY ts)", r"lead\(\) reads rows after the current one"),
+        ("sum(amount) OVER (PARTITION BY user_id)", r"has no ORDER BY"),
+        (
+            "sum(amount) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING)",
+            r"frame that ends after the current row",
+        ),
+    ],
+)
 def test_windows_that_see_later_events_are_rejected(tmp_path, select, why):
     with pytest.raises(FeatureFileError, match=r"line 4, column 18: .*" + why):
         load(tmp_path, HEADER + f"SELECT event_id, {select} AS f FROM events\n")
@@ -102,12 +109,29 @@ def test_feature_names_must_be_unique_across_files(tmp_path):
         require_catalog(tmp_path, FIELDS)
 
 
-@pytest.mark.parametrize(("folder", "fields"), [
-    ("sql/transactions", FIELDS),
-    ("sql/phishing", {name: "double" for name in (
-        "empty_server_form_handler", "popup_window", "https", "request_from_other_domain",
-        "anchor_from_other_domain", "is_popular", "long_url", "age_of_domain", "ip_in_url")}),
-])
+@pytest.mark.parametrize(
+    ("folder", "fields"),
+    [
+        ("sql/transactions", FIELDS),
+        (
+            "sql/phishing",
+            {
+                name: "double"
+                for name in (
+                    "empty_server_form_handler",
+                    "popup_window",
+                    "https",
+                    "request_from_other_domain",
+                    "anchor_from_other_domain",
+                    "is_popular",
+                    "long_url",
+                    "age_of_domain",
+                    "ip_in_url",
+                )
+            },
+        ),
+    ],
+)
 def test_the_shipped_files_load(folder, fields):
     catalog = require_catalog(REPO / folder, fields)
     assert catalog.feature_names
@@ -120,14 +144,23 @@ def test_a_window_longer_than_the_horizon_is_rejected(tmp_path):
         load(tmp_path, HEADER + f"SELECT event_id,\n {select} AS n FROM events\n".replace(",\n", ", "))
 
 
-@pytest.mark.parametrize(("select", "planned"), [
-    ("sum(amount) OVER (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW)",
-     True),
-    ("lag(amount) OVER (PARTITION BY user_id ORDER BY ts, event_id)", False),
-    ("sum(amount) OVER (PARTITION BY country ORDER BY ts RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW)",
-     False),
-    ("sum(amount) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW)", False),
-])
+@pytest.mark.parametrize(
+    ("select", "planned"),
+    [
+        (
+            "sum(amount) OVER (PARTITION BY user_id ORDER BY ts "
+            "RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW)",
+            True,
+        ),
+        ("lag(amount) OVER (PARTITION BY user_id ORDER BY ts, event_id)", False),
+        (
+            "sum(amount) OVER (PARTITION BY country ORDER BY ts "
+            "RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW)",
+            False,
+        ),
+        ("sum(amount) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW)", False),
+    ],
+)
 def test_only_windowed_aggregates_over_the_entity_get_a_batch_join_plan(tmp_path, select, planned):
     group = load(tmp_path, HEADER + f"SELECT event_id, {select} AS f FROM events\n")
     assert (group.batch_sql is not None) == planned

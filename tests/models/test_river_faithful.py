@@ -54,9 +54,7 @@ def test_exact_auc_is_near_rivers_approximation_and_equals_the_brute_force(inlin
     assert report["roc_auc"] == pytest.approx(approximate, abs=0.005)
     assert report["roc_auc"] == pytest.approx(brute_force_auc([y for _, y in PHISHING], scores), abs=1e-12)
     last = PHISHING[-100:]
-    assert report["roc_auc_rolling"] == pytest.approx(
-        brute_force_auc([y for _, y in last], scores[-100:]), abs=1e-12
-    )
+    assert report["roc_auc_rolling"] == pytest.approx(brute_force_auc([y for _, y in last], scores[-100:]), abs=1e-12)
 
 
 def test_delayed_labels_score_like_a_model_that_is_k_labels_behind(inline):
