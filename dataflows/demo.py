@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import orjson
 
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
+    registry = config.ensemble.get("registry_dir")
+    if registry and Path(registry).is_dir():
+        shutil.rmtree(registry)
+        print(f"0. starting from an empty model registry ({registry})")
     events = list(datasets.transactions(args.events))
     delayed = args.label_delay > 0
     print(
