@@ -86,15 +86,11 @@ def build_flow(
     valid = op.branch("split_off_invalid", decoded, lambda m: not isinstance(m, DeadLetter))
     consumer_errors = op.map("describe_consumer_errors", errors, _consumer_error)
 
-    ends = (
-        None
-        if config.tail or not config.bootstrap_servers
-        else end_offsets(config.bootstrap_servers, partitions, names)
-    )
+    ends = end_offsets(config.bootstrap_servers, partitions, names) if config.bootstrap_servers else None
     ordered = op.stateful_batch(
         OrderByEventTime.STEP,
         op.key_on("key_by_shard", valid.trues, _shard),
-        lambda resume: OrderByEventTime(config, input_partitions, ends, resume),
+        lambda resume: OrderByEventTime(config, input_partitions, ends, config.tail, resume),
     )
     featured = op.stateful_batch(ComputeFeatures.STEP, ordered, lambda resume: ComputeFeatures(config, resume))
     rejected = op.key_on("key_dead_letters", op.merge("gather_dead_letters", valid.falses, consumer_errors), _shard)

@@ -14,8 +14,9 @@ Policies:
 - idle partition (nothing read for `idle_timeout_s`): stops holding the watermark back until it speaks
   again; when every partition is idle, everything held is released. Only idleness, a wall-clock matter,
   can make two runs differ.
-- finished partition (when the run stops at the end of its input, `ends` gives each partition's end
-  offset at start-up): once read to that end, or empty from the start, it no longer holds the watermark.
+- finished partition (`ends` gives each partition's end offset at start-up): a partition empty at start-up
+  does not hold the watermark until it speaks (the labels topic when labels come inline); when the run
+  stops at the end of its input (not tailing), a partition read to its end stops holding it too.
 - `arrival` mode releases everything at once in arrival order (lowest latency, no order guarantee).
 """
 
@@ -64,9 +65,11 @@ class EventTimeOrder:
         dedupe_horizon_ms: int = 86_400_000,
         mode: str = "event_time",
         ends: dict[str, int] | None = None,
+        tail: bool = False,
     ) -> None:
         self.partitions = list(partitions)
         self.ends = ends
+        self.tail = tail
         self.lateness_ms = lateness_ms
         self.idle_timeout_s = idle_timeout_s
         self.dedupe_horizon_ms = dedupe_horizon_ms
@@ -77,6 +80,7 @@ class EventTimeOrder:
         self.seen: dict[str, int] = {}
         self.seen_order: deque[tuple[int, str]] = deque()
         self.finished: set[str] = set()
+        self.spoke: set[str] = set()
         self.counters = {"late_events": 0, "labels_late": 0, "duplicates": 0, "idle_releases": 0}
         self._heard: dict[str, float] = {}
         self._started: float | None = None
@@ -99,7 +103,8 @@ class EventTimeOrder:
                 continue
             part = f"{item.origin.topic}:{item.origin.partition}"
             self._heard[part] = now
-            if self.ends is not None and item.origin.offset + 1 >= self.ends.get(part, 0):
+            self.spoke.add(part)
+            if self.ends is not None and not self.tail and item.origin.offset + 1 >= self.ends.get(part, 0):
                 self.finished.add(part)
             if self.watermark is not None and item.ts < self.watermark:
                 if isinstance(item, Label):
@@ -149,8 +154,10 @@ class EventTimeOrder:
         return min(times) + self.idle_timeout_s if times else None
 
     def _is_finished(self, part: str) -> bool:
-        """Read to the end it had when the run started (only with `ends`, i.e. when not tailing)."""
-        return self.ends is not None and (part in self.finished or self.ends.get(part, 0) == 0)
+        """Empty at start-up and silent since, or (not tailing) read to the end it had at start-up."""
+        if self.ends is None:
+            return False
+        return part in self.finished or (self.ends.get(part, 0) == 0 and part not in self.spoke)
 
     def _is_idle(self, part: str, now: float) -> bool:
         heard = self._heard.get(part, self._started if self._started is not None else now)

@@ -65,13 +65,16 @@ class OrderByEventTime(StatefulBatchLogic):
 
     STEP = "order_by_event_time"
 
-    def __init__(self, config: Config, partitions: list[str], ends: dict[str, int] | None, resume: bytes | None):
+    def __init__(
+        self, config: Config, partitions: list[str], ends: dict[str, int] | None, tail: bool, resume: bytes | None
+    ):
         flow = config.flow
         self.order: EventTimeOrder = unpack(self.STEP, resume) or EventTimeOrder(
             partitions, flow.lateness_ms, flow.idle_timeout_s, flow.dedupe_horizon_ms, flow.mode
         )
         self.order.partitions = list(partitions)
         self.order.ends = ends
+        self.order.tail = tail
         self.exporter = PrometheusExporter(config.flow.prometheus_port)
 
     def on_batch(self, items: list[Event | Label]):
