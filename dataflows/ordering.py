@@ -14,9 +14,10 @@ Policies:
 - idle partition (nothing read for `idle_timeout_s`): stops holding the watermark back until it speaks
   again; when every partition is idle, everything held is released. Only idleness, a wall-clock matter,
   can make two runs differ.
-- finished partition (`ends` gives each partition's end offset at start-up): a partition empty at start-up
-  does not hold the watermark until it speaks (the labels topic when labels come inline); when the run
-  stops at the end of its input (not tailing), a partition read to its end stops holding it too.
+- finished partition (`ends` gives each partition's end offset at start-up): when the run stops at the end
+  of its input (not tailing), a partition read to its end, or empty from the start, no longer holds the
+  watermark. When tailing, a partition of `quiet_topics` (the labels topic: a late label is still learned)
+  that was empty at start-up holds nothing back until it speaks; events partitions wait for the idle timeout.
 - `arrival` mode releases everything at once in arrival order (lowest latency, no order guarantee).
 """
 
@@ -66,10 +67,12 @@ class EventTimeOrder:
         mode: str = "event_time",
         ends: dict[str, int] | None = None,
         tail: bool = False,
+        quiet_topics: tuple[str, ...] = (),
     ) -> None:
         self.partitions = list(partitions)
         self.ends = ends
         self.tail = tail
+        self.quiet_topics = quiet_topics
         self.lateness_ms = lateness_ms
         self.idle_timeout_s = idle_timeout_s
         self.dedupe_horizon_ms = dedupe_horizon_ms
@@ -157,7 +160,10 @@ class EventTimeOrder:
         """Empty at start-up and silent since, or (not tailing) read to the end it had at start-up."""
         if self.ends is None:
             return False
-        return part in self.finished or (self.ends.get(part, 0) == 0 and part not in self.spoke)
+        if part in self.finished:
+            return True
+        empty_and_silent = self.ends.get(part, 0) == 0 and part not in self.spoke
+        return empty_and_silent and (not self.tail or part.rpartition(":")[0] in self.quiet_topics)
 
     def _is_idle(self, part: str, now: float) -> bool:
         heard = self._heard.get(part, self._started if self._started is not None else now)

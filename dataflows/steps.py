@@ -75,6 +75,7 @@ class OrderByEventTime(StatefulBatchLogic):
         self.order.partitions = list(partitions)
         self.order.ends = ends
         self.order.tail = tail
+        self.order.quiet_topics = (config.topics.labels,)
         self.exporter = PrometheusExporter(config.flow.prometheus_port)
 
     def on_batch(self, items: list[Event | Label]):

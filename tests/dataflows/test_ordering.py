@@ -148,12 +148,23 @@ def test_partitions_read_to_their_end_or_empty_stop_holding_the_watermark():
     assert order.counters["idle_releases"] == 0
 
 
-def test_when_tailing_an_empty_partition_holds_nothing_back_until_it_speaks():
+def test_when_tailing_an_empty_labels_partition_holds_nothing_back_until_it_speaks():
     ends = {"events:0": 5, "labels:0": 0}
-    order = EventTimeOrder(["events:0", "labels:0"], lateness_ms=0, idle_timeout_s=1e9, ends=ends, tail=True)
+    order = EventTimeOrder(
+        ["events:0", "labels:0"], lateness_ms=0, idle_timeout_s=1e9, ends=ends, tail=True, quiet_topics=("labels",)
+    )
     assert [e.event_id for e in order.push([event(1, 100, 0, 0), event(2, 200, 0, 1)], now=0.0).items] == ["e0001"]
     late = Label("e0001", True, 150, Origin("labels", 0, 0))
     assert order.push([late], now=0.0).items == [late]
     assert order.push([event(3, 300, 0, 2), event(4, 400, 0, 3)], now=0.0).items == []
     released = order.push([Label("e0003", True, 350, Origin("labels", 0, 1))], now=0.0).items
     assert [x.event_id for x in released] == ["e0002", "e0003"]
+
+
+def test_when_tailing_an_empty_events_partition_still_holds_the_watermark():
+    ends = {"events:0": 0, "events:1": 0}
+    order = EventTimeOrder(["events:0", "events:1"], lateness_ms=0, idle_timeout_s=1e9, ends=ends, tail=True)
+    assert order.push([event(1, 100, 0, 0), event(2, 200, 0, 1)], now=0.0).items == []
+    out = order.push([event(3, 150, 1, 0), event(4, 250, 1, 1)], now=0.0)
+    assert out.dead == []
+    assert [e.event_id for e in out.items] == ["e0001", "e0003"]
