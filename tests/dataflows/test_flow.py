@@ -182,3 +182,28 @@ def test_arrival_mode_scores_every_event_without_waiting_for_the_watermark(kafka
     assert dead == []
     assert sorted(by_id(predictions)) == sorted(e["event_id"] for e in events)
     assert metrics[-1]["learner"]["labels_inline"] == 1000
+
+
+def test_a_tailing_flow_started_before_its_producer_scores_every_event(kafka_bootstrap, make_topics, tmp_path):
+    import signal
+    import time
+
+    from tests.flowkit import flow_env, start_flow_logged
+    from tests.kafka_io import read_topic
+
+    topics = make_topics(partitions=3)
+    log = tmp_path / "flow.log"
+    env = flow_env(topics, kafka_bootstrap, EDDY_TAIL="true", EDDY_ENSEMBLE="false")
+    flow = start_flow_logged(env, log)
+    try:
+        deadline = time.monotonic() + 60
+        while "features:" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        events = list(datasets.transactions(3000, seed=13))
+        publish(kafka_bootstrap, topics.events, events, key=lambda e: e["event_id"])
+        predictions = read_topic(kafka_bootstrap, topics.predictions, expected=len(events), timeout_s=60)
+    finally:
+        flow.send_signal(signal.SIGINT)
+        flow.wait(timeout=30)
+    assert len({orjson.loads(r.value)["event_id"] for r in predictions}) == len(events), log.read_text()[-3000:]
+    assert read_topic(kafka_bootstrap, topics.dead_letters, timeout_s=3) == []
