@@ -200,7 +200,12 @@ def test_a_tailing_flow_started_before_its_producer_scores_every_event(kafka_boo
         while "features:" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
         events = list(datasets.transactions(3000, seed=13))
-        publish(kafka_bootstrap, topics.events, events, key=lambda e: e["event_id"])
+        # One partition runs ahead in event time; the other two speak up later (within the idle timeout):
+        # their events must wait for them, not be refused as late.
+        publish(kafka_bootstrap, topics.events, events[0::3], partition=lambda i, e: 0)
+        time.sleep(2)
+        publish(kafka_bootstrap, topics.events, events[1::3], partition=lambda i, e: 1)
+        publish(kafka_bootstrap, topics.events, events[2::3], partition=lambda i, e: 2)
         predictions = read_topic(kafka_bootstrap, topics.predictions, expected=len(events), timeout_s=60)
     finally:
         flow.send_signal(signal.SIGINT)
