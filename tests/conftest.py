@@ -6,11 +6,17 @@ import os
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from dataflows.config import Topics
 from dataflows.kafka_admin import BrokerError, check_broker, delete_topics, ensure_topics
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+
+# Timings never decide a test: no per-example deadline and no "input generation is slow" health check, which a
+# busy 2-core machine (the broker starting, a flow in another test) trips at random.
+settings.register_profile("eddy", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("eddy")
 
 
 @pytest.fixture(scope="session")

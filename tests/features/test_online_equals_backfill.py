@@ -131,7 +131,7 @@ def check(sql_dir, events, lateness, batches):
 
 
 @pytest.mark.slow
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(scenario=scenarios())
 def test_online_equals_backfill_with_short_windows_and_eviction(test_sql, scenario):
     check(test_sql, *scenario)
