@@ -11,7 +11,8 @@ Semantics (the contract the dataflow and the backfill rely on):
 - A released event's features are each group's SQL run over `events` = the buffered history of the batch's
   entities since (batch's first ts − the group's horizon), plus the released batch. Windows that end at the
   current row see every event with ts <= the event's own, equal ts included; order ties by `event_id`.
-  Groups of windowed aggregates run as an equivalent batch join instead (`features.joinplan`).
+  Groups of windowed aggregates run as an equivalent plan instead: segments of an index of the history
+  sorted by entity and time (`features.segments`), or a batch join (`features.joinplan`).
 - `event_id` must be unique; the engine does not deduplicate.
 
 >>> import tempfile, pathlib
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -45,6 +47,7 @@ from features.buffer import EventBuffer
 from features.catalog import Catalog, load_catalog, require_catalog, signature
 from features.joinplan import with_row_numbers
 from features.schema import HIDDEN, arrow_schema, to_arrow, to_ms
+from features.segments import OutOfRange, Rows, WindowIndex, segment_features
 from features.spec import FeatureFileError, FeatureGroup
 
 _SNAPSHOT_FORMAT = 1
@@ -104,8 +107,9 @@ class FeatureEngine:
     auto_reload
         Check the folder for edits (a cheap stat) at the start of every `push`.
 
-    The DuckDB connection is not part of the engine's state: pickling or deep-copying (as Bytewax does at
-    every epoch) keeps the buffer, held events and counters, and the copy opens its own connection lazily.
+    The DuckDB connection and the window indexes are not part of the engine's state: pickling or
+    deep-copying (as Bytewax does at every epoch) keeps the buffer, held events and counters, and the copy
+    opens its own connection and rebuilds its indexes from the buffer lazily.
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class FeatureEngine:
             "reload_errors": 0,
         }
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._indexes: dict[tuple[str, ...], WindowIndex] = {}
 
     # -- public API -------------------------------------------------------------------------------------
 
@@ -264,6 +269,7 @@ class FeatureEngine:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_con"] = None
+        state["_indexes"] = {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -289,18 +295,50 @@ class FeatureEngine:
         batch = to_arrow(rows, self.fields)
         first_ts = released[0][0]
         columns = {}
+        indexed = self._index_batch(batch)
         for group in self.catalog.groups:
+            plan = group.segments
+            if plan is not None and plan.entity in indexed:
+                index = self._indexes[plan.entity]
+                columns.update(segment_features(self._connection(), plan, index, batch, indexed[plan.entity]))
+                continue
             # A batch-join plan matches entities in its join; a window plan needs them filtered here.
             entity = () if group.batch_sql else group.entity
             history = self.buffer.history(first_ts - group.horizon_ms, entity, batch)
             relation = pa.concat_tables([history, batch]) if history.num_rows else batch
             columns.update(run_group(self._connection(), group, relation, batch["event_id"], batch))
-        features = pa.table(columns).to_pylist() if columns else [{} for _ in events]
+        features = _records(columns, len(events))
         self.buffer.insert(batch)
-        self.counters["evicted"] += self.buffer.evict(self._max_ts - self.lateness_ms - self.catalog.horizon_ms)
+        cut = self._max_ts - self.lateness_ms - self.catalog.horizon_ms
+        self.counters["evicted"] += self.buffer.evict(cut)
+        for index in self._indexes.values():
+            index.evict(cut)
         self.counters["released"] += len(events)
         self.counters["batches"] += 1
         return FeatureBatch(events, features, late, version, report)
+
+    def _index_batch(self, batch: pa.Table) -> dict[tuple[str, ...], Rows]:
+        """Add the batch to the window index of every entity a segment plan needs (built from the buffer
+        when missing or when the definitions now read other columns); the batch's rows in each."""
+        needed: dict[tuple[str, ...], dict[str, str]] = {}
+        for group in self.catalog.groups:
+            if group.segments is not None:
+                needed.setdefault(group.segments.entity, {}).update(group.segments.columns)
+        for entity in set(self._indexes) - set(needed):
+            del self._indexes[entity]
+        rows = {}
+        for entity, columns in needed.items():
+            index = self._indexes.get(entity)
+            try:
+                if index is None or not index.covers(entity, columns):
+                    index = WindowIndex(entity, columns)
+                    index.insert(self.buffer.table)
+                    self._indexes[entity] = index
+                rows[entity] = index.insert(batch)
+            except OutOfRange as exc:
+                if self._indexes.pop(entity, None) is not None:
+                    log.warning("window index on %s dropped, batch joins until it can be rebuilt: %s", entity, exc)
+        return rows
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
@@ -357,6 +395,23 @@ def _query(con: duckdb.DuckDBPyConnection, sql: str, relations: dict[str, pa.Tab
     finally:
         for name in relations:
             con.unregister(name)
+
+
+def _records(columns: dict[str, pa.Array | pa.ChunkedArray], rows: int) -> list[dict[str, Any]]:
+    """Feature columns as one dict per event (None for NULL); numbers through numpy, ~2x Arrow's to_pylist."""
+    names = list(columns)
+    values = [_pylist(column) for column in columns.values()]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)] if names else [{}] * rows
+
+
+def _pylist(column: pa.Array | pa.ChunkedArray) -> list:
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+        return column.to_pylist()
+    values = column.to_numpy(zero_copy_only=False).tolist()
+    if column.null_count:
+        for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)).tolist():
+            values[i] = None
+    return values
 
 
 def _entity_history(events: pa.Table, entity: tuple[str, ...], batch: pa.Table) -> pa.Table:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from datetime import timedelta
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from features.schema import to_arrow
@@ -64,9 +66,34 @@ def batch_join_sql(
     return sql if _agrees(con, text, sql, fields, horizon_ms) else None
 
 
-def _rewrite(
-    con, raw: bytes, statement: dict, columns: list[str], entity: tuple[str, ...], fields: dict[str, str]
-) -> str:
+@dataclass(frozen=True)
+class WindowedSelect:
+    """A feature file read as windowed aggregates over its entity: what both fast plans are built from.
+
+    `windows` holds, for each window in the select list, its `function` (lower case, as written), `column`
+    (None for `count(*)`), and its frame `lo`/`hi` (the interval texts) and `lo_us`/`hi_us` (their lengths;
+    `hi` is empty for a frame ending at the current row). `items` is the select list with each window
+    replaced by `__agg.__wN`, N its place in `windows`.
+    """
+
+    alias: str
+    windows: list[dict]
+    items: list[str]
+
+
+def windowed_select(
+    con: duckdb.DuckDBPyConnection, text: str, statement: dict, columns: list[str], entity: tuple[str, ...]
+) -> WindowedSelect | None:
+    """The file's windows and select items, or None when it is not made of windowed aggregates only."""
+    if not entity:
+        return None
+    try:
+        return _analyse(con, text.encode(), statement, columns, entity)
+    except _Ineligible:
+        return None
+
+
+def _analyse(con, raw: bytes, statement: dict, columns: list[str], entity: tuple[str, ...]) -> WindowedSelect:
     node = statement["node"]
     if node.get("type") != "SELECT_NODE" or node.get("modifiers") or node.get("cte_map", {}).get("map"):
         raise _Ineligible
@@ -82,6 +109,14 @@ def _rewrite(
         items.append(f"{_replace_windows(raw, item, windows, entity, con)} AS {_quote(name)}")
     if not windows:
         raise _Ineligible
+    return WindowedSelect(alias, windows, items)
+
+
+def _rewrite(
+    con, raw: bytes, statement: dict, columns: list[str], entity: tuple[str, ...], fields: dict[str, str]
+) -> str:
+    analysis = _analyse(con, raw, statement, columns, entity)
+    alias, windows, items = analysis.alias, analysis.windows, analysis.items
     widest = max(windows, key=lambda w: w["lo_us"])
     # Every batch row joins at least itself (it is part of __history), so an inner join keeps every row.
     bounds = f"__h.ts >= __b.ts - ({widest['lo']}) AND __h.ts <= __b.ts"
@@ -269,12 +304,12 @@ def _interval(raw: bytes, expression: dict, con) -> tuple[str, int]:
 
 def with_row_numbers(batch: pa.Table) -> pa.Table:
     """The batch as the plan reads it: `__row` numbers its rows, to group by and to return them in order."""
-    return batch.append_column("__row", pa.array(range(batch.num_rows), pa.int32()))
+    return batch.append_column("__row", pa.array(np.arange(batch.num_rows, dtype=np.int32)))
 
 
 def _agrees(con, text: str, sql: str, fields: dict[str, str], horizon_ms: int) -> bool:
     """Both plans on a synthetic sample with ties, NULLs and gaps around the horizon give equal results."""
-    sample = _sample(fields, horizon_ms)
+    sample = sample_events(fields, horizon_ms)
     try:
         con.register("events", sample)
         expected = con.sql(text).to_arrow_table().sort_by("event_id").to_pylist()
@@ -286,10 +321,10 @@ def _agrees(con, text: str, sql: str, fields: dict[str, str], horizon_ms: int) -
     finally:
         for name in ("events", "__history", "__batch"):
             con.unregister(name)
-    return len(got) == len(expected) and all(_same_row(a, b) for a, b in zip(got, expected, strict=True))
+    return len(got) == len(expected) and all(same_row(a, b) for a, b in zip(got, expected, strict=True))
 
 
-def _sample(fields: dict[str, str], horizon_ms: int) -> pa.Table:
+def sample_events(fields: dict[str, str], horizon_ms: int) -> pa.Table:
     rng = random.Random(20260101)
     step = max(1, horizon_ms // 4)
     values = {
@@ -305,7 +340,7 @@ def _sample(fields: dict[str, str], horizon_ms: int) -> pa.Table:
     return to_arrow(events, fields)
 
 
-def _same_row(a: dict, b: dict) -> bool:
+def same_row(a: dict, b: dict) -> bool:
     if a.keys() != b.keys():
         return False
     for key, x in a.items():

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import duckdb
 
-from features.joinplan import batch_join_sql, walk
+from features.joinplan import batch_join_sql, walk, windowed_select
 from features.schema import empty_events, event_columns
+from features.segments import SegmentPlan, segment_plan
 
 HEADER_KEYS = ("group", "entity", "horizon", "lateness", "description")
 REQUIRED_KEYS = ("group", "entity", "horizon")
@@ -70,6 +71,7 @@ class FeatureGroup:
     feature_names: tuple[str, ...]
     description: str = ""
     batch_sql: str | None = None
+    segments: SegmentPlan | None = None
 
 
 def parse_duration(text: str) -> int:
@@ -108,6 +110,8 @@ def load_group(path: str | Path, fields: dict[str, str], text: str | None = None
         columns, statement = _bind(con, path, text, body_line, fields)
         _check_reach(con, path, text, body_line, statement, horizon)
         batch_sql = batch_join_sql(con, text, statement, columns, entity, horizon, fields)
+        select = windowed_select(con, text, statement, columns, entity)
+        segments = segment_plan(con, text, select, columns, entity, horizon, fields)
     finally:
         con.close()
     return FeatureGroup(
@@ -120,6 +124,7 @@ def load_group(path: str | Path, fields: dict[str, str], text: str | None = None
         feature_names=tuple(c for c in columns if c != "event_id"),
         description=header.get("description", ("", 0))[0],
         batch_sql=batch_sql,
+        segments=segments,
     )
 
 

@@ -4,6 +4,7 @@ equal the backfill's (floats within 1e-9, NULL exactly where the backfill has NU
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -62,11 +63,12 @@ def test_sql(tmp_path_factory):
     return folder
 
 
-def test_both_plans_are_exercised(test_sql):
-    plans = {g.name: g.batch_sql is not None for g in FeatureEngine(test_sql, FIELDS).catalog.groups}
-    assert plans == {"joined": True, "short": False, "user_counts": False}
+def test_every_plan_is_exercised(test_sql):
+    groups = FeatureEngine(test_sql, FIELDS).catalog.groups
+    plans = {g.name: (g.segments is not None, g.batch_sql is not None) for g in groups}
+    assert plans == {"joined": (True, True), "short": (False, False), "user_counts": (False, False)}
     shipped = FeatureEngine(REPO / "sql" / "transactions", FIELDS).catalog.groups
-    assert all(g.batch_sql for g in shipped)
+    assert all(g.segments and g.batch_sql for g in shipped)
 
 
 @st.composite
@@ -112,8 +114,11 @@ def same(a, b) -> bool:
     return a == b
 
 
-def check(sql_dir, events, lateness, batches):
+def check(sql_dir, events, lateness, batches, plan="segments"):
     engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=lateness)
+    if plan == "batch_join":
+        groups = tuple(replace(g, segments=None) for g in engine.catalog.groups)
+        engine.catalog = replace(engine.catalog, groups=groups)
     online, order = {}, []
     for batch in [*(engine.push(b) for b in batches), engine.flush()]:
         assert not batch.late
@@ -133,12 +138,14 @@ def check(sql_dir, events, lateness, batches):
 @pytest.mark.slow
 @settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(scenario=scenarios())
-def test_online_equals_backfill_with_short_windows_and_eviction(test_sql, scenario):
-    check(test_sql, *scenario)
+@pytest.mark.parametrize("plan", ["segments", "batch_join"])
+def test_online_equals_backfill_with_short_windows_and_eviction(test_sql, plan, scenario):
+    check(test_sql, *scenario, plan=plan)
 
 
 @pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(scenario=scenarios())
-def test_online_equals_backfill_on_the_shipped_transactions_sql(scenario):
-    check(REPO / "sql" / "transactions", *scenario)
+@pytest.mark.parametrize("plan", ["segments", "batch_join"])
+def test_online_equals_backfill_on_the_shipped_transactions_sql(plan, scenario):
+    check(REPO / "sql" / "transactions", *scenario, plan=plan)

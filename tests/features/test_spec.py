@@ -161,6 +161,7 @@ def test_a_window_longer_than_the_horizon_is_rejected(tmp_path):
         ("sum(amount) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW)", False),
     ],
 )
-def test_only_windowed_aggregates_over_the_entity_get_a_batch_join_plan(tmp_path, select, planned):
+def test_only_windowed_aggregates_over_the_entity_get_a_fast_plan(tmp_path, select, planned):
     group = load(tmp_path, HEADER + f"SELECT event_id, {select} AS f FROM events\n")
     assert (group.batch_sql is not None) == planned
+    assert (group.segments is not None) == planned

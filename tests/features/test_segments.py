@@ -1,0 +1,144 @@
+"""The segment plan: the shipped SQL runs on it, its features do not depend on how the stream is cut, it
+survives restores, forgets what it evicts, and gives way to the batch join where it cannot answer."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import pickle
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features import FeatureEngine
+from features.backfill import backfill
+from features.schema import to_arrow
+from features.segments import WindowIndex
+from features.spec import load_group
+from tests.features.conftest import FIELDS, REPO
+from tests.features.test_online_equals_backfill import same
+
+TRANSACTIONS = REPO / "sql" / "transactions"
+HEADER = "-- group: g\n-- entity: user_id\n-- horizon: 1h\n"
+START = 1_767_225_600_000
+
+
+def payments(n: int, seed: int = 0, gap_ms: int = 20_000) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "event_id": f"p{i:05d}",
+            "ts": START + i * gap_ms + rng.choice([0, 0, 1, 500]),
+            "user_id": f"u{rng.randrange(12)}",
+            "merchant_id": f"m{rng.randrange(5)}",
+            "amount": rng.choice([None, round(rng.uniform(1, 500), 2), 1e6]),
+            "category": "grocery",
+            "country": "FR",
+        }
+        for i in range(n)
+    ]
+
+
+def by_id(batches) -> dict:
+    return {event["event_id"]: features for batch in batches for event, features in batch}
+
+
+def run(events: list[dict], cuts: list[int], sql_dir=TRANSACTIONS) -> dict:
+    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=0)
+    bounds = [0, *cuts, len(events)]
+    return by_id([*(engine.push(events[a:b]) for a, b in itertools.pairwise(bounds)), engine.flush()])
+
+
+def test_the_shipped_transactions_sql_runs_on_segment_plans():
+    groups = {g.name: g for g in FeatureEngine(TRANSACTIONS, FIELDS).catalog.groups}
+    assert all(g.segments is not None for g in groups.values())
+    # Bare windows are read straight off the index; only user_day's two computed items need DuckDB.
+    assert [name for name, g in groups.items() if g.segments.residual_sql] == ["user_day"]
+    assert {n for n, _ in groups["user_day"].segments.outputs} == {
+        "user_count_24h",
+        "user_sum_24h",
+        "user_mean_24h",
+        "user_std_24h",
+        "user_max_24h",
+    }
+
+
+@settings(max_examples=40)
+@given(seed=st.integers(0, 10_000), cuts=st.lists(st.integers(0, 300), max_size=8))
+def test_features_are_bit_identical_however_the_stream_is_cut(seed, cuts):
+    events = payments(300, seed)
+    whole = run(events, [])
+    cut = run(events, sorted(cuts))
+    assert cut.keys() == whole.keys()
+    for event_id, features in whole.items():
+        # `==` on floats, not a tolerance: recovery and replays depend on exactly the same numbers.
+        assert cut[event_id] == features, event_id
+
+
+def test_the_segment_plan_equals_the_backfill_on_the_shipped_sql():
+    events = payments(600, seed=3, gap_ms=150_000)
+    online = run(events, [100, 101, 350])
+    expected = backfill(TRANSACTIONS, to_arrow(events, FIELDS), FIELDS).to_pylist()
+    assert len(expected) == len(online) == 600
+    for row in expected:
+        got = online[row.pop("event_id")]
+        assert all(same(got[k], v) for k, v in row.items()), (got, row)
+
+
+@pytest.mark.parametrize("how", ["snapshot", "pickle", "deepcopy"])
+def test_a_restored_engine_rebuilds_its_indexes_and_gives_the_same_bits(how):
+    events = payments(400, seed=5)
+    whole = run(events, list(range(50, 400, 50)))
+    engine = FeatureEngine(TRANSACTIONS, FIELDS, lateness_ms=0)
+    got = by_id([engine.push(events[i : i + 50]) for i in range(0, 200, 50)])
+    assert engine._indexes
+    if how == "snapshot":
+        engine = FeatureEngine.restore(engine.snapshot(), TRANSACTIONS, FIELDS)
+    elif how == "pickle":
+        engine = pickle.loads(pickle.dumps(engine))
+    else:
+        engine = copy.deepcopy(engine)
+    assert engine._indexes == {}
+    got |= by_id([*(engine.push(events[i : i + 50]) for i in range(200, 400, 50)), engine.flush()])
+    assert got == whole
+
+
+def test_aggregates_the_plan_does_not_compute_keep_the_batch_join(tmp_path):
+    path = tmp_path / "g.sql"
+    window = "OVER (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW)"
+    # DuckDB sums BIGINT into a HUGEINT, a type the segment plan does not produce.
+    path.write_text(HEADER + f"SELECT event_id, sum(n) {window} AS n_1h FROM events\n")
+    group = load_group(path, {**FIELDS, "n": "bigint"})
+    assert group.batch_sql is not None and group.segments is None
+    path.write_text(HEADER + f"SELECT event_id, max(n) {window} AS n_max, avg(n) {window} AS n_mean FROM events\n")
+    assert load_group(path, {**FIELDS, "n": "bigint"}).segments is not None
+
+
+def test_events_years_apart_fall_back_to_the_batch_join_and_stay_exact(caplog):
+    events = payments(40, seed=9)
+    later = START + 3 * 365 * 86_400_000  # beyond the ~2 years one index key spans
+    events += [{**e, "event_id": f"q{i:03d}", "ts": later + i * 20_000} for i, e in enumerate(payments(40, seed=10))]
+    with caplog.at_level(logging.WARNING, logger="eddy.features"):
+        online = run(events, [40, 41, 60])
+    assert "window index" in caplog.text
+    expected = backfill(TRANSACTIONS, to_arrow(events, FIELDS), FIELDS).to_pylist()
+    for row in expected:
+        got = online[row.pop("event_id")]
+        assert all(same(got[k], v) for k, v in row.items()), (got, row)
+
+
+def test_the_index_forgets_evicted_events_and_entities():
+    index = WindowIndex(("user_id",), {"amount": "double"})
+    for step in range(200):
+        batch = [
+            {"event_id": f"e{step}-{i}", "ts": START + step * 60_000 + i, "user_id": f"u{step}-{i}", "amount": 1.0}
+            for i in range(500)
+        ]
+        index.insert(to_arrow(batch, FIELDS))
+        index.evict(START + (step - 5) * 60_000)
+    # 100,000 events and as many users went through; about six steps' worth stay.
+    assert len(index) <= 6 * 500 * 1.25 + 4096
+    assert len(index._codes) <= 2 * len(index) + 4096
