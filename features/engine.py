@@ -32,6 +32,7 @@ Semantics (the contract the dataflow and the backfill rely on):
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import pickle
 from dataclasses import dataclass, field
@@ -291,8 +292,7 @@ class FeatureEngine:
         if not released:
             return FeatureBatch([], [], late, version, report)
         events = [event for _, event in released]
-        rows = [{**event, "ts": ts} for ts, event in released]
-        batch = to_arrow(rows, self.fields)
+        batch = to_arrow(events, self.fields, [ts for ts, _ in released])
         first_ts = released[0][0]
         columns = {}
         indexed = self._index_batch(batch)
@@ -399,9 +399,10 @@ def _query(con: duckdb.DuckDBPyConnection, sql: str, relations: dict[str, pa.Tab
 
 def _records(columns: dict[str, pa.Array | pa.ChunkedArray], rows: int) -> list[dict[str, Any]]:
     """Feature columns as one dict per event (None for NULL); numbers through numpy, ~2x Arrow's to_pylist."""
-    names = list(columns)
+    if not columns:
+        return [{} for _ in range(rows)]
     values = [_pylist(column) for column in columns.values()]
-    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)] if names else [{}] * rows
+    return list(map(dict, map(zip, itertools.repeat(tuple(columns)), zip(*values, strict=True))))
 
 
 def _pylist(column: pa.Array | pa.ChunkedArray) -> list:

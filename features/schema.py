@@ -40,15 +40,18 @@ def empty_events(fields: dict[str, str]) -> pa.Table:
     return arrow_schema(fields).empty_table()
 
 
-def to_arrow(events: Sequence[dict], fields: dict[str, str]) -> pa.Table:
-    """Events (dicts with `ts` in epoch milliseconds) as an `events` table; missing fields become NULL.
+def to_arrow(events: Sequence[dict], fields: dict[str, str], ts_ms: Sequence[int] | None = None) -> pa.Table:
+    """Events (dicts with `ts` in epoch milliseconds, or their `ts` given as `ts_ms`) as an `events` table;
+    missing fields become NULL.
 
     Values travel as Arrow arrays, never as SQL text.
     """
     schema = arrow_schema(fields)
+    if ts_ms is None:
+        ts_ms = [e["ts"] for e in events]
     arrays = [
         pa.array([e["event_id"] for e in events], pa.string()),
-        pa.array([e["ts"] for e in events], pa.int64()).cast(pa.timestamp("ms")).cast(TS_TYPE),
+        pa.array(ts_ms, pa.int64()).cast(pa.timestamp("ms")).cast(TS_TYPE),
     ]
     arrays += [pa.array([e.get(f.name) for e in events], f.type) for f in list(schema)[2:]]
     return pa.Table.from_arrays(arrays, schema=schema)
