@@ -89,11 +89,13 @@ def replay(
             if ahead > 0:
                 time.sleep(ahead)
         key = _key(event, key_field)
+        label = None
         if label_delay_s is not None:
             event, label = split_label(event, event_delay)
-            if label is not None:
-                heapq.heappush(delayed, (time.monotonic() + label_delay_s, next(counter), orjson.dumps(label), key))
         producer.send(events_topic, value=orjson.dumps(event), key=key)
+        if label is not None:
+            # Timed from the event's send, which stamps its Kafka timestamp (after any wait for metadata).
+            heapq.heappush(delayed, (time.monotonic() + label_delay_s, next(counter), orjson.dumps(label), key))
         sent_labels += _send_due(producer, labels_topic, delayed, time.monotonic())
         if progress is not None:
             progress.update(1)
