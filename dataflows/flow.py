@@ -17,6 +17,7 @@ from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import Consumer, TopicPartition
 
+from dataflows import kafka_source
 from dataflows.codec import Codec, encode_dead_letter, encode_metrics, encode_prediction
 from dataflows.config import Config
 from dataflows.kafka_admin import require_topics
@@ -47,8 +48,12 @@ def build_flow(
     partitions: dict[str, int] | None = None,
     inputs: Inputs | None = None,
     outputs: Outputs | None = None,
+    snapshots: bool = True,
 ) -> Dataflow:
     """The dataflow for `config`; checks the broker and topics first unless `partitions` is given.
+
+    `snapshots=False` (a run with no recovery directory) skips pickling the stateful steps' state at every
+    epoch, which Bytewax would otherwise do and discard; a resume from such a run is refused.
 
     `inputs` and `outputs` replace Kafka (the backtest reads a file and writes files): `inputs(flow)` returns
     a stream of `KafkaSourceMessage`s and a stream of `KafkaError`s; `outputs(name, stream)` consumes the
@@ -65,7 +70,7 @@ def build_flow(
     if inputs is None:
 
         def inputs(flow: Dataflow) -> tuple[Stream, Stream]:
-            consumed = kop.input(
+            consumed = kafka_source.read(
                 "read_kafka", flow, brokers=brokers, topics=names, tail=config.tail, batch_size=config.flow.batch_size
             )
             return consumed.oks, consumed.errs
@@ -90,15 +95,17 @@ def build_flow(
     ordered = op.stateful_batch(
         OrderByEventTime.STEP,
         op.key_on("key_by_shard", valid.trues, _shard),
-        lambda resume: OrderByEventTime(config, input_partitions, ends, config.tail, resume),
+        lambda resume: OrderByEventTime(config, input_partitions, ends, config.tail, resume, snapshots),
     )
-    featured = op.stateful_batch(ComputeFeatures.STEP, ordered, lambda resume: ComputeFeatures(config, resume))
+    featured = op.stateful_batch(
+        ComputeFeatures.STEP, ordered, lambda resume: ComputeFeatures(config, resume, snapshots)
+    )
     rejected = op.key_on("key_dead_letters", op.merge("gather_dead_letters", valid.falses, consumer_errors), _shard)
     probe = LagProbe(config.bootstrap_servers, names, partitions) if config.bootstrap_servers else None
     learned = op.stateful_batch(
         ScoreAndLearn.STEP,
         op.merge("join_dead_letters", featured, rejected),
-        lambda resume: ScoreAndLearn(config, probe, resume),
+        lambda resume: ScoreAndLearn(config, probe, resume, snapshots),
     )
     results = op.key_rm("drop_shard_key", learned)
 

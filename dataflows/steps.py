@@ -3,6 +3,10 @@
 Each step keeps its live resources (DuckDB connection, clocks) beside its state and snapshots only plain
 state, pickled, tagged with `STATE_FORMAT` so that a resume from an incompatible snapshot is refused with a
 clear message instead of silently mis-restoring.
+
+Bytewax asks every step for a snapshot at the end of every epoch (10 s) even when the run has no recovery
+directory, and throws it away. Pickling the learner (its refit window) stalls the flow for 0.1-0.3 s each
+time, so a step built with `snapshots=False` returns the `NOT_SAVED` marker instead, which a resume refuses.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ log = logging.getLogger("eddy")
 STATE_FORMAT = 1
 """Bump when the pickled state of any step changes shape; old snapshots are then refused by name."""
 
+NOT_SAVED = b"eddy: state not saved (this run had no recovery directory)"
+"""What a step built with `snapshots=False` returns for its snapshot: no state, and refused on resume."""
+
 
 class StateFormatError(RuntimeError):
     """A recovery snapshot this version of eddy cannot resume from."""
@@ -43,6 +50,11 @@ def pack(step_id: str, state: Any) -> bytes:
 def unpack(step_id: str, blob: bytes | None) -> Any:
     if blob is None:
         return None
+    if blob == NOT_SAVED:
+        raise StateFormatError(
+            f"step '{step_id}': the recovery snapshot holds no state: it was written by a flow built without "
+            "snapshots (no recovery directory). Start with a fresh recovery directory (see README, Recovery)."
+        )
     try:
         saved = pickle.loads(blob)
     except Exception as exc:
@@ -66,9 +78,16 @@ class OrderByEventTime(StatefulBatchLogic):
     STEP = "order_by_event_time"
 
     def __init__(
-        self, config: Config, partitions: list[str], ends: dict[str, int] | None, tail: bool, resume: bytes | None
+        self,
+        config: Config,
+        partitions: list[str],
+        ends: dict[str, int] | None,
+        tail: bool,
+        resume: bytes | None,
+        snapshots: bool = True,
     ):
         flow = config.flow
+        self.snapshots = snapshots
         self.order: EventTimeOrder = unpack(self.STEP, resume) or EventTimeOrder(
             partitions, flow.lateness_ms, flow.idle_timeout_s, flow.dedupe_horizon_ms, flow.mode
         )
@@ -97,7 +116,7 @@ class OrderByEventTime(StatefulBatchLogic):
         return None if at is None else datetime.fromtimestamp(at, tz=UTC)
 
     def snapshot(self) -> bytes:
-        return pack(self.STEP, self.order)
+        return pack(self.STEP, self.order) if self.snapshots else NOT_SAVED
 
 
 class ComputeFeatures(StatefulBatchLogic):
@@ -105,7 +124,8 @@ class ComputeFeatures(StatefulBatchLogic):
 
     STEP = "compute_features"
 
-    def __init__(self, config: Config, resume: bytes | None):
+    def __init__(self, config: Config, resume: bytes | None, snapshots: bool = True):
+        self.snapshots = snapshots
         self.sql_dir = config.sql_dir
         self.fields = config.fields
         blob = unpack(self.STEP, resume)
@@ -163,7 +183,7 @@ class ComputeFeatures(StatefulBatchLogic):
                 log.error("feature edit refused, keeping version %s:\n%s", report.features_version, message)
 
     def snapshot(self) -> bytes:
-        return pack(self.STEP, self.engine.snapshot())
+        return pack(self.STEP, self.engine.snapshot()) if self.snapshots else NOT_SAVED
 
 
 @dataclass
@@ -177,8 +197,9 @@ class ScoreAndLearn(StatefulBatchLogic):
 
     STEP = "score_and_learn"
 
-    def __init__(self, config: Config, lag_probe, resume: bytes | None):
+    def __init__(self, config: Config, lag_probe, resume: bytes | None, snapshots: bool = True):
         self.config = config
+        self.snapshots = snapshots
         self.state: LearnerState = unpack(self.STEP, resume) or LearnerState(
             OnlineLearner(build_model(config), config.flow.label_horizon_ms, config.flow.rolling_window),
             MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s),
@@ -247,7 +268,7 @@ class ScoreAndLearn(StatefulBatchLogic):
         return metrics
 
     def snapshot(self) -> bytes:
-        return pack(self.STEP, self.state)
+        return pack(self.STEP, self.state) if self.snapshots else NOT_SAVED
 
 
 def model_input(features: dict[str, Any]) -> dict[str, Any]:

@@ -43,3 +43,13 @@ def test_a_snapshot_of_another_step_is_refused():
 def test_unreadable_bytes_are_refused_with_advice():
     with pytest.raises(StateFormatError, match="fresh recovery directory"):
         unpack("order_by_event_time", b"not a pickle")
+
+
+def test_a_run_without_recovery_saves_no_state_and_its_marker_is_refused_on_resume():
+    from dataflows.config import load_config
+    from dataflows.steps import NOT_SAVED, ScoreAndLearn
+
+    step = ScoreAndLearn(load_config(), None, None, snapshots=False)
+    assert step.snapshot() == NOT_SAVED
+    with pytest.raises(StateFormatError, match="without snapshots"):
+        unpack("score_and_learn", NOT_SAVED)
