@@ -83,7 +83,8 @@ def run(job: RefitJob) -> RefitResult:
         return RefitResult(job.version, False, f"fit failed: {error}", {}, None)
     holdout_rows, holdout_labels = job.rows[n_train:], job.labels[n_train:]
     base_rate = sum(train_labels) / n_train
-    accepted, reason, metrics = job.gate.judge(holdout_labels, member.predict_many(holdout_rows), base_rate)
+    scores = member.predict_many(holdout_rows, yield_gil=True)
+    accepted, reason, metrics = job.gate.judge(holdout_labels, scores, base_rate)
     return RefitResult(job.version, accepted, reason, metrics, member, round(time.perf_counter() - started, 3))
 
 

@@ -6,6 +6,7 @@ import math
 import pickle
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -95,6 +96,21 @@ def test_string_features_get_fixed_codes_and_unknown_values_are_missing():
         model.learn_one({**x, "country": "FR" if y else random.Random(i).choice(["DE", "ES"])}, y)
     assert model.lightgbm.schema.codes[model.lightgbm.schema.columns.index("country")] == {"DE": 0, "ES": 1, "FR": 2}
     assert 0 < model.predict_proba_one_detailed({"country": "never seen"}).scores["lightgbm"] < 1
+
+
+def test_rows_encode_the_same_one_at_a_time_and_in_batches_on_either_thread():
+    schema = Schema.infer([{"country": "FR", "amount": 3}, {"country": "DE", "n": 1}])
+    rows = [
+        {"country": "DE", "amount": np.float64(2.5), "n": True},
+        {"country": 7, "amount": 10**20, "n": "x"},
+        {"amount": float("nan")},
+        {},
+    ]
+    expected = np.array([[2.5, 0.0, 1.0], [1e20, math.nan, math.nan], [math.nan] * 3, [math.nan] * 3])
+    assert np.array_equal(np.array([schema.encode(x) for x in rows]), expected, equal_nan=True)
+    assert np.array_equal(schema.matrix(rows), expected, equal_nan=True)
+    assert np.array_equal(schema.matrix(rows * 40, yield_gil=True), np.vstack([expected] * 40), equal_nan=True)
+    assert schema.matrix([]).shape == (0, 3)
 
 
 def test_pickle_and_clone_behave_like_river_estimators():
