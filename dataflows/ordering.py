@@ -12,8 +12,10 @@ Policies:
 - duplicate event (its `event_id` released before, within the dedupe horizon): dead letter, `duplicate`;
   the first copy in canonical order wins.
 - idle partition (nothing read for `idle_timeout_s`): stops holding the watermark back until it speaks
-  again; when every partition is idle, everything held is released. Only idleness, a wall-clock matter,
-  can make two runs differ.
+  again; when every partition is idle, everything held is released. A partition that has not yet been read
+  up to the end offset it had at start-up is never idle: it is waiting for its turn to be read, which on a
+  busy machine can take longer than the timeout, and its messages would otherwise arrive late. Only
+  idleness, a wall-clock matter, can make two runs differ, and only for messages produced after start-up.
 - finished partition (`ends` gives each partition's end offset at start-up): when the run stops at the end
   of its input (not tailing), a partition read to its end, or empty from the start, no longer holds the
   watermark. When tailing, a partition of `quiet_topics` (the labels topic: a late label is still learned)
@@ -84,6 +86,7 @@ class EventTimeOrder:
         self.seen_order: deque[tuple[int, str]] = deque()
         self.finished: set[str] = set()
         self.spoke: set[str] = set()
+        self.read_to: dict[str, int] = {}
         self.counters = {"late_events": 0, "labels_late": 0, "duplicates": 0, "idle_releases": 0}
         self._heard: dict[str, float] = {}
         self._started: float | None = None
@@ -93,6 +96,10 @@ class EventTimeOrder:
         state["_heard"] = {}
         state["_started"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("read_to", {})
+        self.__dict__.update(state)
 
     def push(self, items: list[Item], now: float) -> Released:
         """Take newly read items (in arrival order) at wall-clock time `now`; return what is released."""
@@ -107,6 +114,7 @@ class EventTimeOrder:
             part = f"{item.origin.topic}:{item.origin.partition}"
             self._heard[part] = now
             self.spoke.add(part)
+            self.read_to[part] = max(self.read_to.get(part, 0), item.origin.offset + 1)
             if self.ends is not None and not self.tail and item.origin.offset + 1 >= self.ends.get(part, 0):
                 self.finished.add(part)
             if self.watermark is not None and item.ts < self.watermark:
@@ -152,7 +160,7 @@ class EventTimeOrder:
         times = [
             self._heard.get(p, self._started)
             for p in self.partitions
-            if not self._is_idle(p, now) and not self._is_finished(p)
+            if not self._is_idle(p, now) and not self._is_finished(p) and not self._has_backlog(p)
         ]
         return min(times) + self.idle_timeout_s if times else None
 
@@ -165,7 +173,13 @@ class EventTimeOrder:
         empty_and_silent = self.ends.get(part, 0) == 0 and part not in self.spoke
         return empty_and_silent and (not self.tail or part.rpartition(":")[0] in self.quiet_topics)
 
+    def _has_backlog(self, part: str) -> bool:
+        """Not yet read up to the end offset it had at start-up: slow to be read, not idle."""
+        return self.ends is not None and self.read_to.get(part, 0) < self.ends.get(part, 0)
+
     def _is_idle(self, part: str, now: float) -> bool:
+        if self._has_backlog(part):
+            return False
         heard = self._heard.get(part, self._started if self._started is not None else now)
         return now - heard >= self.idle_timeout_s
 

@@ -168,3 +168,30 @@ def test_when_tailing_an_empty_events_partition_still_holds_the_watermark():
     out = order.push([event(3, 150, 1, 0), event(4, 250, 1, 1)], now=0.0)
     assert out.dead == []
     assert [e.event_id for e in out.items] == ["e0001", "e0003"]
+
+
+def test_a_partition_with_unread_backlog_is_slow_not_idle():
+    # events:1 had 2 messages at start-up and none has been read yet: however long it takes to get its turn,
+    # it holds the watermark, so its events are not late (that would depend on how busy the machine is).
+    ends = {"events:0": 2, "events:1": 2}
+    order = EventTimeOrder(["events:0", "events:1"], lateness_ms=0, idle_timeout_s=5, ends=ends, tail=True)
+    assert order.push([event(1, 100, 0, 0), event(2, 300, 0, 1)], now=0.0).items == []
+    assert order.next_wakeup(now=1.0) == 5.0
+    assert order.tick(now=1000.0).items == []
+    out = order.push([event(3, 200, 1, 0)], now=1000.0)
+    assert (out.dead, [e.event_id for e in out.items]) == ([], ["e0001"])
+    # Read up to its start-up end, it can go idle like any partition.
+    assert [e.event_id for e in order.push([event(4, 400, 1, 1)], now=1001.0).items] == ["e0003", "e0002"]
+    assert [e.event_id for e in order.tick(now=1006.0).items] == ["e0004"]
+
+
+def test_read_positions_survive_a_snapshot():
+    ends = {"events:0": 3, "events:1": 1}
+    order = EventTimeOrder(["events:0", "events:1"], lateness_ms=0, idle_timeout_s=5, ends=ends, tail=True)
+    order.push([event(1, 100, 1, 0), event(2, 200, 0, 0)], now=0.0)
+    resumed = pickle.loads(pickle.dumps(order))
+    assert resumed.read_to == {"events:1": 1, "events:0": 1}
+    resumed.push([], now=0.0)
+    # events:1 goes idle; events:0 still has unread messages from start-up, so it holds the watermark at its
+    # newest ts (200) however long it is silent (without the read positions, both idle would release all).
+    assert [e.event_id for e in resumed.tick(now=100.0).items] == ["e0001"]
