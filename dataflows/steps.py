@@ -152,7 +152,7 @@ class ComputeFeatures(StatefulBatchLogic):
         if self.arrival:
             batches = [self.engine.push_on_arrival(rows)]
         else:
-            batches = [self.engine.push(rows), self.engine.flush()]
+            batches = [self.engine.push(rows, flush=True)]
         computed = {row["event_id"]: feats for batch in batches for row, feats in batch}
         late = {le.event["event_id"]: le.reason for le in batches[0].late}
         version = self.engine.features_version

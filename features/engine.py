@@ -163,8 +163,12 @@ class FeatureEngine:
         mark = self._max_ts - self.lateness_ms
         return mark if self._floor is None else max(mark, self._floor)
 
-    def push(self, events: list[dict]) -> FeatureBatch:
-        """Take new events; return features for the events this push releases, and the late ones."""
+    def push(self, events: list[dict], flush: bool = False) -> FeatureBatch:
+        """Take new events; return features for the events this push releases, and the late ones.
+
+        With `flush`, release everything held too, as `flush()` would, in the same batch: one pass through
+        the feature groups instead of two, for callers that order events themselves (the dataflow does).
+        """
         report = self.reload() if self.auto_reload else None
         if report is not None and not (report.changed or report.errors):
             report = None
@@ -187,7 +191,9 @@ class FeatureEngine:
             heapq.heappush(self._held, (ts, str(event["event_id"]), self._seq, event))
             if self._max_ts is None or ts > self._max_ts:
                 self._max_ts = ts
-        released = self._release(self.watermark)
+        if flush and self._max_ts is not None:
+            self._floor = self._max_ts + 1
+        released = self._release(None if flush else self.watermark)
         return self._features(released, late, report)
 
     def push_on_arrival(self, events: list[dict]) -> FeatureBatch:

@@ -166,3 +166,17 @@ def test_an_edit_that_reads_a_new_column_rebuilds_the_index_from_history(tmp_pat
     for row in checked:
         got = online[row.pop("event_id")]
         assert all(same(got[k], v) for k, v in row.items()), (got, row)
+
+
+def test_push_with_flush_equals_push_then_flush_in_one_batch():
+    events = payments(300, seed=13)
+    two, one = FeatureEngine(TRANSACTIONS, FIELDS, lateness_ms=0), FeatureEngine(TRANSACTIONS, FIELDS, lateness_ms=0)
+    expected, got, batches = {}, {}, 0
+    for i in range(0, 300, 70):
+        expected |= by_id([two.push(events[i : i + 70]), two.flush()])
+        batch = one.push(events[i : i + 70], flush=True)
+        got |= by_id([batch])
+        batches += 1
+        assert len(batch) == len(events[i : i + 70])
+    assert got == expected
+    assert one.counters["batches"] == batches < two.counters["batches"]
