@@ -213,7 +213,10 @@ class OnlineLearner:
         if len(scores) > 1:
             for name, score in scores.items():
                 if score is not None:
-                    self.members.setdefault(name, QualityTracker(self.window)).update(y, score)
+                    tracker = self.members.get(name)
+                    if tracker is None:
+                        tracker = self.members[name] = QualityTracker(self.window)
+                    tracker.update(y, score)
 
     def _advance(self, ts_ms: int) -> None:
         if self.now_ms is None:
