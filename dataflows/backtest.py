@@ -29,6 +29,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from dataflows.codec import Invalid, parse_ts
 from dataflows.config import Config, ConfigError, load_config
 from dataflows.flow import build_flow
+from dataflows.logs import configure_logging
 from dataflows.report import DEFAULT_DRIFT_AT, ReportError, format_summary, read_registry, write_report
 
 log = logging.getLogger("eddy.backtest")
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     args = build_parser().parse_args(argv)
     from features import FeatureFileError
 

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from dataflows.config import ConfigError, load_config
+from dataflows.logs import configure_logging
 from dataflows.report import DEFAULT_DRIFT_AT, PAGE, chart_data, read_registry
 
 log = logging.getLogger("eddy.dashboard")
@@ -155,8 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR)
+    configure_logging(kafka_level=logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         config = load_config()

@@ -13,11 +13,11 @@ import sys
 from dataflows.config import ConfigError, load_config
 from dataflows.flow import build_flow, check_inputs
 from dataflows.kafka_admin import BrokerError
+from dataflows.logs import configure_logging
 from dataflows.recovery import RecoveryError, guard_recovery_dir, recovery_dir_from_argv
 from features import FeatureEngine, FeatureFileError
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-logging.getLogger("kafka").setLevel(logging.WARNING)
+configure_logging()
 log = logging.getLogger("eddy")
 
 

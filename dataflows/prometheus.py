@@ -25,6 +25,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from dataflows.logs import configure_logging
+
 log = logging.getLogger("eddy.prometheus")
 
 QUALITY = ("roc_auc_rolling", "log_loss_rolling", "roc_auc", "log_loss", "accuracy_rolling")
@@ -243,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: from eddy.toml)")
     parser.add_argument("--registry-dir", help="model registry to follow (default: [ensemble] registry_dir)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR)
+    configure_logging(kafka_level=logging.ERROR)
     try:
         config = load_config()
         bootstrap = args.bootstrap_servers or config.bootstrap_servers

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from dataflows.config import ConfigError, load_config
+from dataflows.logs import configure_logging
 
 log = logging.getLogger("eddy.report")
 
@@ -421,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         config = load_config()
