@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
+
+from features import FeatureEngine
 
 FIELDS = {"user_id": "string", "merchant_id": "string", "amount": "double", "category": "string", "country": "string"}
 REPO = Path(__file__).resolve().parents[2]
@@ -43,3 +47,12 @@ def event(i: int, ts_ms: int, user: str = "u1", amount: float = 1.0, **extra) ->
         "country": "FR",
         **extra,
     }
+
+
+def revive(engine, how: str, sql_dir):
+    """The engine brought back the way Bytewax or a user would: from its snapshot, a pickle or a deep copy."""
+    if how == "snapshot":
+        return FeatureEngine.restore(engine.snapshot(), sql_dir, FIELDS)
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(engine))
+    return copy.deepcopy(engine)

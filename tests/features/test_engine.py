@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import os
-import pickle
 import re
 
 import pytest
 
 from features import FeatureEngine, FeatureFileError
-from tests.features.conftest import FIELDS, USER_COUNTS, event
+from tests.features.conftest import FIELDS, USER_COUNTS, event, revive
 
 MIN = 60_000
 
@@ -155,12 +153,7 @@ def test_state_survives_snapshot_pickle_and_deepcopy(sql_dir, how):
     engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=3_000)
     got = [by_id(engine.push(events[i : i + 50])) for i in range(0, 150, 50)]
     engine.push([])
-    if how == "snapshot":
-        engine = FeatureEngine.restore(engine.snapshot(), sql_dir, FIELDS)
-    elif how == "pickle":
-        engine = pickle.loads(pickle.dumps(engine))
-    else:
-        engine = copy.deepcopy(engine)
+    engine = revive(engine, how, sql_dir)
     assert engine._con is None
     got += [by_id(engine.push(events[i : i + 50])) for i in range(150, 300, 50)] + [by_id(engine.flush())]
     assert got == expected

@@ -3,10 +3,8 @@ survives restores, forgets what it evicts, and gives way to the batch join where
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
-import pickle
 import random
 
 import pytest
@@ -18,7 +16,7 @@ from features.backfill import backfill
 from features.schema import to_arrow
 from features.segments import WindowIndex
 from features.spec import load_group
-from tests.features.conftest import FIELDS, REPO
+from tests.features.conftest import FIELDS, REPO, revive
 from tests.features.test_online_equals_backfill import same
 
 TRANSACTIONS = REPO / "sql" / "transactions"
@@ -95,12 +93,7 @@ def test_a_restored_engine_rebuilds_its_indexes_and_gives_the_same_bits(how):
     engine = FeatureEngine(TRANSACTIONS, FIELDS, lateness_ms=0)
     got = by_id([engine.push(events[i : i + 50]) for i in range(0, 200, 50)])
     assert engine._indexes
-    if how == "snapshot":
-        engine = FeatureEngine.restore(engine.snapshot(), TRANSACTIONS, FIELDS)
-    elif how == "pickle":
-        engine = pickle.loads(pickle.dumps(engine))
-    else:
-        engine = copy.deepcopy(engine)
+    engine = revive(engine, how, TRANSACTIONS)
     assert engine._indexes == {}
     got |= by_id([*(engine.push(events[i : i + 50]) for i in range(200, 400, 50)), engine.flush()])
     assert got == whole
