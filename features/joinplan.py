@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -50,20 +51,27 @@ class _Ineligible(Exception):
 def batch_join_sql(
     con: duckdb.DuckDBPyConnection,
     text: str,
-    statement: dict,
-    columns: list[str],
+    select: WindowedSelect | None,
     entity: tuple[str, ...],
     horizon_ms: int,
     fields: dict[str, str],
 ) -> str | None:
-    """The batch-join rewrite of a feature file, or None when it does not apply or does not agree."""
-    if not entity:
+    """The batch-join rewrite of a feature file (`select`: `windowed_select` of it), or None when it does not
+    apply or does not reproduce the file's SQL."""
+    if select is None:
         return None
-    try:
-        sql = _rewrite(con, text.encode(), statement, columns, entity, fields)
-    except _Ineligible:
-        return None
-    return sql if _agrees(con, text, sql, fields, horizon_ms) else None
+    sql = _rewrite(select, entity, fields)
+
+    def run(sample: pa.Table) -> pa.Table:
+        con.register("__history", sample)
+        con.register("__batch", with_row_numbers(sample))
+        try:
+            return con.sql(sql).to_arrow_table()
+        finally:
+            con.unregister("__history")
+            con.unregister("__batch")
+
+    return sql if reproduces(con, text, fields, horizon_ms, run) else None
 
 
 @dataclass(frozen=True)
@@ -112,11 +120,8 @@ def _analyse(con, raw: bytes, statement: dict, columns: list[str], entity: tuple
     return WindowedSelect(alias, windows, items)
 
 
-def _rewrite(
-    con, raw: bytes, statement: dict, columns: list[str], entity: tuple[str, ...], fields: dict[str, str]
-) -> str:
-    analysis = _analyse(con, raw, statement, columns, entity)
-    alias, windows, items = analysis.alias, analysis.windows, analysis.items
+def _rewrite(select: WindowedSelect, entity: tuple[str, ...], fields: dict[str, str]) -> str:
+    alias, windows, items = select.alias, select.windows, select.items
     widest = max(windows, key=lambda w: w["lo_us"])
     # Every batch row joins at least itself (it is part of __history), so an inner join keeps every row.
     bounds = f"__h.ts >= __b.ts - ({widest['lo']}) AND __h.ts <= __b.ts"
@@ -307,24 +312,32 @@ def with_row_numbers(batch: pa.Table) -> pa.Table:
     return batch.append_column("__row", pa.array(np.arange(batch.num_rows, dtype=np.int32)))
 
 
-def _agrees(con, text: str, sql: str, fields: dict[str, str], horizon_ms: int) -> bool:
-    """Both plans on a synthetic sample with ties, NULLs and gaps around the horizon give equal results."""
-    sample = sample_events(fields, horizon_ms)
+def reproduces(
+    con: duckdb.DuckDBPyConnection,
+    text: str,
+    fields: dict[str, str],
+    horizon_ms: int,
+    plan: Callable[[pa.Table], pa.Table],
+    errors: tuple[type[Exception], ...] = (duckdb.Error,),
+) -> bool:
+    """Whether a fast plan gives the file's own SQL results on a synthetic sample with ties, NULLs and gaps
+    around the horizon: the test every fast plan passes before it is used. `plan(sample)` returns `event_id`
+    and the features; any of `errors` from either side means no."""
+    sample = _sample(fields, horizon_ms)
     try:
         con.register("events", sample)
-        expected = con.sql(text).to_arrow_table().sort_by("event_id").to_pylist()
-        con.register("__history", sample)
-        con.register("__batch", with_row_numbers(sample))
-        got = con.sql(sql).to_arrow_table().sort_by("event_id").to_pylist()
-    except duckdb.Error:
+        try:
+            expected = con.sql(text).to_arrow_table()
+        finally:
+            con.unregister("events")
+        got = plan(sample)
+    except errors:
         return False
-    finally:
-        for name in ("events", "__history", "__batch"):
-            con.unregister(name)
-    return len(got) == len(expected) and all(same_row(a, b) for a, b in zip(got, expected, strict=True))
+    expected, got = (t.sort_by("event_id").to_pylist() for t in (expected, got))
+    return len(got) == len(expected) and all(_same_row(a, b) for a, b in zip(got, expected, strict=True))
 
 
-def sample_events(fields: dict[str, str], horizon_ms: int) -> pa.Table:
+def _sample(fields: dict[str, str], horizon_ms: int) -> pa.Table:
     rng = random.Random(20260101)
     step = max(1, horizon_ms // 4)
     values = {
@@ -340,7 +353,7 @@ def sample_events(fields: dict[str, str], horizon_ms: int) -> pa.Table:
     return to_arrow(events, fields)
 
 
-def same_row(a: dict, b: dict) -> bool:
+def _same_row(a: dict, b: dict) -> bool:
     if a.keys() != b.keys():
         return False
     for key, x in a.items():

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.joinplan import WindowedSelect, same_row, sample_events
+from features.joinplan import WindowedSelect, reproduces
 from features.schema import TS_TYPE
 
 _FUNCTIONS = {
@@ -166,7 +166,13 @@ def segment_plan(
         residual_windows,
         tuple(names),
     )
-    return plan if _agrees(con, text, plan, fields, horizon_ms) else None
+
+    def run(sample: pa.Table) -> pa.Table:
+        index = WindowIndex(plan.entity, dict(plan.columns))
+        features = segment_features(con, plan, index, sample, index.insert(sample))
+        return pa.table({"event_id": sample["event_id"], **features})
+
+    return plan if reproduces(con, text, fields, horizon_ms, run, (duckdb.Error, OutOfRange)) else None
 
 
 def segment_features(
@@ -409,21 +415,6 @@ class _Segments:
         if firsts.size:
             out[self.nonempty] = ufunc.reduceat(gathered, firsts)
         return out
-
-
-def _agrees(con, text: str, plan: SegmentPlan, fields: dict[str, str], horizon_ms: int) -> bool:
-    sample = sample_events(fields, horizon_ms)
-    try:
-        con.register("events", sample)
-        expected = con.sql(text).to_arrow_table().sort_by("event_id").to_pylist()
-        index = WindowIndex(plan.entity, dict(plan.columns))
-        features = segment_features(con, plan, index, sample, index.insert(sample))
-    except (duckdb.Error, OutOfRange):
-        return False
-    finally:
-        con.unregister("events")
-    got = pa.table({"event_id": sample["event_id"], **features}).sort_by("event_id").to_pylist()
-    return len(got) == len(expected) and all(same_row(a, b) for a, b in zip(got, expected, strict=True))
 
 
 def _empty(kind: str) -> np.ndarray | None:

@@ -109,8 +109,8 @@ def load_group(path: str | Path, fields: dict[str, str], text: str | None = None
     try:
         columns, statement = _bind(con, path, text, body_line, fields)
         _check_reach(con, path, text, body_line, statement, horizon)
-        batch_sql = batch_join_sql(con, text, statement, columns, entity, horizon, fields)
         select = windowed_select(con, text, statement, columns, entity)
+        batch_sql = batch_join_sql(con, text, select, entity, horizon, fields)
         segments = segment_plan(con, text, select, columns, entity, horizon, fields)
     finally:
         con.close()
