@@ -149,12 +149,9 @@ class ComputeFeatures(StatefulBatchLogic):
         if not events:
             return items
         rows = [e.as_row() for e in events]
-        if self.arrival:
-            batches = [self.engine.push_on_arrival(rows)]
-        else:
-            batches = [self.engine.push(rows, flush=True)]
-        computed = {row["event_id"]: feats for batch in batches for row, feats in batch}
-        late = {le.event["event_id"]: le.reason for le in batches[0].late}
+        batch = self.engine.push_on_arrival(rows) if self.arrival else self.engine.push(rows, flush=True)
+        computed = {row["event_id"]: feats for row, feats in batch}
+        late = {le.event["event_id"]: le.reason for le in batch.late}
         version = self.engine.features_version
         out: list[Any] = []
         for item in items:
