@@ -208,7 +208,6 @@ class WindowIndex:
         self.columns = dict(columns)
         self._codes: dict = {}
         self._keys = np.empty(0, np.int64)
-        self._ts = np.empty(0, np.int64)
         self._values = {name: _empty(kind) for name, kind in self.columns.items()}
         self._valid: dict[str, np.ndarray | None] = dict.fromkeys(self.columns)
         self._base: int | None = None
@@ -237,7 +236,6 @@ class WindowIndex:
         keys = keys[order]
         at = np.searchsorted(self._keys, keys, side="right")
         self._keys = np.insert(self._keys, at, keys)
-        self._ts = np.insert(self._ts, at, ts[order])
         for name, kind in self.columns.items():
             column = table[name]
             if self._values[name] is not None:
@@ -295,13 +293,19 @@ class WindowIndex:
         """Choose or move the base that keys count milliseconds from, so that [low, high] fits."""
         if self._base is not None and low >= self._base and high - self._base < _TS_SPAN:
             return
-        if len(self):
-            low = min(low, int(self._ts.min()))
-            high = max(high, int(self._ts.max()))
+        ts = self._ts_ms()
+        if len(ts):
+            low = min(low, int(ts.min()))
+            high = max(high, int(ts.max()))
         if high - low >= _TS_SPAN:
             raise OutOfRange(f"events {high - low} ms apart; the index spans {_TS_SPAN} ms")
         self._base = low
-        self._keys = ((self._keys >> _TS_BITS) << _TS_BITS) + (self._ts - low)
+        self._keys = ((self._keys >> _TS_BITS) << _TS_BITS) + (ts - low)
+
+    def _ts_ms(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """The ts (epoch ms) of every row, or of the rows at `positions`: the low bits of its key + the base."""
+        keys = self._keys if positions is None else self._keys[positions]
+        return (keys & _TS_SPAN) + (self._base or 0)
 
     def _search(self, rows: Rows, end: str, length_us: int, cache: dict) -> np.ndarray:
         """Index position where each row's window starts (`lo`: first ts >= ts - length) or ends (`hi`:
@@ -333,7 +337,7 @@ class WindowIndex:
             return pa.array(count, pa.int64())
         empty = count == 0
         kind = self.columns.get(column, "ts")
-        values = self._ts if column == "ts" else self._values[column]
+        values = self._values.get(column)
         if (key, "values") not in cache and kind == "double":
             cache[key, "values"] = values[seg.positions]
         if function in ("min", "max"):
@@ -343,7 +347,7 @@ class WindowIndex:
             else:
                 limits = np.iinfo(np.int64)
                 sentinel = limits.min if function == "max" else limits.max
-                gathered = values[seg.positions] * 1000 if column == "ts" else values[seg.positions]
+                gathered = self._ts_ms(seg.positions) * 1000 if column == "ts" else values[seg.positions]
             if valid is not None:
                 gathered = np.where(valid[seg.positions], gathered, sentinel)
             result = seg.reduce(np.maximum if function == "max" else np.minimum, gathered, sentinel)
@@ -372,8 +376,8 @@ class WindowIndex:
         return pa.array(result, pa.float64(), mask=divisor <= 0)
 
     def _compact(self) -> None:
-        keep = self._ts >= self._floor
-        self._keys, self._ts = self._keys[keep], self._ts[keep]
+        keep = self._ts_ms() >= self._floor
+        self._keys = self._keys[keep]
         for name in self.columns:
             if self._values[name] is not None:
                 self._values[name] = self._values[name][keep]
