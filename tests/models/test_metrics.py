@@ -7,7 +7,7 @@ import math
 import pickle
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from river import metrics, utils
 
@@ -100,6 +100,81 @@ def test_undefined_figures_are_none():
 def test_nan_score_is_refused():
     with pytest.raises(ValueError, match="NaN"):
         ExactROCAUC().update(True, math.nan)
+    with pytest.raises(ValueError, match="NaN"):
+        QualityTracker().update(False, math.nan)
+
+
+def test_reverting_a_score_never_added_is_refused():
+    auc = ExactROCAUC()
+    auc.update(True, 0.5)
+    auc.update(False, 0.5)
+    auc.revert(True, 0.25)
+    with pytest.raises(ValueError, match="positive score that was never added"):
+        auc.get()
+    twice = ExactROCAUC()
+    twice.update(False, 0.5)
+    twice.revert(False, 0.5)
+    twice.revert(False, 0.5)
+    with pytest.raises(ValueError, match="negative score that was never added"):
+        twice.get()
+
+
+# A step is a label, or None: read the figures there (which folds the queued labels in).
+steps = st.lists(st.one_of(st.tuples(st.booleans(), scores), st.none()), max_size=120)
+
+
+@pytest.fixture
+def short_queue(monkeypatch):
+    """Fold every few labels unasked too, so that runs merge and queues fill many times in one example
+    (the same for every example, so it need not be reset between them)."""
+    monkeypatch.setattr("models.metrics.QUEUE", 5)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps, st.integers(1, 20))
+def test_auc_is_exact_whenever_it_is_read(short_queue, steps, window):
+    cumulative, rolling = ExactROCAUC(), Rolling(ExactROCAUC(), window)
+    seen = []
+    for step in steps:
+        if step is None:
+            assert_same(cumulative.get(), brute_force_auc(seen))
+            assert_same(rolling.get(), brute_force_auc(seen[-window:]))
+        else:
+            seen.append(step)
+            cumulative.update(*step)
+            rolling.update(*step)
+    assert_same(cumulative.get(), brute_force_auc(seen))
+    assert_same(rolling.get(), brute_force_auc(seen[-window:]))
+    assert sorted(p for y, p in seen if y) == list(cumulative.positives)
+    assert sorted(p for y, p in seen if not y) == list(cumulative.negatives)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps, st.integers(1, 20))
+def test_tracker_equals_metrics_updated_one_label_at_a_time(short_queue, steps, window):
+    """Queued labels give bit for bit the figures of each metric updated as every label comes."""
+    tracker = QualityTracker(window)
+    eager = {
+        "log_loss": LogLoss(),
+        "log_loss_rolling": Rolling(LogLoss(), window),
+        "accuracy": Accuracy(),
+        "accuracy_rolling": Rolling(Accuracy(), window),
+    }
+    seen = []
+    for step in [*steps, None]:
+        if step is None:
+            report = tracker.report()
+            assert {name: report[name] for name in eager} == {name: m.get() for name, m in eager.items()}
+            assert (report["roc_auc"], report["roc_auc_rolling"]) == (
+                brute_force_auc(seen),
+                brute_force_auc(seen[-window:]),
+            )
+            assert report["labels"] == len(seen)
+        else:
+            seen.append(step)
+            tracker.update(*step)
+            for metric in eager.values():
+                metric.update(*step)
 
 
 def test_window_must_be_positive():
@@ -112,10 +187,16 @@ def test_window_must_be_positive():
 def test_deepcopy_is_independent_of_the_original():
     auc = ExactROCAUC()
     auc.update(True, 0.7)
+    auc.update(False, 0.2)
+    assert auc.get() == 1.0  # folded: the copy shares the sorted runs
+    auc.update(True, 0.1)  # queued
     twin = copy.deepcopy(auc)
-    auc.update(False, 0.1)
-    assert (auc.get(), twin.get()) == (1.0, None)
-    assert list(twin.negatives) == [] and twin.positives is not auc.positives
+    auc.update(False, 0.9)
+    twin.update(False, 0.05)
+    twin.revert(True, 0.7)
+    assert (auc.get(), twin.get()) == (brute_force_auc([(True, 0.7), (False, 0.2), (True, 0.1), (False, 0.9)]), 0.5)
+    assert list(auc.negatives) == [0.2, 0.9] and list(twin.negatives) == [0.05, 0.2]
+    assert list(auc.positives) == [0.1, 0.7] and list(twin.positives) == [0.1]
 
 
 @settings(max_examples=30)
