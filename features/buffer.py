@@ -53,12 +53,12 @@ class EventBuffer:
         self._ts_ms.extend(_ts_ms(batch))
 
     def insert(self, batch: pa.Table) -> None:
-        """Add events that may be older than what is buffered (arrival mode), keeping (ts, event_id) order."""
+        """Add a batch in (ts, event_id) order whose events may be older than what is buffered (arrival
+        mode), keeping the buffer in that order."""
         if batch.num_rows == 0:
             return
-        batch_ts = _ts_ms(batch)
-        if not self._ts_ms or min(batch_ts) >= self._ts_ms[-1]:
-            self.append(batch.sort_by([("ts", "ascending"), ("event_id", "ascending")]))
+        if not self._ts_ms or _ts_ms(batch.slice(0, 1))[0] >= self._ts_ms[-1]:
+            self.append(batch)
             return
         merged = pa.concat_tables([self.table, batch.select(self.schema.names).cast(self.schema)])
         self.table = merged.sort_by([("ts", "ascending"), ("event_id", "ascending")]).combine_chunks()

@@ -74,6 +74,7 @@ _MAX_CODES = 2 ** (62 - _TS_BITS)
 _MIN_MS = -(2**62)
 _BARE = re.compile(r"\(__agg\.__w(\d+)\)")
 _WINDOW_REF = re.compile(r"__agg\.__w(\d+)")
+_STAR_FREE = re.compile(r"count\s*\(\s*\*\s*\)", re.IGNORECASE)
 
 
 class OutOfRange(ValueError):
@@ -105,6 +106,7 @@ class SegmentPlan:
     residual_sql: str | None
     residual_windows: tuple[int, ...]
     feature_names: tuple[str, ...]
+    residual_columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,12 +153,13 @@ def segment_plan(
             outputs.append((name, int(bare.group(1))))
         else:
             residual.append(item)
-    residual_sql, residual_windows = None, ()
+    residual_sql, residual_windows, residual_columns = None, (), ()
     if residual:
         residual_windows = tuple(sorted({int(n) for item in residual for n in _WINDOW_REF.findall(item)}))
         alias = _quote(select.alias)
         items = [_WINDOW_REF.sub(lambda m: f'{alias}."__w{m.group(1)}"', item) for item in residual]
         residual_sql = f"SELECT {', '.join(items)}\nFROM __batch AS {alias}"
+        residual_columns = _mentioned(residual, ["event_id", "ts", *fields])
     plan = SegmentPlan(
         entity,
         tuple(sorted(needed.items())),
@@ -165,6 +168,7 @@ def segment_plan(
         residual_sql,
         residual_windows,
         tuple(names),
+        residual_columns,
     )
 
     def run(sample: pa.Table) -> pa.Table:
@@ -183,7 +187,8 @@ def segment_features(
     out = {name: aggregates[number] for name, number in plan.outputs}
     if plan.residual_sql is not None:
         # One relation, not the batch joined to the aggregates: each registration costs DuckDB ~0.5 ms.
-        relation = batch
+        # Only the columns it reads: DuckDB's cost to register and scan a relation grows with its width.
+        relation = batch.select(plan.residual_columns)
         for n in plan.residual_windows:
             relation = relation.append_column(f"__w{n}", aggregates[n])
         con.register("__batch", relation)
@@ -330,34 +335,25 @@ class WindowIndex:
         else:
             valid = self._valid[column]
             if (key, "count") not in cache:
-                counted = None if valid is None else valid[seg.positions].astype(np.int64)
-                cache[key, "count"] = seg.lengths if counted is None else seg.reduce(np.add, counted, 0)
+                counted = None if valid is None else self._whole(column, "valid", cache)
+                cache[key, "count"] = seg.lengths if counted is None else seg.reduce_runs(np.add, counted, 0)
             count = cache[key, "count"]
         if function == "count":
             return pa.array(count, pa.int64())
         empty = count == 0
         kind = self.columns.get(column, "ts")
-        values = self._values.get(column)
-        if (key, "values") not in cache and kind == "double":
-            cache[key, "values"] = values[seg.positions]
         if function in ("min", "max"):
-            if kind == "double":
-                sentinel = -np.inf if function == "max" else np.inf
-                gathered = cache[key, "values"]
+            if column == "ts":
+                # Within an entity the index is sorted by ts: a window's first row holds its min, its last its max.
+                ends = seg.lo if function == "min" else seg.lo + seg.lengths - 1
+                result = self._ts_ms(np.clip(ends, 0, len(self) - 1)) * 1000
             else:
-                limits = np.iinfo(np.int64)
-                sentinel = limits.min if function == "max" else limits.max
-                gathered = self._ts_ms(seg.positions) * 1000 if column == "ts" else values[seg.positions]
-            if valid is not None:
-                gathered = np.where(valid[seg.positions], gathered, sentinel)
-            result = seg.reduce(np.maximum if function == "max" else np.minimum, gathered, sentinel)
+                ufunc = np.maximum if function == "max" else np.minimum
+                result = seg.reduce_runs(ufunc, self._whole(column, function, cache), _sentinel(kind, function))
             arrow_type = TS_TYPE if kind == "ts" else (pa.float64() if kind == "double" else pa.int64())
             return pa.array(result, arrow_type, mask=empty)
-        if (key, "values") not in cache:
-            cache[key, "values"] = values[seg.positions].astype(np.float64, copy=False)
-        gathered = cache[key, "values"]
         if (key, "sum") not in cache:
-            cache[key, "sum"] = seg.reduce(np.add, gathered, 0.0)
+            cache[key, "sum"] = seg.reduce_runs(np.add, self._whole(column, "float", cache), 0.0)
         total = cache[key, "sum"]
         if function == "sum":
             return pa.array(total, pa.float64(), mask=empty)
@@ -365,15 +361,31 @@ class WindowIndex:
         if function == "avg":
             return pa.array(mean, pa.float64(), mask=empty)
         if (key, "squares") not in cache:
-            deviations = gathered - np.repeat(mean, seg.lengths)
+            # The one aggregate that needs each row's own term: the deviations from its window's mean.
+            deviations = self._whole(column, "float", cache)[seg.positions]
+            deviations -= np.repeat(mean, seg.lengths)
             if valid is not None:
-                deviations = np.where(valid[seg.positions], deviations, 0.0)
+                deviations[~valid[seg.positions]] = 0.0
             cache[key, "squares"] = seg.reduce(np.add, deviations * deviations, 0.0)
         divisor = count if function.endswith("_pop") else count - 1
         result = cache[key, "squares"] / np.maximum(divisor, 1)
         if function.startswith("stddev"):
             result = np.sqrt(result)
         return pa.array(result, pa.float64(), mask=divisor <= 0)
+
+    def _whole(self, column: str, form: str, cache: dict) -> np.ndarray:
+        """A column of the whole index as the reductions read it, made once per batch: `valid` (0/1 per
+        row), `float` (NULL as 0), or for `min`/`max` NULL as the value that never wins."""
+        if (column, form) not in cache:
+            values, valid = self._values[column], self._valid[column]
+            if form == "valid":
+                whole = valid.astype(np.int64)
+            elif form == "float":
+                whole = values.astype(np.float64, copy=False)
+            else:
+                whole = values if valid is None else np.where(valid, values, _sentinel(self.columns[column], form))
+            cache[column, form] = whole
+        return cache[column, form]
 
     def _compact(self) -> None:
         keep = self._ts_ms() >= self._floor
@@ -403,14 +415,39 @@ class _Segments:
         self.starts = np.cumsum(self.lengths) - self.lengths
         self.nonempty = self.lengths > 0
         self._positions: np.ndarray | None = None
+        self._runs: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def positions(self) -> np.ndarray:
         """Index positions of every segment's rows, segment after segment."""
         if self._positions is None:
-            total = int(self.lengths.sum())
-            self._positions = np.repeat(self.lo - self.starts, self.lengths) + np.arange(total)
+            positions = np.repeat(self.lo - self.starts, self.lengths)
+            positions += np.arange(len(positions))
+            self._positions = positions
         return self._positions
+
+    def reduce_runs(self, ufunc: np.ufunc, whole: np.ndarray, empty) -> np.ndarray:
+        """`ufunc` over each segment's run of `whole` (a column of the whole index) in place, with no gather.
+
+        The non-empty runs, sorted by start, go to one `reduceat` as [lo, hi) pairs. Its results between
+        pairs are thrown away: each is one element where runs overlap, else a stretch no other run covers,
+        so they cost at most one pass over the index. Each run is reduced in index order, as `reduce` would.
+        """
+        if self._runs is None:
+            rows = np.flatnonzero(self.nonempty)
+            rows = rows[np.argsort(self.lo[rows], kind="stable")]
+            bounds = np.empty(2 * len(rows), np.int64)
+            bounds[0::2] = self.lo[rows]
+            bounds[1::2] = self.lo[rows] + self.lengths[rows]
+            self._runs = rows, bounds
+        rows, bounds = self._runs
+        out = np.full(len(self.lengths), empty, dtype=whole.dtype)
+        if rows.size:
+            if bounds.max() >= len(whole):
+                # reduceat takes no index past the end; a spare last element makes every hi a valid index.
+                whole = np.concatenate([whole, whole[-1:]])
+            out[rows] = ufunc.reduceat(whole, bounds)[0::2]
+        return out
 
     def reduce(self, ufunc: np.ufunc, gathered: np.ndarray, empty) -> np.ndarray:
         """`ufunc` over each segment of `gathered` in order; `empty` for empty segments."""
@@ -419,6 +456,25 @@ class _Segments:
         if firsts.size:
             out[self.nonempty] = ufunc.reduceat(gathered, firsts)
         return out
+
+
+def _mentioned(sql: list[str], columns: list[str]) -> tuple[str, ...]:
+    """The `columns` that the SQL fragments may read: every one named as a word or quoted identifier (all
+    of them if a `*` could expand to them). A column named only inside a string literal is kept too."""
+    text = " ".join(sql)
+    if "*" in _STAR_FREE.sub("", text):
+        return tuple(columns)
+    words = {word.lower() for word in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", text)}
+    quoted = {name.replace('""', '"').lower() for name in re.findall(r'"((?:[^"]|"")*)"', text)}
+    return tuple(column for column in columns if column.lower() in words | quoted)
+
+
+def _sentinel(kind: str, function: str) -> float | int:
+    """The value a NULL takes in `function` ("min" or "max") so that it never wins."""
+    if kind == "double":
+        return -np.inf if function == "max" else np.inf
+    limits = np.iinfo(np.int64)
+    return limits.min if function == "max" else limits.max
 
 
 def _empty(kind: str) -> np.ndarray | None:

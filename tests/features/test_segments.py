@@ -7,6 +7,7 @@ import itertools
 import logging
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from features import FeatureEngine
 from features.backfill import backfill
 from features.schema import to_arrow
-from features.segments import WindowIndex
+from features.segments import WindowIndex, _Segments
 from features.spec import load_group
 from tests.features.conftest import FIELDS, REPO, revive
 from tests.features.test_online_equals_backfill import same
@@ -173,3 +174,78 @@ def test_push_with_flush_equals_push_then_flush_in_one_batch():
         assert len(batch) == len(events[i : i + 70])
     assert got == expected
     assert one.counters["batches"] == batches < two.counters["batches"]
+
+
+@settings(max_examples=200)
+@given(
+    values=st.lists(st.floats(-1e6, 1e6, allow_nan=False) | st.just(0.1), min_size=1, max_size=60),
+    runs=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=12),
+)
+def test_reducing_runs_in_place_equals_reducing_gathered_segments(values, runs):
+    whole = np.array(values)
+    lo = np.array([min(a, b, len(whole)) for a, b in runs])
+    hi = np.array([min(max(a, b), len(whole)) for a, b in runs])
+    segments = _Segments(lo, hi)
+    for ufunc, empty in [(np.add, 0.0), (np.maximum, -np.inf), (np.minimum, np.inf)]:
+        gathered = segments.reduce(ufunc, whole[segments.positions], empty)
+        # The same bits: each run is reduced over the same values in the same order either way.
+        assert segments.reduce_runs(ufunc, whole, empty).tolist() == gathered.tolist()
+        expected = [ufunc.reduce(whole[a:b]) if b > a else empty for a, b in zip(lo, hi, strict=True)]
+        np.testing.assert_allclose(gathered, expected, rtol=1e-9, atol=1e-6)
+
+
+def test_min_max_and_counts_over_nulls_and_ts_equal_the_backfill(tmp_path):
+    sql_dir = tmp_path / "sql"
+    sql_dir.mkdir()
+    windows = {
+        "w": "PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW",
+        "before": "PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 10 MINUTES PRECEDING "
+        "AND INTERVAL 1 MILLISECOND PRECEDING",
+    }
+    items = [
+        f"{f}({c}) OVER {w} AS {f}_{c}_{w}"
+        for w in windows
+        for f, c in [("min", "ts"), ("max", "ts"), ("min", "amount"), ("max", "amount"), ("count", "amount")]
+    ]
+    (sql_dir / "g.sql").write_text(
+        HEADER
+        + "SELECT event_id, "
+        + ", ".join(items)
+        + " FROM events WINDOW "
+        + ", ".join(f"{name} AS ({spec})" for name, spec in windows.items())
+        + "\n"
+    )
+    assert load_group(sql_dir / "g.sql", FIELDS).segments is not None
+    events = payments(500, seed=17, gap_ms=30_000)
+    online = run(events, [1, 2, 90, 250], sql_dir)
+    expected = backfill(sql_dir, to_arrow(events, FIELDS), FIELDS).to_pylist()
+    assert any(row["min_amount_w"] is None for row in expected) and any(row["max_ts_before"] for row in expected)
+    for row in expected:
+        got = online[row.pop("event_id")]
+        assert all(same(got[k], v) for k, v in row.items()), (got, row)
+
+
+def test_computed_items_are_given_exactly_the_columns_they_read(tmp_path):
+    window = "OVER (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW)"
+    path = tmp_path / "g.sql"
+    path.write_text(
+        HEADER + f"SELECT event_id, CASE WHEN \"country\" = 'FR' THEN amount END / count(*) {window} AS share,\n"
+        f"  sum(amount) {window} * 2 AS doubled FROM events\n"
+    )
+    plan = load_group(path, FIELDS).segments
+    assert plan is not None and plan.residual_sql is not None
+    # The `*` of `sum(...) * 2` could be a star: every column then goes to DuckDB.
+    assert plan.residual_columns == ("event_id", "ts", *FIELDS)
+    path.write_text(
+        HEADER
+        + f"SELECT event_id, CASE WHEN \"country\" = 'FR' THEN amount END / count(*) {window} AS share FROM events\n"
+    )
+    plan = load_group(path, FIELDS).segments
+    assert plan.residual_columns == ("amount", "country")
+    events = payments(300, seed=19)
+    online = run(events, [50, 51, 200], tmp_path)
+    expected = backfill(tmp_path, to_arrow(events, FIELDS), FIELDS).to_pylist()
+    assert any(row["share"] is not None for row in expected)
+    for row in expected:
+        got = online[row.pop("event_id")]
+        assert same(got["share"], row["share"]), (got, row)
