@@ -70,20 +70,25 @@ class RefitResult:
         }
 
 
-def run(job: RefitJob) -> RefitResult:
-    """Fit on the older part of the window and gate on the most recent `holdout` fraction (not shuffled)."""
+def run(job: RefitJob, yield_gil: bool = True) -> RefitResult:
+    """Fit on the older part of the window and gate on the most recent `holdout` fraction (not shuffled).
+
+    `yield_gil` lets a scoring thread in the same process run between small slices of the encoding; a
+    worker process has no such thread and encodes without pausing."""
     n_train = len(job.rows) - max(1, round(len(job.rows) * job.holdout))
     train_labels = job.labels[:n_train]
     if n_train < 2 or len(set(train_labels)) < 2:
         return RefitResult(job.version, False, "training slice holds a single class", {}, None)
     started = time.perf_counter()
     try:
-        member = lightgbm_member.fit(job.rows[:n_train], train_labels, job.params, job.num_boost_round, job.seed)
+        member = lightgbm_member.fit(
+            job.rows[:n_train], train_labels, job.params, job.num_boost_round, job.seed, yield_gil=yield_gil
+        )
     except (ValueError, lightgbm.basic.LightGBMError) as error:
         return RefitResult(job.version, False, f"fit failed: {error}", {}, None)
     holdout_rows, holdout_labels = job.rows[n_train:], job.labels[n_train:]
     base_rate = sum(train_labels) / n_train
-    scores = member.predict_many(holdout_rows, yield_gil=True)
+    scores = member.predict_many(holdout_rows, yield_gil=yield_gil)
     accepted, reason, metrics = job.gate.judge(holdout_labels, scores, base_rate)
     return RefitResult(job.version, accepted, reason, metrics, member, round(time.perf_counter() - started, 3))
 
@@ -105,6 +110,8 @@ class RefitQueue:
         self.background = background
         self.pending: list[RefitJob] = []
         self._futures: dict[int, Future] = {}
+        if background == "process":
+            _pool()
 
     def submit(self, job: RefitJob) -> None:
         self.pending.append(job)
@@ -129,7 +136,7 @@ class RefitQueue:
         while self.pending and self.pending[0].effect_at <= position:
             job = self.pending.pop(0)
             future = self._futures.pop(job.version, None)
-            out.append((job, future.result() if future is not None else run(job)))
+            out.append((job, future.result() if future is not None else run(job, yield_gil=False)))
         return out
 
     def __getstate__(self) -> dict:
@@ -137,6 +144,8 @@ class RefitQueue:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _futures={})
+        if self.background == "process":
+            _pool()
 
 
 def _in_thread(job: RefitJob) -> Future:
@@ -155,10 +164,21 @@ def _in_thread(job: RefitJob) -> Future:
 _POOL: ProcessPoolExecutor | None = None
 
 
-def _in_process(job: RefitJob) -> Future:
-    """Run in the one worker process this Python process shares (forkserver: safe beside threads)."""
+def _pool() -> ProcessPoolExecutor:
+    """The one worker process this Python process shares (forkserver: safe beside threads), started and
+    warmed up (LightGBM imported) as soon as a queue needs it, so that the first refit does not pay ~1 s
+    of start-up within its `lag`."""
     global _POOL
     if _POOL is None:
         _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
         atexit.register(_POOL.shutdown, cancel_futures=True)
-    return _POOL.submit(run, job)
+        _POOL.submit(_ready)
+    return _POOL
+
+
+def _ready() -> bool:
+    return True
+
+
+def _in_process(job: RefitJob) -> Future:
+    return _pool().submit(run, job, False)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import numbers
 import pickle
 import random
+from decimal import Decimal
 
 import numpy as np
 import pytest
@@ -111,6 +114,67 @@ def test_rows_encode_the_same_one_at_a_time_and_in_batches_on_either_thread():
     assert np.array_equal(schema.matrix(rows), expected, equal_nan=True)
     assert np.array_equal(schema.matrix(rows * 40, yield_gil=True), np.vstack([expected] * 40), equal_nan=True)
     assert schema.matrix([]).shape == (0, 3)
+
+
+def reference_infer(rows) -> Schema:
+    """The schema as first written: every value of every row looked at in Python."""
+    values = {}
+    for x in rows:
+        for name, value in x.items():
+            seen = values.setdefault(name, None)
+            if isinstance(value, str):
+                if seen is None:
+                    seen = values[name] = set()
+                seen.add(value)
+    columns = tuple(sorted(values))
+    return Schema(
+        columns, tuple(None if values[c] is None else {v: i for i, v in enumerate(sorted(values[c]))} for c in columns)
+    )
+
+
+def reference_encode(schema: Schema, x) -> list[float]:
+    """A row as first encoded: value by value."""
+    row = []
+    for name, codes in zip(schema.columns, schema.codes, strict=True):
+        value = x.get(name)
+        if codes is not None:
+            code = codes.get(value) if isinstance(value, str) else None
+            row.append(math.nan if code is None else float(code))
+        elif isinstance(value, numbers.Real):
+            row.append(float(value))
+        else:
+            row.append(math.nan)
+    return row
+
+
+class Label(str):
+    """A str subclass: categorical like any string."""
+
+
+values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1.5]),
+    st.integers(-(2**80), 2**80),
+    st.booleans(),
+    st.sampled_from(["FR", "DE", "ES", Label("FR"), Label("IT")]),
+    st.none(),
+    st.sampled_from([np.float64(2.5), np.int64(-3), np.float32(0.1), Decimal("1.25"), b"FR", (1,)]),
+)
+feature_rows = st.lists(st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), values, max_size=4), max_size=30)
+
+
+@settings(max_examples=300)
+@given(feature_rows, feature_rows)
+def test_schema_and_encoding_are_bit_for_bit_the_value_by_value_ones(window, scored):
+    schema = Schema.infer(window)
+    assert schema == reference_infer(window) == Schema.infer(window, yield_gil=True)
+    expected = np.array([reference_encode(schema, x) for x in scored], dtype=np.float64).reshape(
+        len(scored), len(schema.columns)
+    )
+    assert np.array([schema.encode(x) for x in scored]).reshape(expected.shape).tobytes() == expected.tobytes()
+    for restored in (schema, pickle.loads(pickle.dumps(schema)), copy.deepcopy(schema)):
+        assert restored.matrix(scored).tobytes() == expected.tobytes()
+        assert restored.matrix(scored, yield_gil=True).tobytes() == expected.tobytes()
 
 
 def test_pickle_and_clone_behave_like_river_estimators():

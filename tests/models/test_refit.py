@@ -105,6 +105,11 @@ def test_a_restored_run_reproduces_the_uninterrupted_predictions(restore_at, via
     assert restored == uninterrupted()
 
 
+@pytest.mark.parametrize("background", ["thread", "process", None])
+def test_every_background_mode_gives_the_same_predictions(background):
+    assert run(small(background=background), EVENTS) == uninterrupted()
+
+
 @pytest.mark.parametrize("at", [100, 101, 115, 129])
 def test_a_refit_pending_at_a_snapshot_survives_recovery(at):
     """Restored while the refit of version 1 (started at 100, in force after 130) is pending."""
