@@ -37,8 +37,12 @@ class LogLossBlend:
         return {name: raw.get(name, 0.0) / total for name in scores}
 
     def combine(self, scores: Mapping[str, float | None]) -> float:
+        return self.blend(scores)[0]
+
+    def blend(self, scores: Mapping[str, float | None]) -> tuple[float, dict[str, float]]:
+        """The blended score and the weights that gave it, computing the weights once."""
         weights = self.weights(scores)
-        return sum(weights[name] * p for name, p in scores.items() if p is not None)
+        return sum(weights[name] * p for name, p in scores.items() if p is not None), weights
 
     def update(self, scores: Mapping[str, float | None], y: bool) -> None:
         present = {name: p for name, p in scores.items() if p is not None}

@@ -155,7 +155,7 @@ class Ensemble(base.Classifier):
         self._last_refit_ts: float | None = None
         self._losses = dict.fromkeys((*MEMBERS, "ensemble"), 0.0)
         self._counts = dict.fromkeys((*MEMBERS, "ensemble"), 0)
-        self._last: tuple[dict, dict[str, float | None]] | None = None
+        self._last: tuple[dict, dict[str, float | None], float] | None = None
 
     @classmethod
     def _unit_test_params(cls):
@@ -178,12 +178,13 @@ class Ensemble(base.Classifier):
     def predict_proba_one_detailed(self, x: Mapping) -> Scored:
         """The ensemble's score with each member's score, version and weight (what a prediction publishes)."""
         scores = self._member_scores(x)
-        self._last = (dict(x), scores)
+        score, weights = self._blend.blend(scores)
+        self._last = (dict(x), scores, score)
         return Scored(
-            score=self._blend.combine(scores),
+            score=score,
             scores=scores,
             versions={"river": self._n_learned, "lightgbm": self.lightgbm_version},
-            weights=self._blend.weights(scores),
+            weights=weights,
         )
 
     def learn_one(
@@ -200,9 +201,14 @@ class Ensemble(base.Classifier):
         self._queue.resume()
         y = bool(y)
         x = dict(x)
-        scores = self._last[1] if self._last is not None and self._last[0] == x else self._member_scores(x)
+        # Nothing has learned since `x` was scored (learning clears `_last`): its scores and blend still hold.
+        if self._last is not None and self._last[0] == x:
+            _, scores, score = self._last
+        else:
+            scores = self._member_scores(x)
+            score = self._blend.combine(scores)
         self._last = None
-        self._track(scores, y)
+        self._track(scores, score, y)
         self._blend.update(scores, y)
         self.river.learn_one(x, y)
         self._n_learned += 1
@@ -235,13 +241,21 @@ class Ensemble(base.Classifier):
         """Score a micro-batch with LightGBM in one call before scoring it event by event.
 
         One batched call costs a few µs a row against ~100 µs for single rows. The scores are used only while
-        the model that made them is in force: after a refit takes effect mid-batch, rows are scored singly,
-        so the result is the same as without `prepare`.
+        the model that made them is in force: after a refit takes effect mid-batch, the batch is scored again
+        with the new model, so the result is the same as without `prepare`.
         """
         self._prepared = None
-        if self.lightgbm is not None and xs:
+        if not xs:
+            return
+        if self.lightgbm is None:  # kept so that a first model taking effect mid-batch scores the rest at once
+            self._prepared = (None, {id(x): (x, None) for x in xs}, xs)
+        else:
             scores = self.lightgbm.predict_many(xs)
-            self._prepared = (self.lightgbm_version, {id(x): (x, float(p)) for x, p in zip(xs, scores, strict=True)})
+            self._prepared = (
+                self.lightgbm_version,
+                {id(x): (x, float(p)) for x, p in zip(xs, scores, strict=True)},
+                xs,
+            )
 
     def _member_scores(self, x: Mapping) -> dict[str, float | None]:
         proba = self.river.predict_proba_one(x)
@@ -252,14 +266,19 @@ class Ensemble(base.Classifier):
         if self.lightgbm is None:
             return None
         prepared = getattr(self, "_prepared", None)
-        if prepared is not None and prepared[0] == self.lightgbm_version:
-            hit = prepared[1].get(id(x))
+        if prepared is not None:
+            version, batch, xs = prepared
+            hit = batch.get(id(x))
             if hit is not None and hit[0] is x:
-                return hit[1]
+                if version == self.lightgbm_version:
+                    return hit[1]
+                # A refit took effect mid-batch: score the batch again, in one call, with the model in force.
+                self.prepare(xs)
+                return self._prepared[1][id(x)][1]
         return self.lightgbm.predict_proba(x)
 
-    def _track(self, scores: dict[str, float | None], y: bool) -> None:
-        for name, p in (*scores.items(), ("ensemble", self._blend.combine(scores))):
+    def _track(self, scores: dict[str, float | None], score: float, y: bool) -> None:
+        for name, p in (*scores.items(), ("ensemble", score)):
             if p is not None:
                 self._losses[name] += clipped_log_loss(y, p)
                 self._counts[name] += 1

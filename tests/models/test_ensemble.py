@@ -17,7 +17,7 @@ from river import datasets, evaluate, linear_model, metrics, preprocessing
 
 from models.blend import LogLossBlend, clipped_log_loss
 from models.ensemble import Ensemble
-from models.lightgbm_member import Schema
+from models.lightgbm_member import LightGBMMember, Schema
 
 PHISHING = list(datasets.Phishing())
 
@@ -175,6 +175,31 @@ def test_schema_and_encoding_are_bit_for_bit_the_value_by_value_ones(window, sco
     for restored in (schema, pickle.loads(pickle.dumps(schema)), copy.deepcopy(schema)):
         assert restored.matrix(scored).tobytes() == expected.tobytes()
         assert restored.matrix(scored, yield_gil=True).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64, 250])
+def test_scoring_a_batch_ahead_gives_the_same_scores_and_no_single_row_calls(batch, monkeypatch):
+    """Refits take effect mid-batch (every 100 labels, lag 20): the rest of the batch is scored again at once."""
+    events = PHISHING[:600]
+
+    def prequential(model: Ensemble, prepare: bool) -> list:
+        out = []
+        for start in range(0, len(events), batch):
+            xs = [dict(x) for x, _ in events[start : start + batch]]
+            if prepare:
+                model.prepare(xs)
+            for x, (_, y) in zip(xs, events[start : start + batch], strict=True):
+                scored = model.predict_proba_one_detailed(x)
+                out.append((scored.score, scored.scores, scored.versions, scored.weights))
+                model.learn_one(x, y)
+        return out
+
+    expected = prequential(small(background=None), prepare=False)
+    single = []
+    real = LightGBMMember.predict_proba
+    monkeypatch.setattr(LightGBMMember, "predict_proba", lambda self, x: single.append(1) or real(self, x))
+    assert prequential(small(background=None), prepare=True) == expected
+    assert expected[-1][2]["lightgbm"] == 5 and not single
 
 
 def test_pickle_and_clone_behave_like_river_estimators():
