@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -170,7 +171,12 @@ def _pool() -> ProcessPoolExecutor:
     of start-up within its `lag`."""
     global _POOL
     if _POOL is None:
-        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
+        _POOL = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_exit_with,
+            initargs=(os.getpid(),),
+        )
         atexit.register(_POOL.shutdown, cancel_futures=True)
         _POOL.submit(_ready)
     return _POOL
@@ -178,6 +184,24 @@ def _pool() -> ProcessPoolExecutor:
 
 def _ready() -> bool:
     return True
+
+
+def _exit_with(parent: int, every_s: float = 1.0) -> None:
+    """In the worker: exit once `parent` is gone. A killed flow (SIGKILL, OOM) cannot shut its pool down,
+    and its worker, waiting for jobs or blocked writing a result nobody reads, would live on and keep the
+    forkserver alive with it."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid now belongs to another user's process
+                os._exit(0)
+
+    threading.Thread(target=watch, name="eddy-refit-exit-with-parent", daemon=True).start()
 
 
 def _in_process(job: RefitJob) -> Future:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -153,3 +159,37 @@ def test_a_deep_copy_shares_the_immutable_window_but_learns_independently():
     for x, y in EVENTS[100:200]:
         copied.learn_one(x, y)
     assert pickle.dumps(model) == before
+
+
+def test_the_refit_worker_process_exits_when_its_flow_is_killed():
+    """A SIGKILLed flow cannot shut its pool down; its worker must not live on (nor its forkserver)."""
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, time\n"
+            "from models.refit import _pool\n"
+            "print(_pool().submit(os.getpid).result(), flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        worker = int(owner.stdout.readline())
+        os.kill(worker, 0)  # alive while its owner is
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError(f"the refit worker {worker} outlived its killed flow")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
