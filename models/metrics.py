@@ -183,20 +183,27 @@ class LogLoss:
         self.mean = 0.0
 
     @staticmethod
-    def _loss(y_true: bool, p_true: float) -> float:
+    def loss(y_true: bool, p_true: float) -> float:
+        """One label's loss, for `add` and `remove` when several metrics share it."""
         p_true = min(max(p_true, EPSILON), 1 - EPSILON)
         return -math.log(p_true) if y_true else -math.log(1 - p_true)
 
     def update(self, y_true: bool, p_true: float) -> None:
-        self.n += 1.0
-        self.mean += (1.0 / self.n) * (self._loss(y_true, p_true) - self.mean)
+        self.add(self.loss(y_true, p_true))
 
     def revert(self, y_true: bool, p_true: float) -> None:
+        self.remove(self.loss(y_true, p_true))
+
+    def add(self, loss: float) -> None:
+        self.n += 1.0
+        self.mean += (1.0 / self.n) * (loss - self.mean)
+
+    def remove(self, loss: float) -> None:
         self.n -= 1.0
         if self.n <= 0:
             self.n, self.mean = 0.0, 0.0
         else:
-            self.mean -= (1.0 / self.n) * (self._loss(y_true, p_true) - self.mean)
+            self.mean -= (1.0 / self.n) * (loss - self.mean)
 
     def get(self) -> float | None:
         return self.mean if self.n else None
@@ -218,13 +225,24 @@ class Accuracy:
         self.n = 0
         self.correct = 0
 
+    @staticmethod
+    def right(y_true: bool, p_true: float) -> bool:
+        """Whether one label was predicted right, for `add` and `remove` when several metrics share it."""
+        return (p_true > 0.5) == bool(y_true)
+
     def update(self, y_true: bool, p_true: float) -> None:
-        self.n += 1
-        self.correct += (p_true > 0.5) == bool(y_true)
+        self.add(self.right(y_true, p_true))
 
     def revert(self, y_true: bool, p_true: float) -> None:
+        self.remove(self.right(y_true, p_true))
+
+    def add(self, right: bool) -> None:
+        self.n += 1
+        self.correct += right
+
+    def remove(self, right: bool) -> None:
         self.n -= 1
-        self.correct -= (p_true > 0.5) == bool(y_true)
+        self.correct -= right
 
     def get(self) -> float | None:
         return self.correct / self.n if self.n else None
@@ -317,14 +335,19 @@ class QualityTracker:
         """The queued labels in arrival order, each metric updated (and the rolling ones reverted) exactly
         as if every label had been recorded on its own."""
         queued, self.queued = self.queued, []
-        metrics, window, recent = (*self.cumulative, *self.rolling), self.window, self.recent
-        rolling_auc, rolling_loss, rolling_accuracy = self.rolling
+        (auc, loss, accuracy), (auc_r, loss_r, accuracy_r) = self.cumulative, self.rolling
+        window, recent, log_loss, right = self.window, self.recent, LogLoss.loss, Accuracy.right
         for y_true, p_true in queued:
-            for metric in metrics:
-                metric.update(y_true, p_true)
-            recent.append((y_true, p_true))
+            label_loss, label_right = log_loss(y_true, p_true), right(y_true, p_true)  # once for all metrics
+            auc.update(y_true, p_true)
+            loss.add(label_loss)
+            accuracy.add(label_right)
+            auc_r.update(y_true, p_true)
+            loss_r.add(label_loss)
+            accuracy_r.add(label_right)
+            recent.append((y_true, p_true, label_loss, label_right))
             if len(recent) > window:
-                y_old, p_old = recent.popleft()
-                rolling_auc.revert(y_old, p_old)
-                rolling_loss.revert(y_old, p_old)
-                rolling_accuracy.revert(y_old, p_old)
+                y_old, p_old, loss_old, right_old = recent.popleft()
+                auc_r.revert(y_old, p_old)
+                loss_r.remove(loss_old)
+                accuracy_r.remove(right_old)

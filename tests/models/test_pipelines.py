@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import numbers
+from decimal import Decimal
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from river import base, checks, datasets, linear_model, preprocessing
 
-from models.pipelines import MODELS, make_model
+from models.pipelines import MODELS, Numbers, Strings, make_model
 
 
 def _mixed_events(n: int) -> list[tuple[dict, bool]]:
@@ -105,3 +110,23 @@ GENERAL_CHECKS = [
 def test_river_general_checks(name, check):
     """River's data-driven checks need scikit-learn, which eddy does not install; these do not."""
     getattr(checks.common, check)(make_model(name))
+
+
+class Code(str):
+    """A str subclass: not a string feature for `Strings` (exact type), nor a number."""
+
+
+feature_values = st.one_of(
+    st.floats(),
+    st.integers(),
+    st.booleans(),
+    st.sampled_from(["FR", "", Code("x"), None, np.float64(1.5), np.int32(2), Decimal("0.5"), b"b", (1,)]),
+)
+
+
+@given(st.dictionaries(st.text(max_size=3), feature_values, max_size=8))
+def test_numbers_and_strings_select_the_same_features_in_the_same_order_on_every_path(x):
+    kept = Numbers().transform_one(x)
+    assert list(kept.items()) == [(k, v) for k, v in x.items() if isinstance(v, numbers.Number)]
+    assert kept is not x
+    assert list(Strings().transform_one(x).items()) == [(k, v) for k, v in x.items() if type(v) is str]
