@@ -163,6 +163,7 @@ def _in_thread(job: RefitJob) -> Future:
 
 
 _POOL: ProcessPoolExecutor | None = None
+NICE = 10
 
 
 def _pool() -> ProcessPoolExecutor:
@@ -174,7 +175,7 @@ def _pool() -> ProcessPoolExecutor:
         _POOL = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_exit_with,
+            initializer=_start_worker,
             initargs=(os.getpid(),),
         )
         atexit.register(_POOL.shutdown, cancel_futures=True)
@@ -184,6 +185,13 @@ def _pool() -> ProcessPoolExecutor:
 
 def _ready() -> bool:
     return True
+
+
+def _start_worker(parent: int) -> None:
+    """In the worker: give way to the flow for the CPU (a fit has `lag` labels to finish, while every
+    event's latency waits on the scoring thread), and exit with the flow."""
+    os.nice(NICE)
+    _exit_with(parent)
 
 
 def _exit_with(parent: int, every_s: float = 1.0) -> None:

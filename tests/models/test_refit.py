@@ -193,3 +193,9 @@ def test_the_refit_worker_process_exits_when_its_flow_is_killed():
     finally:
         if owner.poll() is None:
             owner.kill()
+
+
+def test_the_refit_worker_gives_way_to_the_flow_for_the_cpu():
+    from models.refit import NICE, _pool
+
+    assert _pool().submit(os.nice, 0).result(timeout=60) == min(19, os.nice(0) + NICE)
