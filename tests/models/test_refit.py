@@ -199,3 +199,11 @@ def test_the_refit_worker_gives_way_to_the_flow_for_the_cpu():
     from models.refit import NICE, _pool
 
     assert _pool().submit(os.nice, 0).result(timeout=60) == min(19, os.nice(0) + NICE)
+
+
+def test_a_refit_that_cannot_reach_the_worker_fails_its_future_instead_of_hanging():
+    from models.refit import RefitJob, _in_process
+
+    job = RefitJob(1, 0, 10, rows=({"x": 1.0}, {"x": lambda: 0}), labels=(True, False), window={})
+    with pytest.raises(Exception, match="pickle"):
+        _in_process(job).result(timeout=60)
