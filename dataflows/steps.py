@@ -268,8 +268,16 @@ class ScoreAndLearn(StatefulBatchLogic):
         return pack(self.STEP, self.state) if self.snapshots else NOT_SAVED
 
 
+_NUMBERS_OR_NULL = frozenset((float, int, bool, type(None)))
+
+
 def model_input(features: dict[str, Any]) -> dict[str, Any]:
-    """Features as River takes them: NULLs (and NaN/inf) left out, DECIMAL as float, other exotic types as text."""
+    """Features as River takes them: NULLs (and NaN/inf) left out, DECIMAL as float, other exotic types as text.
+
+    The usual row, numbers and NULLs only, is one type scan and one comprehension (`v - v == 0.0` holds for
+    finite floats, ints and bools, not for NaN or infinities); any other row goes value by value."""
+    if set(map(type, features.values())) <= _NUMBERS_OR_NULL:
+        return {name: value for name, value in features.items() if value is not None and value - value == 0.0}
     x: dict[str, Any] = {}
     for name, value in features.items():
         kind = type(value)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from decimal import Decimal
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dataflows.steps import STATE_FORMAT, StateFormatError, model_input, pack, unpack
 
@@ -33,6 +37,46 @@ def test_a_snapshot_of_another_format_is_refused_by_name():
     old = pickle.dumps({"format": STATE_FORMAT - 1, "step": "score_and_learn", "state": {}})
     with pytest.raises(StateFormatError, match=rf"step 'score_and_learn': .* state format {STATE_FORMAT - 1}"):
         unpack("score_and_learn", old)
+
+
+def value_by_value(features: dict) -> dict:
+    """The model input as first written, one value at a time."""
+    x = {}
+    for name, value in features.items():
+        if type(value) is float:
+            if math.isfinite(value):
+                x[name] = value
+        elif type(value) in (int, str, bool):
+            x[name] = value
+        elif value is None:
+            continue
+        elif isinstance(value, Decimal):
+            x[name] = float(value)
+        else:
+            x[name] = str(value)
+    return x
+
+
+numeric_or_null = st.one_of(
+    st.floats(),
+    st.sampled_from([math.nan, math.inf, -math.inf, -0.0]),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+)
+feature_value = st.one_of(
+    numeric_or_null, st.text(max_size=2), st.sampled_from([Decimal("2.5"), np.float64(1.5), b"x", (1, 2)])
+)
+names = st.text(max_size=3)
+
+
+@given(
+    st.one_of(st.dictionaries(names, numeric_or_null, max_size=10), st.dictionaries(names, feature_value, max_size=10))
+)
+def test_model_input_is_the_value_by_value_one_on_every_path(features):
+    got = model_input(features)
+    assert list(got.items()) == list(value_by_value(features).items())
+    assert [type(v) for v in got.values()] == [type(v) for v in value_by_value(features).values()]
 
 
 def test_a_snapshot_of_another_step_is_refused():
