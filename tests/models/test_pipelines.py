@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from river import base, checks, datasets, linear_model, preprocessing
+from river import base, checks, compose, datasets, linear_model, preprocessing
 
-from models.pipelines import MODELS, Numbers, Strings, make_model
+from models.pipelines import MODELS, ScaledNumbers, _numbers, _strings, make_model
 
 
 def _mixed_events(n: int) -> list[tuple[dict, bool]]:
@@ -80,6 +80,23 @@ def test_default_equals_textbook_pipeline_on_numeric_data():
     assert _prequential_scores(make_model(), events) == _prequential_scores(textbook, events)
 
 
+def test_default_equals_rivers_own_selectors_on_mixed_data():
+    """Strings one-hot encoded, numbers (bools as 0/1) scaled, as River's own type selectors compose it."""
+    events = _mixed_events(400)
+    strings = compose.SelectType(str) | preprocessing.OneHotEncoder()
+    numeric = compose.SelectType(numbers.Number) | preprocessing.StandardScaler()
+    reference = (strings + numeric) | linear_model.LogisticRegression()
+    assert _prequential_scores(make_model(), events) == _prequential_scores(reference, events)
+
+
+def test_scaled_numbers_never_changes_its_input():
+    x = {"amount": 3.0, "n": 2, "country": "FR"}
+    scaler = ScaledNumbers()
+    scaler.learn_one(x)
+    assert scaler.transform_one(x) == {"amount": 0.0, "n": 0.0}
+    assert x == {"amount": 3.0, "n": 2, "country": "FR"}
+
+
 def test_bools_are_scaled_as_zero_one():
     events = _mixed_events(300)
     as_ints = [({k: int(v) if isinstance(v, bool) else v for k, v in x.items()}, y) for x, y in events]
@@ -113,7 +130,7 @@ def test_river_general_checks(name, check):
 
 
 class Code(str):
-    """A str subclass: not a string feature for `Strings` (exact type), nor a number."""
+    """A str subclass: not a string feature (exact type), nor a number."""
 
 
 feature_values = st.one_of(
@@ -126,7 +143,5 @@ feature_values = st.one_of(
 
 @given(st.dictionaries(st.text(max_size=3), feature_values, max_size=8))
 def test_numbers_and_strings_select_the_same_features_in_the_same_order_on_every_path(x):
-    kept = Numbers().transform_one(x)
-    assert list(kept.items()) == [(k, v) for k, v in x.items() if isinstance(v, numbers.Number)]
-    assert kept is not x
-    assert list(Strings().transform_one(x).items()) == [(k, v) for k, v in x.items() if type(v) is str]
+    assert list(_numbers(x).items()) == [(k, v) for k, v in x.items() if isinstance(v, numbers.Number)]
+    assert list(_strings(x).items()) == [(k, v) for k, v in x.items() if type(v) is str]
