@@ -9,6 +9,7 @@ order. Decoding, validation and output encoding are stateless and spread over ev
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import bytewax.operators as op
@@ -149,15 +150,20 @@ def end_offsets(bootstrap_servers: str, partitions: dict[str, int], topics: list
 class LagProbe:
     """Consumer lag per input topic: the partitions' end offsets minus what this run has read.
 
-    Reads Bytewax's own positions indirectly: the learner step hands it the offsets it has seen.
+    Reads Bytewax's own positions indirectly: the learner step hands it the offsets it has seen. The end
+    offsets cost a broker round trip per partition, paid on the learner's thread, so they are asked for at
+    most every `refresh_s` seconds; the positions are always the latest.
     """
 
-    def __init__(self, bootstrap_servers: str, topics: list[str], partitions: dict[str, int]):
+    def __init__(self, bootstrap_servers: str, topics: list[str], partitions: dict[str, int], refresh_s: float = 1.0):
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics
         self.partitions = partitions
+        self.refresh_s = refresh_s
         self.positions: dict[tuple[str, int], int] = {}
         self._consumer: Consumer | None = None
+        self._ends: dict[tuple[str, int], int] = {}
+        self._ends_at: float | None = None
 
     def seen(self, origin: Origin) -> None:
         key = (origin.topic, origin.partition)
@@ -166,22 +172,28 @@ class LagProbe:
 
     def __call__(self) -> dict[str, int] | None:
         try:
-            if self._consumer is None:
-                self._consumer = Consumer(
-                    {
-                        "bootstrap.servers": self.bootstrap_servers,
-                        "group.id": "eddy-lag-probe",
-                        "enable.auto.commit": False,
-                    }
+            now = time.monotonic()
+            if self._ends_at is None or now - self._ends_at >= self.refresh_s:
+                self._ends = self._end_offsets()
+                self._ends_at = now
+            return {
+                topic: sum(
+                    max(0, self._ends[topic, p] - (self.positions.get((topic, p), -1) + 1))
+                    for p in range(self.partitions.get(topic, 0))
                 )
-            lag: dict[str, int] = {}
-            for topic in self.topics:
-                total = 0
-                for p in range(self.partitions.get(topic, 0)):
-                    _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=1.0)
-                    total += max(0, high - (self.positions.get((topic, p), -1) + 1))
-                lag[topic] = total
-            return lag
+                for topic in self.topics
+            }
         except Exception as exc:
             log.warning("could not measure consumer lag: %s", exc)
             return None
+
+    def _end_offsets(self) -> dict[tuple[str, int], int]:
+        if self._consumer is None:
+            self._consumer = Consumer(
+                {"bootstrap.servers": self.bootstrap_servers, "group.id": "eddy-lag-probe", "enable.auto.commit": False}
+            )
+        return {
+            (topic, p): self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=1.0)[1]
+            for topic in self.topics
+            for p in range(self.partitions.get(topic, 0))
+        }

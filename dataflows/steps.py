@@ -32,7 +32,7 @@ from models import OnlineLearner
 
 log = logging.getLogger("eddy")
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 """Bump when the pickled state of any step changes shape; old snapshots are then refused by name."""
 
 NOT_SAVED = b"eddy: state not saved (this run had no recovery directory)"

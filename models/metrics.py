@@ -6,9 +6,8 @@ Every metric can be reverted, so `Rolling` keeps any of them over the last `wind
 
 The learner records a label for three members on every event but reads the figures only every thousand
 events or so, so the costly parts are deferred: `ExactROCAUC` queues labels and counts their pairs with
-numpy when read, and `QualityTracker` queues labels for all its metrics. The figures do not depend on
-when the queues are folded in: AUC pair counts are exact integers, and log loss and accuracy are folded
-label by label in arrival order, the same float operations as when updated one at a time.
+numpy when read, and `QualityTracker` queues labels and folds them in with numpy. AUC pair counts are
+exact integers, so they do not depend on when the queues are folded in.
 """
 
 from __future__ import annotations
@@ -112,6 +111,16 @@ class ExactROCAUC:
             raise ValueError("ExactROCAUC: the score is NaN")
         self._added[bool(y_true)].append(p_true)
         self._queued += 1
+        if self._queued >= QUEUE:
+            self._fold()
+
+    def extend(self, ys: np.ndarray, ps: np.ndarray) -> None:
+        """`update` for arrays of labels and scores at once."""
+        if np.isnan(ps).any():
+            raise ValueError("ExactROCAUC: a score is NaN")
+        self._added[0].extend(ps[~ys].tolist())
+        self._added[1].extend(ps[ys].tolist())
+        self._queued += len(ps)
         if self._queued >= QUEUE:
             self._fold()
 
@@ -279,6 +288,12 @@ class Rolling:
 class QualityTracker:
     """Cumulative and rolling ROC AUC, log loss and accuracy of the scores a model gave before learning.
 
+    Labels are queued and folded in with numpy when the figures are read (or when `QUEUE` labels wait): the
+    learner records three members on every event and reads them every thousand events or so. The rolling
+    figures are computed afresh over the last `window` labels when read; the AUCs are exact pair counts, the
+    log losses sums over the window (within a few ulps of `LogLoss` and `Rolling(LogLoss())` updated one
+    label at a time, which give River's numbers), the accuracies exact counts.
+
     Parameters
     ----------
     window
@@ -301,15 +316,17 @@ class QualityTracker:
             raise ValueError(f"QualityTracker: window must be at least 1, got {window}")
         self.window = window
         self.labels = 0
-        self.cumulative = (ExactROCAUC(), LogLoss(), Accuracy())
-        self.rolling = (ExactROCAUC(), LogLoss(), Accuracy())
-        self.recent = deque()
+        self.auc = ExactROCAUC()
+        self.loss_sum = 0.0
+        self.correct = 0
+        self.folded = 0
+        self.recent_y = np.empty(0, dtype=bool)
+        self.recent_p = np.empty(0, dtype=np.float64)
+        self.recent_loss = np.empty(0, dtype=np.float64)
         self.queued: list[tuple[bool, float]] = []
 
     def update(self, y_true: bool, p_true: float) -> None:
-        """Record one label with the probability of True that the model gave before learning it.
-
-        Queued, and folded into the figures when they are read (or when `QUEUE` labels wait)."""
+        """Record one label with the probability of True that the model gave before learning it."""
         if p_true != p_true:
             raise ValueError("QualityTracker: the score is NaN")
         self.labels += 1
@@ -320,34 +337,38 @@ class QualityTracker:
     def report(self) -> dict:
         """Every figure by name (None where undefined: no labels yet, or AUC with one class)."""
         self._fold()
-        (auc, loss, accuracy), (auc_r, loss_r, accuracy_r) = self.cumulative, self.rolling
+        n, w = self.folded, len(self.recent_y)
         return {
-            "roc_auc": auc.get(),
-            "roc_auc_rolling": auc_r.get(),
-            "log_loss": loss.get(),
-            "log_loss_rolling": loss_r.get(),
-            "accuracy": accuracy.get(),
-            "accuracy_rolling": accuracy_r.get(),
+            "roc_auc": self.auc.get(),
+            "roc_auc_rolling": _auc(self.recent_y, self.recent_p),
+            "log_loss": self.loss_sum / n if n else None,
+            "log_loss_rolling": math.fsum(self.recent_loss.tolist()) / w if w else None,
+            "accuracy": self.correct / n if n else None,
+            "accuracy_rolling": int(np.count_nonzero((self.recent_p > 0.5) == self.recent_y)) / w if w else None,
             "labels": self.labels,
         }
 
     def _fold(self) -> None:
-        """The queued labels in arrival order, each metric updated (and the rolling ones reverted) exactly
-        as if every label had been recorded on its own."""
         queued, self.queued = self.queued, []
-        (auc, loss, accuracy), (auc_r, loss_r, accuracy_r) = self.cumulative, self.rolling
-        window, recent, log_loss, right = self.window, self.recent, LogLoss.loss, Accuracy.right
-        for y_true, p_true in queued:
-            label_loss, label_right = log_loss(y_true, p_true), right(y_true, p_true)  # once for all metrics
-            auc.update(y_true, p_true)
-            loss.add(label_loss)
-            accuracy.add(label_right)
-            auc_r.update(y_true, p_true)
-            loss_r.add(label_loss)
-            accuracy_r.add(label_right)
-            recent.append((y_true, p_true, label_loss, label_right))
-            if len(recent) > window:
-                y_old, p_old, loss_old, right_old = recent.popleft()
-                auc_r.revert(y_old, p_old)
-                loss_r.remove(loss_old)
-                accuracy_r.remove(right_old)
+        if not queued:
+            return
+        ys = np.fromiter((bool(y) for y, _ in queued), dtype=bool, count=len(queued))
+        ps = np.fromiter((p for _, p in queued), dtype=np.float64, count=len(queued))
+        clipped = np.clip(ps, EPSILON, 1 - EPSILON)
+        losses = -np.log(np.where(ys, clipped, 1 - clipped))
+        self.auc.extend(ys, ps)
+        self.loss_sum += math.fsum(losses.tolist())
+        self.correct += int(np.count_nonzero((ps > 0.5) == ys))
+        self.folded += len(queued)
+        keep = self.window
+        self.recent_y = np.concatenate((self.recent_y, ys))[-keep:]
+        self.recent_p = np.concatenate((self.recent_p, ps))[-keep:]
+        self.recent_loss = np.concatenate((self.recent_loss, losses))[-keep:]
+
+
+def _auc(ys: np.ndarray, ps: np.ndarray) -> float | None:
+    """Exact ROC AUC of scores `ps` for labels `ys`, ties counted ½ (None with a single class)."""
+    positives, negatives = ps[ys], np.sort(ps[~ys])
+    if not len(positives) or not len(negatives):
+        return None
+    return _below_x2(positives, [negatives]) / (2 * len(positives) * len(negatives))

@@ -55,8 +55,8 @@ def make_model(name: str = "logistic_regression") -> base.Classifier:
 class ScaledNumbers(preprocessing.StandardScaler):
     """River's `StandardScaler` over the numeric features alone (bools as 0/1).
 
-    The same numbers as `SelectType(numbers.Number) | StandardScaler()` at a fraction of the cost: a River pipeline whose
-    last step is a transformer transforms once more after learning, and throws the result away.
+    The same numbers as `SelectType(numbers.Number) | StandardScaler()` at a fraction of the cost: a River
+    pipeline whose last step is a transformer transforms once more after learning, and throws it away.
 
     >>> scaler = ScaledNumbers()
     >>> for x in ({"amount": 1.0, "country": "FR"}, {"amount": 3.0, "country": "DE"}):
