@@ -3,8 +3,10 @@
     python -m bench.flow [--events 50000] [--latency-seconds 20] [--ensemble/--no-ensemble]
 
 Measures, in one run, on the synthetic transactions stream:
-1. eddy's end-to-end throughput: events already on a 3-partition topic, `EDDY_TAIL=false`, timed from the
-   first prediction to the last (start-up excluded; the full wall time is printed too);
+1. eddy's end-to-end throughput: events already on a 3-partition topic, `EDDY_TAIL=false`, timed over the
+   whole run less the same run's start-up and shut-down over an empty topic (the full wall time is printed
+   too); once as configured (the ensemble unless `--no-ensemble`) and once with River alone, the learner
+   the plain loop runs;
 2. event-to-prediction latency (p50/p99, Kafka timestamps) while events are replayed at half that rate, in
    event-time mode and in arrival mode;
 3. the plain loop: a kafka-python consumer that decodes JSON, predicts then learns with the same River
@@ -239,6 +241,11 @@ def main(argv: list[str] | None = None) -> None:
         file=sys.stderr,
     )
     eddy = eddy_throughput(bootstrap, events, args.ensemble)
+    if args.ensemble:
+        print("eddy with River alone ...", file=sys.stderr)
+        river_alone = eddy_throughput(bootstrap, events, ensemble=False)
+    else:
+        river_alone = eddy
     half = eddy["events_per_s"] / 2
     print(f"latency at half that rate ({half:,.0f} events/s) ...", file=sys.stderr)
     event_time = eddy_latency(bootstrap, events, half, args.latency_seconds, "event_time", args.ensemble)
@@ -254,6 +261,11 @@ def main(argv: list[str] | None = None) -> None:
         "eddy_events_per_s": eddy["events_per_s"],
         "eddy_wall_s": eddy["wall_s"],
         "eddy_start_up_s": eddy["start_up_s"],
+        "eddy_river_alone_events_per_s": river_alone["events_per_s"],
+        "ratio_eddy_river_alone_to_plain_loop": round(river_alone["events_per_s"] / plain["events_per_s"], 3),
+        "ratio_eddy_river_alone_to_river_bare_same_features": round(
+            river_alone["events_per_s"] / bare_features["events_per_s"], 3
+        ),
         "plain_loop_events_per_s": plain["events_per_s"],
         "river_bare_events_per_s": bare["events_per_s"],
         "ratio_eddy_to_plain_loop": round(eddy["events_per_s"] / plain["events_per_s"], 3),
@@ -270,13 +282,17 @@ def main(argv: list[str] | None = None) -> None:
         f"eddy end to end (features, {'ensemble' if args.ensemble else 'River'}, outputs, recovery-ready): "
         f"{eddy['events_per_s']:>8,} events/s   ({eddy['wall_s']}s wall, {eddy['start_up_s']}s of it start-up)"
     )
+    if args.ensemble:
+        print(f"eddy end to end with River alone (no LightGBM):             {river_alone['events_per_s']:>8,} events/s")
     print(f"plain kafka-python + River loop (no features, no output):  {plain['events_per_s']:>8,} events/s")
     print(f"River bare predict+learn, pre-decoded, 3 raw fields:       {bare['events_per_s']:>8,} events/s")
     print(f"River bare predict+learn on eddy's 32 SQL features:        {bare_features['events_per_s']:>8,} events/s")
     print(
         f"ratios: eddy / plain loop {figures['ratio_eddy_to_plain_loop']:.2f}, "
         f"eddy / River bare {figures['ratio_eddy_to_river_bare']:.2f}, "
-        f"eddy / River bare on the same features {figures['ratio_eddy_to_river_bare_same_features']:.2f}"
+        f"eddy / River bare on the same features {figures['ratio_eddy_to_river_bare_same_features']:.2f}; "
+        f"River alone: eddy / plain loop {figures['ratio_eddy_river_alone_to_plain_loop']:.2f}, "
+        f"eddy / River bare on the same features {figures['ratio_eddy_river_alone_to_river_bare_same_features']:.2f}"
     )
     for run in (event_time, arrival):
         print(
