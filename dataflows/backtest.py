@@ -31,6 +31,7 @@ from dataflows.config import Config, ConfigError, load_config
 from dataflows.flow import build_flow
 from dataflows.logs import configure_logging
 from dataflows.report import DEFAULT_DRIFT_AT, ReportError, format_summary, read_registry, write_report
+from models.registry import flush_writes
 
 log = logging.getLogger("eddy.backtest")
 
@@ -169,6 +170,7 @@ def run_backtest(
     )
     started = time.perf_counter()
     run_main(flow)
+    flush_writes()
     seconds = time.perf_counter() - started
     for name, records in sinks.items():
         with (out / f"{name}.jsonl").open("wb") as handle:

@@ -134,6 +134,12 @@ class LightGBMMember:
             self._booster = lightgbm.Booster(model_str=self.model_str)
         return self._booster
 
+    def warm(self) -> LightGBMMember:
+        """Parse the model and score one row now (~15 ms, mostly outside the GIL): a background thread
+        calls this so that the scoring thread's first prediction with a new model does not pay it."""
+        self.booster.predict(np.full((1, len(self.schema.columns)), NAN), num_threads=1)
+        return self
+
     def predict_proba(self, x: Mapping) -> float:
         """P(True | x). One thread: per-row calls are dominated by thread start-up otherwise."""
         row = np.array([self.schema._numbers(x)], dtype=np.float64)

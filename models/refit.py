@@ -155,7 +155,7 @@ def _in_thread(job: RefitJob) -> Future:
 
     def work() -> None:
         try:
-            future.set_result(run(job))
+            future.set_result(_warmed(run(job)))
         except BaseException as error:
             future.set_exception(error)
 
@@ -244,8 +244,18 @@ def _run_sliced(job: RefitJob, slices: list[bytes]) -> RefitResult:
 
 
 def _settle(future: Future, done: Future) -> None:
+    """On the pool's result thread: hand the result over with its model already parsed (see `warm`)."""
     error = done.exception()
     if error is None:
-        future.set_result(done.result())
+        try:
+            future.set_result(_warmed(done.result()))
+        except BaseException as warm_error:
+            future.set_exception(warm_error)
     else:
         future.set_exception(error)
+
+
+def _warmed(result: RefitResult) -> RefitResult:
+    if result.member is not None:
+        result.member.warm()
+    return result

@@ -15,6 +15,7 @@ from kafka import KafkaProducer
 
 from dataflows.config import Config, Topics, load_config
 from dataflows.flow import build_flow
+from models.registry import flush_writes
 from tests.kafka_io import read_topic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,9 @@ def publish(bootstrap: str, topic: str, messages: list, key=lambda m: None, part
 
 
 def run_flow(config: Config) -> None:
+    """Run the flow in this process to the end of its input, registry files written."""
     run_main(build_flow(config))
+    flush_writes()
 
 
 def outputs(bootstrap: str, topics: Topics) -> tuple[list[dict], list[dict], list]:

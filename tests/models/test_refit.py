@@ -50,6 +50,19 @@ def test_a_refit_takes_effect_exactly_after_event_k_plus_lag(background):
     assert [r["effect_at"] for r in model.registry.versions()] == [130]
 
 
+@pytest.mark.parametrize("background", ["thread", "process"])
+def test_a_background_refit_arrives_with_its_model_parsed(background):
+    """The scoring thread's first prediction with a new model does not parse it (~15 ms)."""
+    model = small(background=background)
+    for x, y in PHISHING[:129]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    assert model.lightgbm is None
+    model.predict_proba_one(PHISHING[129][0])
+    model.learn_one(*PHISHING[129])
+    assert model.lightgbm_version == 1 and model.lightgbm._booster is not None
+
+
 def test_predictions_keep_flowing_while_a_slow_refit_runs(monkeypatch):
     started, release = threading.Event(), threading.Event()
     real_fit = lightgbm_member.fit

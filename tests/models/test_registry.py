@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import time
 
 import lightgbm
 import numpy as np
@@ -10,9 +12,10 @@ import pytest
 from river import datasets
 
 from models import lightgbm_member
+from models import registry as registry_module
 from models.ensemble import Ensemble
 from models.gate import Gate, roc_auc
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, flush_writes
 
 PHISHING = list(datasets.Phishing())
 
@@ -29,6 +32,7 @@ def test_every_refit_is_saved_with_its_metadata_and_only_the_last_k_are_kept(tmp
         model.learn_one(
             x, y, ts=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00", offset=1000 + i, features_version="abc123"
         )
+    flush_writes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v000004.json", "v000004.txt", "v000005.json", "v000005.txt"]
     record = json.loads((tmp_path / "v000005.json").read_text())
     assert record["version"] == 5 and record["accepted"] and record["accepted_total"] == 5
@@ -49,6 +53,39 @@ def test_every_refit_is_saved_with_its_metadata_and_only_the_last_k_are_kept(tmp
     booster = lightgbm.Booster(model_file=str(tmp_path / "v000005.txt"))
     assert booster.num_trees() == 20
     assert [r["version"] for r in model.registry.versions()] == [4, 5]
+
+
+def test_files_are_written_behind_the_caller_and_a_pickle_waits_for_them(tmp_path, monkeypatch):
+    written, write = [], registry_module._write
+
+    def slow_write(directory, keep, record, member):
+        time.sleep(0.3)
+        written.append(record["version"])
+        write(directory, keep, record, member)
+
+    monkeypatch.setattr(registry_module, "_write", slow_write)
+    registry = ModelRegistry(tmp_path, keep=5)
+    started = time.perf_counter()
+    for version in (1, 2):
+        registry.save({"version": version, "accepted": True}, None)
+    assert time.perf_counter() - started < 0.3 and written == []  # saved in memory, the files still to come
+    assert [r["version"] for r in registry.versions()] == [1, 2]
+    restored = pickle.loads(pickle.dumps(registry))
+    assert written == [1, 2] and sorted(p.name for p in tmp_path.iterdir()) == ["v000001.json", "v000002.json"]
+    assert restored.versions() == registry.versions()
+
+
+def test_a_write_that_fails_is_logged_and_the_registry_goes_on(tmp_path, caplog):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the registry directory should be")
+    registry = ModelRegistry(blocked)
+    registry.save({"version": 1, "accepted": True}, None)
+    flush_writes()
+    assert "could not write version 1" in caplog.text and registry.accepted == 1
+    registry = ModelRegistry(tmp_path / "fine")
+    registry.save({"version": 2, "accepted": True}, None)
+    flush_writes()
+    assert (tmp_path / "fine" / "v000002.json").exists()
 
 
 def test_without_a_directory_the_registry_lives_in_memory():
