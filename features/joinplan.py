@@ -144,9 +144,12 @@ def _rewrite(select: WindowedSelect, entity: tuple[str, ...], fields: dict[str, 
         column = windows[i]["column"]
         return f"CAST(__h.{_quote(column)} AS DOUBLE)" if column else "__h.ts"
 
-    def exact_sum(argument: str, scale: str, i: int) -> str:
-        total = agg("sum", f"CAST(round(({argument}) * {scale}) AS HUGEINT)", i)
-        return f"(CAST({total} AS DOUBLE) / any_value({scale}))"
+    def exact_sum(argument: str, exponent: str, i: int) -> str:
+        # Scaled by 2^exponent in two halves: the exponent reaches 62 + 1074 for the smallest doubles, beyond
+        # what one double holds. Multiplying and dividing by powers of two is exact.
+        low, high = f"({exponent} // 2)", f"({exponent} - {exponent} // 2)"
+        total = agg("sum", f"CAST(round((({argument}) * pow(2.0, {low})) * pow(2.0, {high})) AS HUGEINT)", i)
+        return f"((CAST({total} AS DOUBLE) / pow(2.0, any_value({low}))) / pow(2.0, any_value({high})))"
 
     aggregates = []
     for i, window in enumerate(windows):
@@ -214,12 +217,10 @@ def _squared(expression: str) -> str:
 
 
 def _scale(magnitude: str) -> str:
-    """2^k with k chosen so that the largest term is about 2^62: a sum of terms fits a HUGEINT and keeps
-    62 bits of precision relative to the largest one (a double keeps 53). All-zero windows use 1."""
-    return (
-        f"pow(2.0, CASE WHEN coalesce({magnitude}, 0) = 0 THEN 0 "
-        f"ELSE least(900, 62 - CAST(ceil(log2({magnitude})) AS INTEGER)) END)"
-    )
+    """The exponent k for which the largest term times 2^k is about 2^62: a sum of terms fits a HUGEINT and
+    keeps 62 bits of precision relative to the largest one (a double keeps 53). All-zero windows use 0. k runs
+    from 62 - 1024 to 62 + 1074 (the smallest subnormal), so `exact_sum` applies it in two halves."""
+    return f"CASE WHEN coalesce({magnitude}, 0) = 0 THEN 0 ELSE 62 - CAST(ceil(log2({magnitude})) AS INTEGER) END"
 
 
 def _needs_exact(window: dict, fields: dict[str, str]) -> bool:

@@ -149,3 +149,17 @@ def test_online_equals_backfill_with_short_windows_and_eviction(test_sql, plan, 
 @pytest.mark.parametrize("plan", ["segments", "batch_join"])
 def test_online_equals_backfill_on_the_shipped_transactions_sql(plan, scenario):
     check(REPO / "sql" / "transactions", *scenario, plan=plan)
+
+
+@pytest.mark.parametrize("plan", ["segments", "batch_join"])
+@pytest.mark.parametrize("first", [5.028560593320989e-303, 5e-324, 2.5e-308, 1e300])
+def test_extreme_magnitudes_keep_their_sums_and_means(plan, first):
+    """Found by hypothesis: the batch join's fixed-point sums rounded amounts below ~1e-250 to zero, so a mean
+    of 5e-303 became NULL in `amount / NULLIF(avg(amount), 0)` where DuckDB gives 0.0."""
+    row = {"user_id": "a", "merchant_id": "m", "category": "grocery", "country": "FR", "label": False}
+    events = [
+        {**row, "event_id": "e0", "ts": 1_767_225_600_000, "amount": first},
+        {**row, "event_id": "e1", "ts": 1_767_225_600_001, "amount": 0.0},
+        {**row, "event_id": "e2", "ts": 1_767_225_600_002, "amount": first / 3},
+    ]
+    check(REPO / "sql" / "transactions", events, 0, [events], plan=plan)
