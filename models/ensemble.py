@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from models.blend import LogLossBlend, clipped_log_loss
 from models.gate import Gate
 from models.lightgbm_member import LightGBMMember
 from models.pipelines import make_model
-from models.refit import RefitJob, RefitQueue
+from models.refit import PickledSlices, RefitJob, RefitQueue
 from models.registry import ModelRegistry
 
 MEMBERS = ("river", "lightgbm")
@@ -156,6 +157,7 @@ class Ensemble(base.Classifier):
         self._losses = dict.fromkeys((*MEMBERS, "ensemble"), 0.0)
         self._counts = dict.fromkeys((*MEMBERS, "ensemble"), 0)
         self._last: tuple[dict, dict[str, float | None], float] | None = None
+        self._slices: PickledSlices | None = None  # process refits: the window pickled as it is learned
 
     @classmethod
     def _unit_test_params(cls):
@@ -214,6 +216,10 @@ class Ensemble(base.Classifier):
         self._n_learned += 1
         seconds = _epoch_seconds(ts)
         self._rows.append(Row(x, y, self._n_learned, seconds, offset, features_version))
+        if self.background == "process":
+            if self._slices is None:
+                self._slices = PickledSlices(self.window)
+            self._slices.add(self._n_learned, x)
         if self._refit_is_due(seconds):
             self._start_refit(features_version)
         for job, result in self._queue.due(self._n_learned):
@@ -310,12 +316,13 @@ class Ensemble(base.Classifier):
             seed=self.seed,
         )
         self._next_version += 1
-        self._queue.submit(job)
+        self._queue.submit(job, dict(self._slices.blobs) if self._slices is not None else None)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_last"] = None
         state["_prepared"] = None
+        state["_slices"] = None
         return state
 
     def __deepcopy__(self, memo: dict) -> Ensemble:
@@ -331,6 +338,9 @@ class Ensemble(base.Classifier):
         return copied
 
 
+_TS, _OFFSET, _VERSION = operator.itemgetter(3), operator.itemgetter(4), operator.itemgetter(5)
+
+
 def _epoch_seconds(ts: datetime | str | float | None) -> float | None:
     if ts is None or isinstance(ts, int | float):
         return ts
@@ -344,10 +354,12 @@ def _iso(seconds: float | None) -> str | None:
 
 
 def _bounds(rows: tuple[Row, ...]) -> dict[str, Any]:
-    """Training-window bounds: labelled-event positions, event times and offsets (where given)."""
-    times = [r.ts for r in rows if r.ts is not None]
-    offsets = [r.offset for r in rows if r.offset is not None]
-    versions = sorted({r.features_version for r in rows if r.features_version is not None})
+    """Training-window bounds: labelled-event positions, event times and offsets (where given).
+
+    On the scoring thread at every refit, so each column is read with `map` rather than a comprehension."""
+    times = [t for t in map(_TS, rows) if t is not None]
+    offsets = [o for o in map(_OFFSET, rows) if o is not None]
+    versions = sorted(set(map(_VERSION, rows)) - {None})
     return {
         "first_position": rows[0].position,
         "last_position": rows[-1].position,

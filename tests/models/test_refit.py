@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from river import datasets
 
-from models import lightgbm_member
+from models import lightgbm_member, refit
 from models.ensemble import Ensemble
 
 PHISHING = list(datasets.Phishing())
@@ -127,6 +127,29 @@ def test_a_restored_run_reproduces_the_uninterrupted_predictions(restore_at, via
 @pytest.mark.parametrize("background", ["thread", "process", None])
 def test_every_background_mode_gives_the_same_predictions(background):
     assert run(small(background=background), EVENTS) == uninterrupted()
+
+
+@pytest.mark.parametrize("slice_rows", [7, 50, 300])
+@pytest.mark.parametrize("restore_at", [set(), {123, 260}])
+def test_process_refits_train_on_the_same_rows_from_slices_pickled_as_they_were_learned(
+    monkeypatch, slice_rows, restore_at
+):
+    """Slices that cut the window anywhere (7 rows), align with it (50) or hold it whole (300), cached or
+    pickled at the refit after a restore: the same models, so the same predictions."""
+    monkeypatch.setattr(refit, "SLICE", slice_rows)
+    sent: list[int] = []
+    real_dumps = refit.pickle.dumps
+
+    def counting_dumps(obj, *args, **kwargs):
+        if isinstance(obj, tuple) and all(isinstance(row, dict) for row in obj):
+            sent.append(len(obj))  # a slice of window rows
+        return real_dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(refit.pickle, "dumps", counting_dumps)
+    assert run(small(background="process"), EVENTS, restore_at, pickle) == uninterrupted()
+    if slice_rows < 100 and not restore_at:
+        # Every learned row pickled about once, not once per window it is in (up to three here).
+        assert sum(sent) < 1.2 * len(EVENTS)
 
 
 @pytest.mark.parametrize("at", [100, 101, 115, 129])
