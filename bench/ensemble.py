@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--lag", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--blend-decay", type=float, default=0.999)
-    parser.add_argument("--background", choices=["thread", "process"], default="thread")
+    parser.add_argument("--background", choices=["thread", "process"], default="process")
     args = parser.parse_args()
 
     events = prepared(args.events, args.seed)
