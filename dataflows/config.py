@@ -179,8 +179,22 @@ def _flow_settings(table: dict, path: Path) -> FlowSettings:
     return FlowSettings(**values)
 
 
+ENSEMBLE_DEFAULTS = {
+    "enabled": True,
+    "refit_every": 10_000,
+    "window": 20_000,
+    "lag": 10_000,
+    "num_boost_round": 100,
+    "gate_metric": "log_loss",
+    "keep": 5,
+    "background": "process",
+}
+"""What a config file without these `[ensemble]` keys gets (the README's table), not the `Ensemble` class's
+own defaults, which suit small examples. The registry defaults to `.eddy/registry` in the repository."""
+
+
 def _ensemble_settings(table: dict, base: Path) -> dict:
-    settings = dict(table)
-    if settings.get("registry_dir"):
-        settings["registry_dir"] = str((base / settings["registry_dir"]).resolve())
+    settings = {**ENSEMBLE_DEFAULTS, **table}
+    registry = settings.get("registry_dir")
+    settings["registry_dir"] = str((base / registry).resolve()) if registry else str(REPO_ROOT / ".eddy" / "registry")
     return settings

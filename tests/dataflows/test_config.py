@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflows.config import ConfigError, load_config
+from dataflows.config import ENSEMBLE_DEFAULTS, REPO_ROOT, ConfigError, load_config
 
 
 def test_the_repository_config_holds_the_contract_defaults():
@@ -44,6 +44,18 @@ def test_eddy_config_names_another_file(tmp_path: Path):
     config = load_config(env={"EDDY_CONFIG": str(path)})
     assert config.topics.events == "clicks"
     assert config.fields == {"url": "string"}
+
+
+def test_a_file_without_ensemble_keys_gets_the_documented_defaults(tmp_path: Path):
+    """The README's table, which eddy.toml spells out, not the Ensemble class's small-example defaults."""
+    path = tmp_path / "other.toml"
+    path.write_text('[ensemble]\nlag = 300\nregistry_dir = "models"\n')
+    config = load_config(env={"EDDY_CONFIG": str(path)})
+    assert config.ensemble == {**ENSEMBLE_DEFAULTS, "lag": 300, "registry_dir": str((tmp_path / "models").resolve())}
+    assert {k: v for k, v in load_config(env={}).ensemble.items() if k in ENSEMBLE_DEFAULTS} == ENSEMBLE_DEFAULTS
+    bare = tmp_path / "bare.toml"
+    bare.write_text("")
+    assert load_config(env={"EDDY_CONFIG": str(bare)}).ensemble["registry_dir"] == str(REPO_ROOT / ".eddy" / "registry")
 
 
 @pytest.mark.parametrize(
