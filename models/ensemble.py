@@ -305,8 +305,8 @@ class Ensemble(base.Classifier):
             version=self._next_version,
             started_at=self._n_learned,
             effect_at=self._n_learned + self.lag,
-            rows=tuple(r.x for r in rows),
-            labels=tuple(r.y for r in rows),
+            rows=tuple(map(_X, rows)),
+            labels=tuple(map(_Y, rows)),
             window=_bounds(rows),
             features_version=features_version,
             params=dict(self.lgbm_params) if self.lgbm_params else None,
@@ -338,7 +338,7 @@ class Ensemble(base.Classifier):
         return copied
 
 
-_TS, _OFFSET, _VERSION = operator.itemgetter(3), operator.itemgetter(4), operator.itemgetter(5)
+_X, _Y, _TS, _OFFSET, _VERSION = map(operator.attrgetter, ("x", "y", "ts", "offset", "features_version"))
 
 
 def _epoch_seconds(ts: datetime | str | float | None) -> float | None:
