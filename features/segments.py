@@ -26,6 +26,7 @@ the plain SQL on a synthetic sample when the file is loaded; the plain SQL stays
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from dataclasses import dataclass
@@ -193,11 +194,18 @@ def segment_features(
             relation = relation.append_column(f"__w{n}", aggregates[n])
         con.register("__batch", relation)
         try:
-            result = con.sql(plan.residual_sql).to_arrow_table()
+            result = con.sql(_parsed(plan.residual_sql)).to_arrow_table()
         finally:
             con.unregister("__batch")
         out.update({name: result[name] for name in result.column_names})
     return {name: out[name] for name in plan.feature_names}
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(sql: str) -> duckdb.Statement:
+    """The statement parsed once: DuckDB parses SQL text again at every call (~0.4 ms of a ~1.6 ms statement
+    over a 100-row batch), and a parsed statement binds on any connection."""
+    return duckdb.extract_statements(sql)[0]
 
 
 class WindowIndex:
