@@ -31,6 +31,9 @@ DEFAULT_PARAMS: dict = {
     "deterministic": True,
     "force_row_wise": True,
     "num_threads": 1,
+    # 63 bins instead of 255: fits ~25 % faster (one core for ~0.3 s, not ~0.4 s, beside the flow); on
+    # bench.ensemble the ensemble's log loss went 0.0284 -> 0.0282, LightGBM's alone 0.0392 -> 0.0398.
+    "max_bin": 63,
 }
 
 
