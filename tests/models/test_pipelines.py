@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from river import base, checks, compose, datasets, linear_model, preprocessing
 
-from models.pipelines import MODELS, ScaledNumbers, _numbers, _strings, make_model
+from models.pipelines import MODELS, ScaleAndEncode, _numbers, _strings, make_model
 
 
 def _mixed_events(n: int) -> list[tuple[dict, bool]]:
@@ -80,21 +80,29 @@ def test_default_equals_textbook_pipeline_on_numeric_data():
     assert _prequential_scores(make_model(), events) == _prequential_scores(textbook, events)
 
 
-def test_default_equals_rivers_own_selectors_on_mixed_data():
-    """Strings one-hot encoded, numbers (bools as 0/1) scaled, as River's own type selectors compose it."""
+@pytest.mark.parametrize("without_strings_every", [0, 3])
+def test_default_equals_rivers_own_selectors_on_mixed_data(without_strings_every):
+    """Strings one-hot encoded, numbers (bools as 0/1) scaled, as River's own type selectors compose it; also
+    for all-number rows after strings were seen (the encoder's zeros)."""
     events = _mixed_events(400)
+    if without_strings_every:
+        events = [
+            ({k: v for k, v in x.items() if k != "colour"} if i % without_strings_every == 0 else x, y)
+            for i, (x, y) in enumerate(events)
+        ]
     strings = compose.SelectType(str) | preprocessing.OneHotEncoder()
     numeric = compose.SelectType(numbers.Number) | preprocessing.StandardScaler()
     reference = (strings + numeric) | linear_model.LogisticRegression()
     assert _prequential_scores(make_model(), events) == _prequential_scores(reference, events)
 
 
-def test_scaled_numbers_never_changes_its_input():
-    x = {"amount": 3.0, "n": 2, "country": "FR"}
-    scaler = ScaledNumbers()
-    scaler.learn_one(x)
-    assert scaler.transform_one(x) == {"amount": 0.0, "n": 0.0}
-    assert x == {"amount": 3.0, "n": 2, "country": "FR"}
+@pytest.mark.parametrize("x", [{"amount": 3.0, "n": 2, "vip": True}, {"amount": 3.0, "n": 2, "country": "FR"}])
+def test_scale_and_encode_never_changes_its_input(x):
+    before = dict(x)
+    step = ScaleAndEncode()
+    step.learn_one(x)
+    assert step.transform_one(x)["amount"] == 0.0
+    assert x == before
 
 
 def test_bools_are_scaled_as_zero_one():
