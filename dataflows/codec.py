@@ -6,11 +6,12 @@ sentence that names the problem, so a person reading the dead-letters topic know
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 
 from dataflows.messages import DeadLetter, Event, Label, Metrics, Origin, Prediction
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_TS_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_TS_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_EVENT_ID_LENGTH = 256
@@ -112,7 +114,7 @@ def parse_ts(obj: dict, name: str) -> int:
             raise Invalid("invalid_ts", f"'{name}' is not ISO-8601: {value!r}") from None
         if parsed.tzinfo is None:
             raise Invalid("invalid_ts", f"'{name}' has no timezone: {value!r} (add Z or +00:00)")
-        ms = int(parsed.timestamp() * 1000)
+        ms = (parsed - EPOCH) // timedelta(milliseconds=1)  # exact: float seconds * 1000 can land 1 ms early
     else:
         ms = value
     if not MIN_TS_MS <= ms < MAX_TS_MS:
@@ -212,7 +214,17 @@ def _kafka_ts(msg: KafkaSourceMessage) -> int | None:
 
 
 def iso(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    """ISO-8601 in UTC to the millisecond, as `datetime.isoformat(timespec="milliseconds")` writes it.
+
+    Every prediction carries one: formatting a datetime each time was ~3 % of the flow's time, so the
+    seconds are formatted once (events of the same second share them) and the milliseconds appended."""
+    seconds, ms = divmod(ts_ms, 1000)
+    return f"{_iso_seconds(seconds)}.{ms:03d}+00:00"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_seconds(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def encode_prediction(prediction: Prediction) -> KafkaSinkMessage:

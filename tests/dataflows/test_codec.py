@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -10,8 +11,9 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dataflows.codec import Codec, encode_dead_letter, encode_prediction, parse_ts
+from dataflows.codec import MAX_TS_MS, MIN_TS_MS, Codec, encode_dead_letter, encode_prediction, iso, parse_ts
 from dataflows.messages import DeadLetter, Event, Label, Origin, Prediction
+from features.schema import to_ms
 
 FIELDS = {"user_id": "string", "amount": "double", "n": "bigint", "vip": "boolean"}
 CODEC = Codec("events", "labels", FIELDS, max_message_bytes=1024)
@@ -32,6 +34,27 @@ def test_a_good_event_is_decoded_with_types_normalised():
     assert isinstance(event.fields["amount"], float)
     assert event.label is True
     assert event.origin == Origin("events", 2, 7, 1_767_225_600_000)
+
+
+@given(st.integers(MIN_TS_MS, MAX_TS_MS - 1))
+def test_iso_writes_what_datetime_writes_and_reads_back_exactly(ts_ms):
+    """Found by this test: ISO text was read as float seconds * 1000 and truncated, 1 ms early at times
+    (2004-10-19T06:53:40.649 read as ...648), where the feature engine's backfill reads it exactly."""
+    expected = datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    assert iso(ts_ms) == expected
+    assert parse_ts({"ts": iso(ts_ms)}, "ts") == ts_ms
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(2000, 1, 2),
+        max_value=datetime(2099, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]),
+    )
+)
+def test_the_codec_reads_iso_text_as_the_feature_backfill_does(moment):
+    text = moment.isoformat()
+    assert parse_ts({"ts": text}, "ts") == to_ms(text)
 
 
 def test_epoch_milliseconds_and_iso_timestamps_agree():
