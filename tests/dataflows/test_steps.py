@@ -97,3 +97,28 @@ def test_a_run_without_recovery_saves_no_state_and_its_marker_is_refused_on_resu
     assert step.snapshot() == NOT_SAVED
     with pytest.raises(StateFormatError, match="without snapshots"):
         unpack("score_and_learn", NOT_SAVED)
+
+
+def test_reports_within_one_micro_batch_time_their_own_events(monkeypatch):
+    """Two reports fell in one batch of 2,500 events: with the clock read once per batch the second had no
+    elapsed time (no rate), and every event's latency was measured at the batch's start."""
+    from dataclasses import replace
+
+    from dataflows import steps
+    from dataflows.config import load_config
+    from dataflows.messages import Event, Metrics, Origin, Scored
+
+    clock = iter(range(10**9))
+    monkeypatch.setattr(steps.time, "time", lambda: 1_000_000.0 + next(clock) / 1000)  # 1 ms a reading
+    config = load_config()
+    config = replace(config, ensemble={"enabled": False}, flow=replace(config.flow, metrics_every_events=1000))
+    step = steps.ScoreAndLearn(config, None, None, snapshots=False)
+    items = [
+        Scored(Event(f"e{i}", 1_767_225_600_000 + i, {}, i % 2 == 0, Origin("events", 0, i, 999_000_000)), {}, "v")
+        for i in range(2500)
+    ]
+    out, _ = step.on_batch(items)
+    reports = [item.figures for item in out if isinstance(item, Metrics)]
+    assert len(reports) == 2
+    assert reports[1]["events_per_s"] == pytest.approx(1000.0, rel=0.01)  # 1,000 events, ~1 ms each
+    assert reports[1]["latency_ms_p99"] > reports[0]["latency_ms_p99"] + 900
