@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from dataflows.codec import Invalid, parse_ts
 from dataflows.config import ConfigError, load_config
 from dataflows.logs import configure_logging
 
@@ -95,11 +96,12 @@ def _loads(value: bytes | None) -> dict | None:
 
 
 def to_ms(text: str | None) -> int | None:
+    """Epoch milliseconds of ISO text, exactly (as the codec reads it); None if absent or not ISO."""
     if not text:
         return None
     try:
-        return int(datetime.fromisoformat(text).timestamp() * 1000)
-    except ValueError:
+        return parse_ts({"ts": text}, "ts")
+    except Invalid:
         return None
 
 
