@@ -152,6 +152,28 @@ def test_process_refits_train_on_the_same_rows_from_slices_pickled_as_they_were_
         assert sum(sent) < 1.2 * len(EVENTS)
 
 
+def test_a_snapshot_stores_the_windows_as_the_slices_pickled_while_learning(monkeypatch):
+    """The window and a pending refit's window reuse the bytes pickled as rows were learned; slices a pending
+    refit still needs are kept although the window has moved past them."""
+    monkeypatch.setattr(refit, "SLICE", 50)
+    model = small(background="process")
+    for x, y in EVENTS[:410]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    (job,) = model._queue.pending  # started at 400 over rows 101..400, in force after 430
+    assert job.window["first_position"] == 101 and model._rows[0].position == 111
+    cached = {id(blob) for blob in model._slices.blobs.values()}
+    assert sorted(model._slices.blobs) == list(range(2, 8))  # rows 101..400: the window alone would drop 101..150
+    state = model.__getstate__()
+    window, pending = state["_rows"][0], state["_queue"].pending[0].rows
+    assert sum(id(blob) in cached for blob in window.blobs) == 5  # 151..400; 111..150 pickled at the snapshot
+    assert all(id(blob) in cached for blob in pending.blobs)
+    restored = pickle.loads(pickle.dumps(model))
+    assert [r.x for r in restored._rows] == [r.x for r in model._rows]
+    assert list(restored._rows) == list(model._rows)
+    assert restored._queue.pending[0].rows == job.rows
+
+
 @pytest.mark.parametrize("at", [100, 101, 115, 129])
 def test_a_refit_pending_at_a_snapshot_survives_recovery(at):
     """Restored while the refit of version 1 (started at 100, in force after 130) is pending."""
