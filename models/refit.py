@@ -280,15 +280,15 @@ class PickledSlices:
 
 
 def _in_process(job: RefitJob, pickled: Mapping[int, bytes]) -> Future:
-    """Pickle the window a slice at a time on a helper thread, yielding the GIL between slices and taking
-    the slices already `pickled`, then hand the job (rows as pickled slices, a cheap copy for the pool's own
-    pickling) to the worker."""
+    """Pack the window on a helper thread (the slices already `pickled` as they are, the rest pickled a slice
+    at a time, yielding the GIL between slices), then hand the job with its rows packed (a cheap copy for the
+    pool's own pickling) to the worker."""
     future: Future = Future()
 
     def send() -> None:
         try:
-            slices = list(_slices_of(job.rows, _first(job), pickled, yield_gil=True))
-            submitted = _pool().submit(_run_sliced, replace(job, rows=()), slices)
+            packed = PackedRows.pack(job.rows, _first(job), pickled, yield_gil=True)
+            submitted = _pool().submit(_run_packed, replace(job, rows=packed))
             submitted.add_done_callback(lambda done: _settle(future, done))
         except BaseException as error:
             future.set_exception(error)
@@ -326,16 +326,18 @@ class PackedRows:
     blobs: tuple[bytes, ...]
 
     @classmethod
-    def pack(cls, rows: Sequence[Mapping], first: int | None, pickled: Mapping[int, bytes]) -> PackedRows:
-        return cls(tuple(_slices_of(rows, first, pickled, yield_gil=False)))
+    def pack(
+        cls, rows: Sequence[Mapping], first: int | None, pickled: Mapping[int, bytes], yield_gil: bool = False
+    ) -> PackedRows:
+        return cls(tuple(_slices_of(rows, first, pickled, yield_gil)))
 
     def unpack(self) -> tuple[Mapping, ...]:
         return tuple(row for blob in self.blobs for row in pickle.loads(blob))
 
 
-def _run_sliced(job: RefitJob, slices: list[bytes]) -> RefitResult:
-    rows = tuple(row for blob in slices for row in pickle.loads(blob))
-    return run(replace(job, rows=rows), yield_gil=False)
+def _run_packed(job: RefitJob) -> RefitResult:
+    """In the worker: the job arrives with its rows as `PackedRows`."""
+    return run(replace(job, rows=job.rows.unpack()), yield_gil=False)
 
 
 def _settle(future: Future, done: Future) -> None:
