@@ -11,15 +11,15 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 
 from dataflows.messages import DeadLetter, Event, Label, Metrics, Origin, Prediction
+from features.schema import to_ms
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_TS_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_TS_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_EVENT_ID_LENGTH = 256
@@ -114,7 +114,7 @@ def parse_ts(obj: dict, name: str) -> int:
             raise Invalid("invalid_ts", f"'{name}' is not ISO-8601: {value!r}") from None
         if parsed.tzinfo is None:
             raise Invalid("invalid_ts", f"'{name}' has no timezone: {value!r} (add Z or +00:00)")
-        ms = (parsed - EPOCH) // timedelta(milliseconds=1)  # exact: float seconds * 1000 can land 1 ms early
+        ms = to_ms(parsed)  # exact, as the feature backfill reads it (float seconds * 1000 can land 1 ms early)
     else:
         ms = value
     if not MIN_TS_MS <= ms < MAX_TS_MS:
