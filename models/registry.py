@@ -98,7 +98,7 @@ def _writer(jobs: queue.Queue) -> None:
         directory, keep, record, member = jobs.get()
         try:
             _write(directory, keep, record, member)
-        except OSError as error:
+        except Exception as error:  # the writer must live on: a dead one would leave every later flush waiting
             log.error("model registry: could not write version %s to %s: %s", record["version"], directory, error)
         finally:
             jobs.task_done()

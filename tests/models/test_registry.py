@@ -88,6 +88,23 @@ def test_a_write_that_fails_is_logged_and_the_registry_goes_on(tmp_path, caplog)
     assert (tmp_path / "fine" / "v000002.json").exists()
 
 
+def test_any_failed_write_is_logged_and_later_writes_and_flushes_go_on(tmp_path, caplog, monkeypatch):
+    write = registry_module._write
+
+    def failing_once(directory, keep, record, member):
+        if record["version"] == 1:
+            raise TypeError("a record that cannot be written")
+        write(directory, keep, record, member)
+
+    monkeypatch.setattr(registry_module, "_write", failing_once)
+    registry = ModelRegistry(tmp_path)
+    for version in (1, 2):
+        registry.save({"version": version, "accepted": True}, None)
+    flush_writes()
+    assert "could not write version 1" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v000002.json"]
+
+
 def test_without_a_directory_the_registry_lives_in_memory():
     registry = ModelRegistry(keep=2)
     for version in range(1, 5):
