@@ -144,12 +144,11 @@ def _rewrite(select: WindowedSelect, entity: tuple[str, ...], fields: dict[str, 
         column = windows[i]["column"]
         return f"CAST(__h.{_quote(column)} AS DOUBLE)" if column else "__h.ts"
 
-    def exact_sum(argument: str, exponent: str, i: int) -> str:
-        # Scaled by 2^exponent in two halves: the exponent reaches 62 + 1074 for the smallest doubles, beyond
-        # what one double holds. Multiplying and dividing by powers of two is exact.
-        low, high = f"({exponent} // 2)", f"({exponent} - {exponent} // 2)"
-        total = agg("sum", f"CAST(round((({argument}) * pow(2.0, {low})) * pow(2.0, {high})) AS HUGEINT)", i)
-        return f"((CAST({total} AS DOUBLE) / pow(2.0, any_value({low}))) / pow(2.0, any_value({high})))"
+    def exact_sum(argument: str, scale: str, i: int) -> str:
+        # Scaled by the two factors `_scales` made (columns `{scale}a` and `{scale}b`): powers of two, exact.
+        low, high = f"{scale}a", f"{scale}b"
+        total = agg("sum", f"CAST(round((({argument}) * {low}) * {high}) AS HUGEINT)", i)
+        return f"((CAST({total} AS DOUBLE) / any_value({low})) / any_value({high}))"
 
     aggregates = []
     for i, window in enumerate(windows):
@@ -180,10 +179,10 @@ def _rewrite(select: WindowedSelect, entity: tuple[str, ...], fields: dict[str, 
     else:
         # Float sums are taken exactly, in fixed point scaled to each window's largest magnitude: stages that
         # find those magnitudes (and, for variances, the means and largest deviations) come first.
-        magnitudes = ", ".join(f"{_scale(agg('max', f'abs({value(i)})', i))} AS __k{i}" for i in exact)
+        magnitudes = ", ".join(_exponent(agg("max", f"abs({value(i)})", i), f"__k{i}") for i in exact)
         stages = [
             f"__j AS MATERIALIZED (\n    SELECT __b.__row, __h.*, __b.ts AS __bts\n    {joined}\n)",
-            f"__s AS (\n    SELECT __row, {magnitudes} FROM __j AS __h GROUP BY __row\n)",
+            _scales("__s", magnitudes, ["__j AS __h"], [f"__k{i}" for i in exact]),
         ]
         tables = ["__j AS __h", "JOIN __s ON __s.__row = __h.__row"]
         if spread:
@@ -194,9 +193,9 @@ def _rewrite(select: WindowedSelect, entity: tuple[str, ...], fields: dict[str, 
             stages.append(_stage("__m", means, tables))
             tables.append("JOIN __m ON __m.__row = __h.__row")
             deviations = ", ".join(
-                f"{_scale(_squared(agg('max', f'abs({value(i)} - __m.__m{i})', i)))} AS __k{i}" for i in spread
+                _exponent(_squared(agg("max", f"abs({value(i)} - __m.__m{i})", i)), f"__k{i}") for i in spread
             )
-            stages.append(_stage("__d", deviations, tables))
+            stages.append(_scales("__d", deviations, tables, [f"__k{i}" for i in spread]))
             tables.append("JOIN __d ON __d.__row = __h.__row")
         stages.append(_stage("__agg", ", ".join(aggregates), tables))
         head = "WITH " + ",\n".join(stages) + "\n"
@@ -209,18 +208,30 @@ def _rewrite(select: WindowedSelect, entity: tuple[str, ...], fields: dict[str, 
 
 
 def _stage(name: str, columns: str, tables: list[str]) -> str:
-    return f"{name} AS (\n    SELECT __h.__row, {columns}\n    FROM {' '.join(tables)}\n    GROUP BY __h.__row\n)"
+    return f"{name} AS (\n    {_grouped(columns, tables)}\n)"
+
+
+def _grouped(columns: str, tables: list[str]) -> str:
+    return f"SELECT __h.__row, {columns}\n    FROM {' '.join(tables)}\n    GROUP BY __h.__row"
+
+
+def _scales(name: str, exponents: str, tables: list[str], scales: list[str]) -> str:
+    """A stage of scale factors, two per scale (`{scale}a` and `{scale}b`, whose product is 2^k): 2^k reaches
+    2^(62 + 1074), beyond one double. They are computed here once per batch row, not for every term summed."""
+    factors = ", ".join(f"pow(2.0, {k} // 2) AS {k}a, pow(2.0, {k} - {k} // 2) AS {k}b" for k in scales)
+    return f"{name} AS (\n    SELECT __row, {factors}\n    FROM ({_grouped(exponents, tables)}) AS __e\n)"
 
 
 def _squared(expression: str) -> str:
     return f"({expression} * {expression})"
 
 
-def _scale(magnitude: str) -> str:
+def _exponent(magnitude: str, name: str) -> str:
     """The exponent k for which the largest term times 2^k is about 2^62: a sum of terms fits a HUGEINT and
     keeps 62 bits of precision relative to the largest one (a double keeps 53). All-zero windows use 0. k runs
-    from 62 - 1024 to 62 + 1074 (the smallest subnormal), so `exact_sum` applies it in two halves."""
-    return f"CASE WHEN coalesce({magnitude}, 0) = 0 THEN 0 ELSE 62 - CAST(ceil(log2({magnitude})) AS INTEGER) END"
+    from 62 - 1024 to 62 + 1074 (the smallest subnormal); `_scales` turns it into two factors."""
+    k = f"62 - CAST(ceil(log2({magnitude})) AS INTEGER)"
+    return f"CASE WHEN coalesce({magnitude}, 0) = 0 THEN 0 ELSE {k} END AS {name}"
 
 
 def _needs_exact(window: dict, fields: dict[str, str]) -> bool:
