@@ -12,6 +12,7 @@ time, so a step built with `snapshots=False` returns the `NOT_SAVED` marker inst
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import time
 from dataclasses import dataclass
@@ -271,15 +272,29 @@ class ScoreAndLearn(StatefulBatchLogic):
 
 
 _NUMBERS_OR_NULL = frozenset((float, int, bool, type(None)))
+_NONE = type(None)
 
 
 def model_input(features: dict[str, Any]) -> dict[str, Any]:
     """Features as River takes them: NULLs (and NaN/inf) left out, DECIMAL as float, other exotic types as text.
 
-    The usual row, numbers and NULLs only, is one type scan and one comprehension (`v - v == 0.0` holds for
-    finite floats, ints and bools, not for NaN or infinities); any other row goes value by value."""
-    if set(map(type, features.values())) <= _NUMBERS_OR_NULL:
-        return {name: value for name, value in features.items() if value is not None and value - value == 0.0}
+    The usual row, numbers and NULLs only, leaves out its NULLs, then one `sum` at C speed tells that nothing
+    is NaN or infinite (a finite sum has only finite terms), where testing `v - v == 0.0` value by value took
+    a third more of the time (~4 µs a row of 32 features). A row with a non-finite sum or another type goes
+    value by value."""
+    kinds = set(map(type, features.values()))
+    if kinds <= _NUMBERS_OR_NULL:
+        if _NONE in kinds:
+            x = {name: value for name, value in features.items() if value is not None}
+        else:
+            x = dict(features)
+        try:
+            total = sum(x.values())
+        except OverflowError:  # an int too large for a float beside floats
+            total = math.inf
+        if total - total == 0.0:
+            return x
+        return {name: value for name, value in x.items() if value - value == 0.0}
     x: dict[str, Any] = {}
     for name, value in features.items():
         kind = type(value)

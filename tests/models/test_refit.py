@@ -257,6 +257,8 @@ def test_the_refit_worker_gives_way_to_the_flow_for_the_cpu():
     from models.refit import NICE, _pool
 
     assert _pool().submit(os.nice, 0).result(timeout=60) == min(19, os.nice(0) + NICE)
+    if hasattr(os, "SCHED_IDLE"):
+        assert _pool().submit(os.sched_getscheduler, 0).result(timeout=60) == os.SCHED_IDLE
 
 
 def test_a_refit_that_cannot_reach_the_worker_fails_its_future_instead_of_hanging():
