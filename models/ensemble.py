@@ -8,7 +8,7 @@ import operator
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from river import base
@@ -19,6 +19,7 @@ from models.lightgbm_member import LightGBMMember
 from models.pipelines import make_model
 from models.refit import PackedRows, PickledSlices, RefitJob, RefitQueue
 from models.registry import ModelRegistry
+from models.window_bounds import WindowBounds
 
 MEMBERS = ("river", "lightgbm")
 
@@ -158,6 +159,7 @@ class Ensemble(base.Classifier):
         self._counts = dict.fromkeys((*MEMBERS, "ensemble"), 0)
         self._last: tuple[dict, dict[str, float | None], float] | None = None
         self._slices: PickledSlices | None = None  # process refits: the window pickled as it is learned
+        self._window_bounds = WindowBounds()  # a cache, not state
 
     @classmethod
     def _unit_test_params(cls):
@@ -216,6 +218,7 @@ class Ensemble(base.Classifier):
         self._n_learned += 1
         seconds = _epoch_seconds(ts)
         self._rows.append(Row(x, y, self._n_learned, seconds, offset, features_version))
+        self._window_bounds.seal(self._rows)
         if self.background == "process":
             if self._slices is None:
                 self._slices = PickledSlices(self.window, self._first_position_needed)
@@ -307,7 +310,7 @@ class Ensemble(base.Classifier):
             effect_at=self._n_learned + self.lag,
             rows=tuple(map(_X, rows)),
             labels=tuple(map(_Y, rows)),
-            window=_bounds(rows),
+            window=self._window_bounds.of(rows),
             features_version=features_version,
             params=dict(self.lgbm_params) if self.lgbm_params else None,
             num_boost_round=self.num_boost_round,
@@ -328,6 +331,7 @@ class Ensemble(base.Classifier):
         state["_last"] = None
         state["_prepared"] = None
         state["_slices"] = None
+        del state["_window_bounds"]
         return state
 
     def __getstate__(self) -> dict[str, Any]:
@@ -351,7 +355,7 @@ class Ensemble(base.Classifier):
     def __setstate__(self, state: dict[str, Any]) -> None:
         packed, *columns = state["_rows"]
         state["_rows"] = deque(map(Row, packed.unpack(), *columns), maxlen=state["window"])
-        self.__dict__.update(state)
+        self.__dict__.update(state, _window_bounds=WindowBounds())
         self._queue.unpack()
 
     def __deepcopy__(self, memo: dict) -> Ensemble:
@@ -363,7 +367,7 @@ class Ensemble(base.Classifier):
             memo[id(job.rows)], memo[id(job.labels)] = job.rows, job.labels
         copied = self.__class__.__new__(self.__class__)
         memo[id(self)] = copied
-        copied.__dict__.update(copy.deepcopy(self._plain_state(), memo))
+        copied.__dict__.update(copy.deepcopy(self._plain_state(), memo), _window_bounds=WindowBounds())
         return copied
 
 
@@ -378,26 +382,3 @@ def _epoch_seconds(ts: datetime | str | float | None) -> float | None:
     if isinstance(ts, str):
         ts = datetime.fromisoformat(ts)
     return ts.timestamp()
-
-
-def _iso(seconds: float | None) -> str | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-
-
-def _bounds(rows: tuple[Row, ...]) -> dict[str, Any]:
-    """Training-window bounds: labelled-event positions, event times and offsets (where given).
-
-    On the scoring thread at every refit, so each column is read with `map` rather than a comprehension."""
-    times = [t for t in map(_TS, rows) if t is not None]
-    offsets = [o for o in map(_OFFSET, rows) if o is not None]
-    versions = sorted(set(map(_VERSION, rows)) - {None})
-    return {
-        "first_position": rows[0].position,
-        "last_position": rows[-1].position,
-        "rows": len(rows),
-        "first_ts": _iso(min(times)) if times else None,
-        "last_ts": _iso(max(times)) if times else None,
-        "first_offset": min(offsets) if offsets else None,
-        "last_offset": max(offsets) if offsets else None,
-        "features_versions": versions,
-    }

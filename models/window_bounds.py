@@ -1,0 +1,118 @@
+"""The bounds of a refit's training window (positions, event times, offsets, features versions) for the
+registry, without scanning the whole window on the scoring thread at every refit."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any, NamedTuple
+
+BLOCK = 500
+"""Rows summarised together: a refit reads window / BLOCK summaries and scans at most two partial blocks."""
+
+_TS, _OFFSET, _VERSION = map(operator.attrgetter, ("ts", "offset", "features_version"))
+
+
+class Summary(NamedTuple):
+    first_ts: float | None
+    last_ts: float | None
+    first_offset: int | None
+    last_offset: int | None
+    versions: frozenset[str]
+
+
+class WindowBounds:
+    """Bounds of window rows (objects with `position`, `ts`, `offset` and `features_version`; positions
+    consecutive) from summaries of whole blocks of `BLOCK` rows, made as each block fills.
+
+    Scanning a 20,000-row window at every refit took 6-20 ms of the scoring thread in a flow under load, a
+    stall that showed in the latency p99; a block's summary costs ~0.1 ms once. The summaries are a cache of
+    rows that never change: a missing one (after a restore) is made by scanning, so the bounds are always
+    those of a full scan.
+
+    >>> from types import SimpleNamespace as Row
+    >>> rows = [Row(position=p, ts=1.7e9 + p, offset=p % 7, features_version="v1") for p in range(1, 1301)]
+    >>> bounds = WindowBounds()
+    >>> for end in range(1, len(rows) + 1):
+    ...     bounds.seal(rows[:end])
+    >>> window = bounds.of(rows[-800:])
+    >>> window["first_position"], window["last_position"], window["first_offset"], window["last_ts"]
+    (501, 1300, 0, '2023-11-14T22:35:00.000+00:00')
+    >>> window == scan(rows[-800:])
+    True
+    """
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, Summary] = {}
+
+    def seal(self, rows: Sequence[Any]) -> None:
+        """Called after each row is appended to `rows` (the window, newest last): summarise the block the
+        newest row completes, if it completes one."""
+        if not rows:
+            return
+        position = rows[-1].position
+        if position % BLOCK == 0 and len(rows) >= BLOCK:
+            self._blocks[(position - 1) // BLOCK] = _summarise(islice(reversed(rows), BLOCK))
+
+    def of(self, rows: Sequence[Any]) -> dict[str, Any]:
+        """The bounds of `rows` (a window, oldest first), as `scan` gives them; forgets blocks older than it."""
+        first, parts, start = rows[0].position, [], 0
+        while start < len(rows):
+            k = (first + start - 1) // BLOCK
+            end = min(len(rows), (k + 1) * BLOCK - first + 1)
+            summary = self._blocks.get(k) if end - start == BLOCK else None
+            if summary is None:
+                summary = _summarise(rows[start:end])
+                if end - start == BLOCK:
+                    self._blocks[k] = summary
+            parts.append(summary)
+            start = end
+        oldest = (first - 1) // BLOCK
+        for k in [k for k in self._blocks if k < oldest]:
+            del self._blocks[k]
+        return _bounds(rows, parts)
+
+
+def scan(rows: Sequence[Any]) -> dict[str, Any]:
+    """The bounds of `rows` read row by row: what `WindowBounds.of` gives, at the cost of a full scan."""
+    return _bounds(rows, [_summarise(rows)])
+
+
+def _summarise(rows: Iterable[Any]) -> Summary:
+    rows = list(rows)
+    times = _present(map(_TS, rows))
+    offsets = _present(map(_OFFSET, rows))
+    return Summary(
+        min(times, default=None),
+        max(times, default=None),
+        min(offsets, default=None),
+        max(offsets, default=None),
+        frozenset(map(_VERSION, rows)) - {None},
+    )
+
+
+def _bounds(rows: Sequence[Any], parts: list[Summary]) -> dict[str, Any]:
+    first_ts = _present(p.first_ts for p in parts)
+    last_ts = _present(p.last_ts for p in parts)
+    first_offset = _present(p.first_offset for p in parts)
+    last_offset = _present(p.last_offset for p in parts)
+    return {
+        "first_position": rows[0].position,
+        "last_position": rows[-1].position,
+        "rows": len(rows),
+        "first_ts": _iso(min(first_ts)) if first_ts else None,
+        "last_ts": _iso(max(last_ts)) if last_ts else None,
+        "first_offset": min(first_offset) if first_offset else None,
+        "last_offset": max(last_offset) if last_offset else None,
+        "features_versions": sorted(frozenset().union(*(p.versions for p in parts))),
+    }
+
+
+def _present(values: Iterable[Any]) -> list[Any]:
+    return [v for v in values if v is not None]
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
