@@ -16,10 +16,10 @@ _TS, _OFFSET, _VERSION = map(operator.attrgetter, ("ts", "offset", "features_ver
 
 
 class Summary(NamedTuple):
-    first_ts: float | None
-    last_ts: float | None
-    first_offset: int | None
-    last_offset: int | None
+    min_ts: float | None
+    max_ts: float | None
+    min_offset: int | None
+    max_offset: int | None
     versions: frozenset[str]
 
 
@@ -55,9 +55,10 @@ class WindowBounds:
         position = rows[-1].position
         if position % BLOCK == 0 and len(rows) >= BLOCK:
             self._blocks[(position - 1) // BLOCK] = _summarise(islice(reversed(rows), BLOCK))
+            self._forget_before(rows[0].position)
 
     def of(self, rows: Sequence[Any]) -> dict[str, Any]:
-        """The bounds of `rows` (a window, oldest first), as `scan` gives them; forgets blocks older than it."""
+        """The bounds of `rows` (a window, oldest first), as `scan` gives them."""
         first, parts, start = rows[0].position, [], 0
         while start < len(rows):
             k = (first + start - 1) // BLOCK
@@ -69,10 +70,15 @@ class WindowBounds:
                     self._blocks[k] = summary
             parts.append(summary)
             start = end
-        oldest = (first - 1) // BLOCK
+        self._forget_before(first)
+        return _bounds(rows, parts)
+
+    def _forget_before(self, position: int) -> None:
+        """Drop the summaries of blocks that end before `position`: at most a window's worth is kept, also
+        when no refit ever reads them."""
+        oldest = (position - 1) // BLOCK
         for k in [k for k in self._blocks if k < oldest]:
             del self._blocks[k]
-        return _bounds(rows, parts)
 
 
 def scan(rows: Sequence[Any]) -> dict[str, Any]:
@@ -94,18 +100,18 @@ def _summarise(rows: Iterable[Any]) -> Summary:
 
 
 def _bounds(rows: Sequence[Any], parts: list[Summary]) -> dict[str, Any]:
-    first_ts = _present(p.first_ts for p in parts)
-    last_ts = _present(p.last_ts for p in parts)
-    first_offset = _present(p.first_offset for p in parts)
-    last_offset = _present(p.last_offset for p in parts)
+    min_ts = _present(p.min_ts for p in parts)
+    max_ts = _present(p.max_ts for p in parts)
+    min_offset = _present(p.min_offset for p in parts)
+    max_offset = _present(p.max_offset for p in parts)
     return {
         "first_position": rows[0].position,
         "last_position": rows[-1].position,
         "rows": len(rows),
-        "first_ts": _iso(min(first_ts)) if first_ts else None,
-        "last_ts": _iso(max(last_ts)) if last_ts else None,
-        "first_offset": min(first_offset) if first_offset else None,
-        "last_offset": max(last_offset) if last_offset else None,
+        "first_ts": _iso(min(min_ts)) if min_ts else None,
+        "last_ts": _iso(max(max_ts)) if max_ts else None,
+        "first_offset": min(min_offset) if min_offset else None,
+        "last_offset": max(max_offset) if max_offset else None,
         "features_versions": sorted(frozenset().union(*(p.versions for p in parts))),
     }
 

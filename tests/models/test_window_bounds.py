@@ -55,3 +55,11 @@ def test_a_refit_reads_block_summaries_instead_of_scanning_the_window():
     assert bounds.of(tuple(rows)) == scan(tuple(rows))
     scanned_by_of = len(seen) - 20_000  # scan() itself reads every row's ts once
     assert scanned_by_of <= 2 * window_bounds.BLOCK
+
+
+def test_the_summaries_kept_never_exceed_a_window_even_without_refits():
+    rows, bounds = deque(maxlen=2_000), WindowBounds()
+    for position in range(1, 50_001):
+        rows.append(SimpleNamespace(position=position, ts=float(position), offset=position, features_version=None))
+        bounds.seal(rows)
+    assert len(bounds._blocks) <= 2_000 // window_bounds.BLOCK + 1
