@@ -145,6 +145,7 @@ class FeatureEngine:
             "reload_errors": 0,
         }
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._statements: dict[str, duckdb.DuckDBPyRelation] = {}  # for `_con` alone: see segment_features
         self._indexes: dict[tuple[str, ...], WindowIndex] = {}
 
     # -- public API -------------------------------------------------------------------------------------
@@ -279,11 +280,13 @@ class FeatureEngine:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_con"] = None
+        state["_statements"] = {}
         state["_indexes"] = {}
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self._statements = {}
 
     # -- internals --------------------------------------------------------------------------------------
 
@@ -309,7 +312,8 @@ class FeatureEngine:
             plan = group.segments
             if plan is not None and plan.entity in indexed:
                 index = self._indexes[plan.entity]
-                columns.update(segment_features(self._connection(), plan, index, batch, indexed[plan.entity]))
+                con = self._connection()
+                columns.update(segment_features(con, plan, index, batch, indexed[plan.entity], self._statements))
                 continue
             # A batch-join plan matches entities in its join; a window plan needs them filtered here.
             entity = () if group.batch_sql else group.entity
