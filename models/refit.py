@@ -137,13 +137,18 @@ class RefitQueue:
         """Versions whose fit is still in progress."""
         return [v for v, f in self._futures.items() if not f.done()]
 
-    def due(self, position: int) -> list[tuple[RefitJob, RefitResult]]:
-        """Results of the jobs that take effect at or before `position`, waiting for their fits if needed."""
+    def due(self, position: int, wait_s: float | None = None) -> list[tuple[RefitJob, RefitResult]]:
+        """Results of the jobs that take effect at or before `position`, waiting for their fits if needed.
+
+        A background fit not done `wait_s` (default `WAIT_S`) after its effect point is done here instead:
+        a fit is deterministic, so the model is the one the background would have given. A worker under
+        SCHED_IDLE on a machine whose cores other work keeps busy could otherwise stall the flow for minutes."""
+        wait_s = WAIT_S if wait_s is None else wait_s
         out = []
         while self.pending and self.pending[0].effect_at <= position:
             job = self.pending.pop(0)
             future = self._futures.pop(job.version, None)
-            out.append((job, future.result() if future is not None else run(job, yield_gil=False)))
+            out.append((job, _result(job, future, wait_s)))
         return out
 
     def __getstate__(self) -> dict:
@@ -168,6 +173,26 @@ class RefitQueue:
         self.__dict__.update(state, _futures={})
         if self.background == "process":
             _pool()
+
+
+WAIT_S = 30.0
+"""How long the flow waits at an effect point for a background fit before it fits there itself (a fit takes
+~1 s; the default `lag` gives it the time of 10,000 labels before that)."""
+
+
+def _result(job: RefitJob, future: Future | None, wait_s: float) -> RefitResult:
+    if future is None:
+        return run(job, yield_gil=False)
+    try:
+        return future.result(timeout=wait_s)
+    except TimeoutError:
+        log.warning(
+            "refit v%d: the background fit is not done %.0f s after its effect point; fitting it here instead "
+            "(same model: fits are deterministic)",
+            job.version,
+            wait_s,
+        )
+        return run(job, yield_gil=False)
 
 
 def _first(job: RefitJob) -> int | None:

@@ -267,3 +267,20 @@ def test_a_refit_that_cannot_reach_the_worker_fails_its_future_instead_of_hangin
     job = RefitJob(1, 0, 10, rows=({"x": 1.0}, {"x": lambda: 0}), labels=(True, False), window={})
     with pytest.raises(Exception, match="pickle"):
         _in_process(job).result(timeout=60)
+
+
+def test_a_fit_the_worker_has_not_done_in_time_is_done_by_the_flow_with_the_same_model(caplog):
+    """A starved worker (SCHED_IDLE beside other busy work) must not stall the flow at an effect point."""
+    model = small(background=None, refit_every=10**9)
+    for x, y in PHISHING[:300]:
+        model.learn_one(x, y)
+    rows = tuple(row.x for row in model._rows)
+    labels = tuple(row.y for row in model._rows)
+    job = refit.RefitJob(1, 300, 330, rows=rows, labels=labels, window={}, num_boost_round=20)
+    queue = refit.RefitQueue("process")
+    refit._pool().submit(time.sleep, 3)  # the one worker is busy: this fit waits behind it
+    queue.submit(job)
+    with caplog.at_level("WARNING", logger="eddy"):
+        [(_, result)] = queue.due(330, wait_s=0.1)
+    assert "fitting it here instead" in caplog.text
+    assert result.member.model_str == refit.run(job, yield_gil=False).member.model_str
