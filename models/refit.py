@@ -24,6 +24,7 @@ import lightgbm
 
 from models import lightgbm_member
 from models.gate import Gate
+from models.window_bounds import aligned_chunks, forget_blocks_before
 
 log = logging.getLogger("eddy")
 
@@ -312,9 +313,7 @@ class PickledSlices:
             self.blobs[(position - 1) // SLICE] = pickle.dumps(tuple(self._open), protocol=pickle.HIGHEST_PROTOCOL)
             self._open, self._open_at = [], None
             first = self.keep_from() if self.keep_from is not None else position - self.window + 1
-            oldest = (first - 1) // SLICE
-            for k in [k for k in self.blobs if k < oldest]:
-                del self.blobs[k]
+            forget_blocks_before(self.blobs, first, SLICE)
 
 
 def _in_process(job: RefitJob, pickled: Mapping[int, bytes]) -> Future:
@@ -340,20 +339,13 @@ def _slices_of(
 ) -> Iterator[bytes]:
     """`rows` (at positions `first`, `first` + 1, ...) as pickled chunks cut at slice boundaries: the slices
     in `pickled` as they are, the rest pickled now (yielding the GIL after each when asked)."""
-    start = 0
-    while start < len(rows):
-        if first is None:
-            end, blob = min(len(rows), start + SLICE), None
-        else:
-            k = (first + start - 1) // SLICE
-            end = min(len(rows), (k + 1) * SLICE - first + 1)
-            blob = pickled.get(k) if end - start == SLICE else None
+    for k, start, end in aligned_chunks(1 if first is None else first, len(rows), SLICE):
+        blob = pickled.get(k) if first is not None and end - start == SLICE else None
         if blob is None:
             blob = pickle.dumps(tuple(rows[start:end]), protocol=pickle.HIGHEST_PROTOCOL)
             if yield_gil:
                 time.sleep(0)
         yield blob
-        start = end
 
 
 @dataclass(frozen=True)

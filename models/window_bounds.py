@@ -1,10 +1,11 @@
 """The bounds of a refit's training window (positions, event times, offsets, features versions) for the
-registry, without scanning the whole window on the scoring thread at every refit."""
+registry, without scanning the whole window on the scoring thread at every refit; and the blocks of
+positions that these summaries and the window's pickled slices (`models.refit`) are kept by."""
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, NamedTuple
@@ -59,26 +60,44 @@ class WindowBounds:
 
     def of(self, rows: Sequence[Any]) -> dict[str, Any]:
         """The bounds of `rows` (a window, oldest first), as `scan` gives them."""
-        first, parts, start = rows[0].position, [], 0
-        while start < len(rows):
-            k = (first + start - 1) // BLOCK
-            end = min(len(rows), (k + 1) * BLOCK - first + 1)
-            summary = self._blocks.get(k) if end - start == BLOCK else None
+        first, parts = rows[0].position, []
+        for k, start, end in aligned_chunks(first, len(rows), BLOCK):
+            whole = end - start == BLOCK
+            summary = self._blocks.get(k) if whole else None
             if summary is None:
                 summary = _summarise(rows[start:end])
-                if end - start == BLOCK:
+                if whole:
                     self._blocks[k] = summary
             parts.append(summary)
-            start = end
         self._forget_before(first)
         return _bounds(rows, parts)
 
     def _forget_before(self, position: int) -> None:
-        """Drop the summaries of blocks that end before `position`: at most a window's worth is kept, also
-        when no refit ever reads them."""
-        oldest = (position - 1) // BLOCK
-        for k in [k for k in self._blocks if k < oldest]:
-            del self._blocks[k]
+        """At most a window's worth of summaries is kept, also when no refit ever reads them."""
+        forget_blocks_before(self._blocks, position, BLOCK)
+
+
+def aligned_chunks(first: int, count: int, size: int) -> Iterator[tuple[int, int, int]]:
+    """`count` rows at positions `first`, `first` + 1, ... cut where blocks of `size` positions begin (block k
+    holds positions k * size + 1 .. (k + 1) * size): (k, start, end) for each chunk rows[start:end], which is
+    the whole of block k when end - start == size.
+
+    >>> list(aligned_chunks(first=4, count=7, size=3))
+    [(1, 0, 3), (2, 3, 6), (3, 6, 7)]
+    """
+    start = 0
+    while start < count:
+        k = (first + start - 1) // size
+        end = min(count, (k + 1) * size - first + 1)
+        yield k, start, end
+        start = end
+
+
+def forget_blocks_before(blocks: dict[int, Any], position: int, size: int) -> None:
+    """Drop the entries of `blocks` (keyed by block, as `aligned_chunks` numbers them) that end before `position`."""
+    oldest = (position - 1) // size
+    for k in [k for k in blocks if k < oldest]:
+        del blocks[k]
 
 
 def scan(rows: Sequence[Any]) -> dict[str, Any]:
