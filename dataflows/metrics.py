@@ -9,6 +9,9 @@ from dataflows.codec import iso
 from dataflows.messages import Event, Metrics
 from models import OnlineLearner
 
+LATENCY_SAMPLE = 10_000
+"""The latency percentiles of a metrics message are over this many most recent events."""
+
 
 class MetricsReporter:
     """Counts what the learner step sees and builds a metrics message every N events and every T seconds.
@@ -31,14 +34,14 @@ class MetricsReporter:
         self._last_events = 0
         self._run_started: float | None = None
         self._run_events = 0
-        self._latencies: deque[float] = deque(maxlen=10_000)
+        self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLE)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_last_at"] = None
         state["_run_started"] = None
         state["_run_events"] = 0
-        state["_latencies"] = deque(maxlen=10_000)
+        state["_latencies"] = deque(maxlen=LATENCY_SAMPLE)
         return state
 
     def scored(self, event: Event, features_version: str, now: float) -> None:

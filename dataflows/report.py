@@ -287,7 +287,7 @@ def summary(messages: list[dict], drift_x: int | None, xs: list[int], registry: 
         ("throughput (whole run)", f"{last.get('events_per_s_run') or 0:,.0f} events/s"),
         (
             "latency p50 / p99",
-            f"{last.get('latency_ms_p50')} / {last.get('latency_ms_p99')} ms (from the Kafka timestamp, last 10,000"
+            f"{last.get('latency_ms_p50')} / {last.get('latency_ms_p99')} ms (from the Kafka timestamp, most recent"
             " events: time an event waited in its topic, a replayed backlog for one, counts)",
         ),
         ("features version", str(last.get("features_version", ""))),
