@@ -102,6 +102,11 @@ def run(job: RefitJob, yield_gil: bool = True) -> RefitResult:
 MODES = ("thread", "process", None)
 
 
+WAIT_S = 30.0
+"""How long the flow waits at an effect point for a background fit before it fits there itself (a fit takes
+~1 s; the default `lag` gives it the time of 10,000 labels before that)."""
+
+
 class RefitQueue:
     """Pending refits in schedule order; only the futures are live, and they are never pickled.
 
@@ -138,13 +143,12 @@ class RefitQueue:
         """Versions whose fit is still in progress."""
         return [v for v, f in self._futures.items() if not f.done()]
 
-    def due(self, position: int, wait_s: float | None = None) -> list[tuple[RefitJob, RefitResult]]:
+    def due(self, position: int, wait_s: float = WAIT_S) -> list[tuple[RefitJob, RefitResult]]:
         """Results of the jobs that take effect at or before `position`, waiting for their fits if needed.
 
-        A background fit not done `wait_s` (default `WAIT_S`) after its effect point is done here instead:
+        A background fit not done `wait_s` after its effect point is done here instead:
         a fit is deterministic, so the model is the one the background would have given. A worker under
         SCHED_IDLE on a machine whose cores other work keeps busy could otherwise stall the flow for minutes."""
-        wait_s = WAIT_S if wait_s is None else wait_s
         out = []
         while self.pending and self.pending[0].effect_at <= position:
             job = self.pending.pop(0)
@@ -174,11 +178,6 @@ class RefitQueue:
         self.__dict__.update(state, _futures={})
         if self.background == "process":
             _pool()
-
-
-WAIT_S = 30.0
-"""How long the flow waits at an effect point for a background fit before it fits there itself (a fit takes
-~1 s; the default `lag` gives it the time of 10,000 labels before that)."""
 
 
 def _result(job: RefitJob, future: Future | None, wait_s: float) -> RefitResult:
