@@ -294,7 +294,7 @@ class WindowIndex:
             if bounds not in segments:
                 lo = self._search(rows, "lo", window.lo_us, searches)
                 hi = self._search(rows, "hi", window.hi_us, searches)
-                segments[bounds] = _Segments(lo, np.maximum(hi, lo))
+                segments[bounds] = _Segments(lo, np.maximum(hi, lo), len(self))
             out.append(self._aggregate(window, segments[bounds], cache))
         return out
 
@@ -358,7 +358,7 @@ class WindowIndex:
         else:
             valid = self._valid[column]
             if (key, "count") not in cache:
-                counted = None if valid is None else self._whole(column, "valid", cache)
+                counted = None if valid is None else self._rows(column, "valid", seg, cache)
                 cache[key, "count"] = seg.lengths if counted is None else seg.reduce_runs(np.add, counted, 0)
             count = cache[key, "count"]
         if function == "count":
@@ -372,11 +372,11 @@ class WindowIndex:
                 result = self._ts_ms(np.clip(ends, 0, len(self) - 1)) * 1000
             else:
                 ufunc = np.maximum if function == "max" else np.minimum
-                result = seg.reduce_runs(ufunc, self._whole(column, function, cache), _sentinel(kind, function))
+                result = seg.reduce_runs(ufunc, self._rows(column, function, seg, cache), _sentinel(kind, function))
             arrow_type = TS_TYPE if kind == "ts" else (pa.float64() if kind == "double" else pa.int64())
             return pa.array(result, arrow_type, mask=empty)
         if (key, "sum") not in cache:
-            cache[key, "sum"] = seg.reduce_runs(np.add, self._whole(column, "float", cache), 0.0)
+            cache[key, "sum"] = seg.reduce_runs(np.add, self._rows(column, "float", seg, cache), 0.0)
         total = cache[key, "sum"]
         if function == "sum":
             return pa.array(total, pa.float64(), mask=empty)
@@ -385,7 +385,7 @@ class WindowIndex:
             return pa.array(mean, pa.float64(), mask=empty)
         if (key, "squares") not in cache:
             # The one aggregate that needs each row's own term: the deviations from its window's mean.
-            deviations = self._whole(column, "float", cache)[seg.positions]
+            deviations = seg.gather(self._rows(column, "float", seg, cache))
             deviations -= np.repeat(mean, seg.lengths)
             if valid is not None:
                 deviations[~valid[seg.positions]] = 0.0
@@ -396,19 +396,24 @@ class WindowIndex:
             result = np.sqrt(result)
         return pa.array(result, pa.float64(), mask=divisor <= 0)
 
-    def _whole(self, column: str, form: str, cache: dict) -> np.ndarray:
-        """A column of the whole index as the reductions read it, made once per batch: `valid` (0/1 per
-        row), `float` (NULL as 0), or for `min`/`max` NULL as the value that never wins."""
-        if (column, form) not in cache:
+    def _rows(self, column: str, form: str, seg: _Segments, cache: dict) -> np.ndarray:
+        """A column as the reductions over `seg` read it, made once per batch: `valid` (0/1 per row),
+        `float` (NULL as 0), or for `min`/`max` NULL as the value that never wins. Of the whole index, or
+        of the segments' rows only when `seg` gathers them."""
+        where = (id(seg),) if seg.gathered else ()
+        if (column, form, *where) not in cache:
             values, valid = self._values[column], self._valid[column]
+            if seg.gathered:
+                values = None if values is None else values[seg.positions]
+                valid = None if valid is None else valid[seg.positions]
             if form == "valid":
-                whole = valid.astype(np.int64)
+                rows = valid.astype(np.int64)
             elif form == "float":
-                whole = values.astype(np.float64, copy=False)
+                rows = values.astype(np.float64, copy=False)
             else:
-                whole = values if valid is None else np.where(valid, values, _sentinel(self.columns[column], form))
-            cache[column, form] = whole
-        return cache[column, form]
+                rows = values if valid is None else np.where(valid, values, _sentinel(self.columns[column], form))
+            cache[column, form, *where] = rows
+        return cache[column, form, *where]
 
     def _compact(self) -> None:
         keep = self._ts_ms() >= self._floor
@@ -430,13 +435,19 @@ class WindowIndex:
 
 
 class _Segments:
-    """The window of each batch row as a run [lo, hi) of the index, and those runs gathered end to end."""
+    """The window of each batch row as a run [lo, hi) of the index, and those runs gathered end to end.
 
-    def __init__(self, lo: np.ndarray, hi: np.ndarray):
+    When the runs hold fewer rows than half the index (a small batch, a long history), the reductions read
+    the runs' rows gathered; otherwise they reduce the runs in place, which passes over the index once. Both
+    add each run's values in index order, so they give the same bits."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, index_size: int):
         self.lo = lo
         self.lengths = hi - lo
         self.starts = np.cumsum(self.lengths) - self.lengths
         self.nonempty = self.lengths > 0
+        total = int(self.starts[-1] + self.lengths[-1]) if len(lo) else 0
+        self.gathered = 2 * total < index_size
         self._positions: np.ndarray | None = None
         self._runs: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -449,27 +460,34 @@ class _Segments:
             self._positions = positions
         return self._positions
 
-    def reduce_runs(self, ufunc: np.ufunc, whole: np.ndarray, empty) -> np.ndarray:
-        """`ufunc` over each segment's run of `whole` (a column of the whole index) in place, with no gather.
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """Every segment's rows, segment after segment, as a new array, from rows made by `_rows` for it."""
+        return rows.copy() if self.gathered else rows[self.positions]
 
-        The non-empty runs, sorted by start, go to one `reduceat` as [lo, hi) pairs. Its results between
-        pairs are thrown away: each is one element where runs overlap, else a stretch no other run covers,
-        so they cost at most one pass over the index. Each run is reduced in index order, as `reduce` would.
+    def reduce_runs(self, ufunc: np.ufunc, rows: np.ndarray, empty) -> np.ndarray:
+        """`ufunc` over each segment's rows, from rows made by `_rows` for these segments.
+
+        Gathered: one `reduceat` at the segments' starts. In place: the non-empty runs, sorted by start, go to
+        one `reduceat` as [lo, hi) pairs of the whole index; its results between pairs are thrown away: each is
+        one element where runs overlap, else a stretch no other run covers, so they cost at most one pass over
+        the index. Each run is reduced in index order, as `reduce` would.
         """
+        if self.gathered:
+            return self.reduce(ufunc, rows, empty)
         if self._runs is None:
-            rows = np.flatnonzero(self.nonempty)
-            rows = rows[np.argsort(self.lo[rows], kind="stable")]
-            bounds = np.empty(2 * len(rows), np.int64)
-            bounds[0::2] = self.lo[rows]
-            bounds[1::2] = self.lo[rows] + self.lengths[rows]
-            self._runs = rows, bounds
-        rows, bounds = self._runs
-        out = np.full(len(self.lengths), empty, dtype=whole.dtype)
-        if rows.size:
-            if bounds.max() >= len(whole):
+            nonempty = np.flatnonzero(self.nonempty)
+            nonempty = nonempty[np.argsort(self.lo[nonempty], kind="stable")]
+            bounds = np.empty(2 * len(nonempty), np.int64)
+            bounds[0::2] = self.lo[nonempty]
+            bounds[1::2] = self.lo[nonempty] + self.lengths[nonempty]
+            self._runs = nonempty, bounds
+        nonempty, bounds = self._runs
+        out = np.full(len(self.lengths), empty, dtype=rows.dtype)
+        if nonempty.size:
+            if bounds.max() >= len(rows):
                 # reduceat takes no index past the end; a spare last element makes every hi a valid index.
-                whole = np.concatenate([whole, whole[-1:]])
-            out[rows] = ufunc.reduceat(whole, bounds)[0::2]
+                rows = np.concatenate([rows, rows[-1:]])
+            out[nonempty] = ufunc.reduceat(rows, bounds)[0::2]
         return out
 
     def reduce(self, ufunc: np.ufunc, gathered: np.ndarray, empty) -> np.ndarray:
