@@ -63,7 +63,7 @@ def guard_recovery_dir(argv: list[str]) -> None:
         return
     expected = expected_steps()
     missing = expected - saved
-    unknown = {s for s in saved - expected if not s.startswith(f"{FLOW_ID}.read_kafka")}
+    unknown = {s for s in saved - expected if not s.startswith((f"{FLOW_ID}.read_kafka", f"{FLOW_ID}.write_"))}
     if missing:
         raise RecoveryError(
             f"recovery directory {directory} holds state for {sorted(saved)} but this flow's stateful steps are "

@@ -261,12 +261,22 @@ def test_the_refit_worker_gives_way_to_the_flow_for_the_cpu():
         assert _pool().submit(os.sched_getscheduler, 0).result(timeout=60) == os.SCHED_IDLE
 
 
+def test_refits_are_sent_to_the_worker_by_one_thread_started_once():
+    from models.refit import RefitJob, _in_process
+
+    jobs = [RefitJob(v, 0, 10, rows=({"x": 1.0}, {"x": 0.0}), labels=(True, False), window={}) for v in (1, 2)]
+    for job in jobs:
+        _in_process(job, {}).result(timeout=60)
+    senders = [t for t in threading.enumerate() if t.name.startswith("eddy-refit-send")]
+    assert [t.name for t in senders] == ["eddy-refit-sender"]
+
+
 def test_a_refit_that_cannot_reach_the_worker_fails_its_future_instead_of_hanging():
     from models.refit import RefitJob, _in_process
 
     job = RefitJob(1, 0, 10, rows=({"x": 1.0}, {"x": lambda: 0}), labels=(True, False), window={})
     with pytest.raises(Exception, match="pickle"):
-        _in_process(job).result(timeout=60)
+        _in_process(job, {}).result(timeout=60)
 
 
 def test_a_fit_the_worker_has_not_done_in_time_is_done_by_the_flow_with_the_same_model(caplog):
