@@ -13,7 +13,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import lightgbm
 
 from models import lightgbm_member
+from models.background import SerialWorker
 from models.gate import Gate
 from models.window_bounds import aligned_chunks, forget_blocks_before
 
@@ -330,28 +330,13 @@ def _in_process(job: RefitJob, pickled: Mapping[int, bytes]) -> Future:
         except BaseException as error:
             future.set_exception(error)
 
-    _send_later(send)
+    _SENDER.submit(send)
     return future
 
 
-_SENDS: queue.SimpleQueue[Callable[[], None]] | None = None
-_SENDS_LOCK = threading.Lock()
-
-
-def _send_later(send: Callable[[], None]) -> None:
-    """Run `send` on the one sender thread, in submission order: starting a thread for every refit cost the
-    scoring thread 3-5 ms under load (the new thread must take the GIL before `start` returns)."""
-    global _SENDS
-    with _SENDS_LOCK:
-        if _SENDS is None:
-            _SENDS = queue.SimpleQueue()
-            threading.Thread(target=_sender, args=(_SENDS,), name="eddy-refit-sender", daemon=True).start()
-    _SENDS.put(send)
-
-
-def _sender(sends: queue.SimpleQueue[Callable[[], None]]) -> None:
-    while True:
-        sends.get()()
+_SENDER = SerialWorker("eddy-refit-sender")
+"""Sends the windows to the worker process in submission order: starting a thread for every refit cost the
+scoring thread 3-5 ms under load (the new thread must take the GIL before `start` returns)."""
 
 
 def _slices_of(

@@ -13,15 +13,15 @@ the process flushes at exit.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
-import queue
-import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
 
+from models.background import SerialWorker
 from models.lightgbm_member import LightGBMMember
 
 log = logging.getLogger("eddy")
@@ -48,7 +48,7 @@ class ModelRegistry:
         record = {**record, "accepted_total": self.accepted, "rejected_total": self.rejected}
         self._entries.append((record, member))
         if self.directory is not None:
-            _writes().put((self.directory, self.keep, record, member))
+            _WRITER.submit(functools.partial(_write_or_log, self.directory, self.keep, record, member))
         return record
 
     def versions(self) -> list[dict[str, Any]]:
@@ -73,35 +73,22 @@ class ModelRegistry:
         )
 
 
-_QUEUE: queue.Queue | None = None
-_LOCK = threading.Lock()
+_WRITER = SerialWorker("eddy-registry-writer")
 
 
 def flush_writes() -> None:
     """Wait until every registry file saved so far in this process is on disk."""
-    if _QUEUE is not None:
-        _QUEUE.join()
+    _WRITER.join()
 
 
-def _writes() -> queue.Queue:
-    global _QUEUE
-    with _LOCK:
-        if _QUEUE is None:
-            _QUEUE = queue.Queue()
-            threading.Thread(target=_writer, args=(_QUEUE,), name="eddy-registry-writer", daemon=True).start()
-            atexit.register(flush_writes)
-    return _QUEUE
+atexit.register(flush_writes)
 
 
-def _writer(jobs: queue.Queue) -> None:
-    while True:
-        directory, keep, record, member = jobs.get()
-        try:
-            _write(directory, keep, record, member)
-        except Exception as error:  # the writer must live on: a dead one would leave every later flush waiting
-            log.error("model registry: could not write version %s to %s: %s", record["version"], directory, error)
-        finally:
-            jobs.task_done()
+def _write_or_log(directory: Path, keep: int, record: dict[str, Any], member: LightGBMMember | None) -> None:
+    try:
+        _write(directory, keep, record, member)
+    except Exception as error:
+        log.error("model registry: could not write version %s to %s: %s", record["version"], directory, error)
 
 
 def _write(directory: Path, keep: int, record: dict[str, Any], member: LightGBMMember | None) -> None:
