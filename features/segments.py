@@ -437,7 +437,7 @@ class WindowIndex:
 class _Segments:
     """The window of each batch row as a run [lo, hi) of the index, and those runs gathered end to end.
 
-    When the runs hold fewer rows than half the index (a small batch, a long history), the reductions read
+    When the runs hold fewer rows than a quarter of the index (a small batch, a long history), the reductions read
     the runs' rows gathered; otherwise they reduce the runs in place, which passes over the index once. Both
     add each run's values in index order, so they give the same bits."""
 
@@ -447,7 +447,7 @@ class _Segments:
         self.starts = np.cumsum(self.lengths) - self.lengths
         self.nonempty = self.lengths > 0
         total = int(self.starts[-1] + self.lengths[-1]) if len(lo) else 0
-        self.gathered = 2 * total < index_size
+        self.gathered = 4 * total < index_size
         self._positions: np.ndarray | None = None
         self._runs: tuple[np.ndarray, np.ndarray] | None = None
 
