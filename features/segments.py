@@ -389,7 +389,8 @@ class WindowIndex:
             deviations -= np.repeat(mean, seg.lengths)
             if valid is not None:
                 deviations[~valid[seg.positions]] = 0.0
-            cache[key, "squares"] = seg.reduce(np.add, deviations * deviations, 0.0)
+            with np.errstate(over="ignore"):  # deviations past ~1e154 square to inf, as DuckDB's do
+                cache[key, "squares"] = seg.reduce(np.add, deviations * deviations, 0.0)
         divisor = count if function.endswith("_pop") else count - 1
         result = cache[key, "squares"] / np.maximum(divisor, 1)
         if function.startswith("stddev"):
