@@ -28,12 +28,12 @@ class DeliveryError(RuntimeError):
 
 
 class _EpochFlushPartition(StatefulSinkPartition[KafkaSinkMessage, None]):
-    def __init__(self, producer: Producer, topic: str):
-        self._producer = producer
+    def __init__(self, config: dict[str, Any], topic: str):
+        self._producer = Producer({**config, "on_delivery": self._delivered})
         self._topic = topic
         self._failures: list[str] = []
 
-    def on_delivery(self, error: KafkaError | None, _message: Any) -> None:
+    def _delivered(self, error: KafkaError | None, _message: Any) -> None:
         if error is not None:
             self._failures.append(str(error))
 
@@ -55,8 +55,7 @@ class _EpochFlushPartition(StatefulSinkPartition[KafkaSinkMessage, None]):
         self._raise_failures()
 
     def close(self) -> None:
-        self._producer.flush()
-        self._raise_failures()
+        self.snapshot()
 
     def _raise_failures(self) -> None:
         if self._failures:
@@ -85,11 +84,8 @@ class EpochFlushKafkaSink(FixedPartitionedSink[KafkaSinkMessage, None]):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _EpochFlushPartition:
-        partition: _EpochFlushPartition
         config = {"bootstrap.servers": ",".join(self._brokers), "linger.ms": LINGER_MS, **self._add_config}
-        config["on_delivery"] = lambda error, message: partition.on_delivery(error, message)
-        partition = _EpochFlushPartition(Producer(config), self._topic)
-        return partition
+        return _EpochFlushPartition(config, self._topic)
 
 
 def write(step_id: str, up: Stream[KafkaSinkMessage], *, brokers: list[str], topic: str) -> None:
