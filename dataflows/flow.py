@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError
@@ -50,12 +51,13 @@ def build_flow(
     partitions: dict[str, int] | None = None,
     inputs: Inputs | None = None,
     outputs: Outputs | None = None,
-    snapshots: bool = True,
+    state_dir: Path | None = None,
 ) -> Dataflow:
     """The dataflow for `config`; checks the broker and topics first unless `partitions` is given.
 
-    `snapshots=False` (a run with no recovery directory) skips pickling the stateful steps' state at every
-    epoch, which Bytewax would otherwise do and discard; a resume from such a run is refused.
+    `state_dir` is the recovery directory (`-r`) of a run that saves its state: the steps write their journal
+    there (see `dataflows.steps`). Without it they save nothing at the epochs' ends, where Bytewax would
+    otherwise have them pickle their state and throw it away; a resume from such a run is refused.
 
     `inputs` and `outputs` replace Kafka (the backtest reads a file and writes files): `inputs(flow)` returns
     a stream of `KafkaSourceMessage`s and a stream of `KafkaError`s; `outputs(name, stream)` consumes the
@@ -97,17 +99,17 @@ def build_flow(
     ordered = op.stateful_batch(
         OrderByEventTime.STEP,
         op.key_on("key_by_shard", valid.trues, _shard),
-        lambda resume: OrderByEventTime(config, input_partitions, ends, config.tail, resume, snapshots),
+        lambda resume: OrderByEventTime(config, input_partitions, ends, config.tail, resume, state_dir, SHARD),
     )
     featured = op.stateful_batch(
-        ComputeFeatures.STEP, ordered, lambda resume: ComputeFeatures(config, resume, snapshots)
+        ComputeFeatures.STEP, ordered, lambda resume: ComputeFeatures(config, resume, state_dir, SHARD)
     )
     rejected = op.key_on("key_dead_letters", op.merge("gather_dead_letters", valid.falses, consumer_errors), _shard)
     probe = LagProbe(config.bootstrap_servers, names, partitions) if config.bootstrap_servers else None
     learned = op.stateful_batch(
         ScoreAndLearn.STEP,
         op.merge("join_dead_letters", featured, rejected),
-        lambda resume: ScoreAndLearn(config, probe, resume, snapshots),
+        lambda resume: ScoreAndLearn(config, probe, resume, state_dir, SHARD),
     )
     results = op.key_rm("drop_shard_key", learned)
 

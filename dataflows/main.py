@@ -52,7 +52,7 @@ def _build():
         config.model,
         "tailing the input" if config.tail else "stopping at the end of the input (EDDY_TAIL=false)",
     )
-    return build_flow(config, partitions, snapshots=recovery_dir_from_argv(sys.argv) is not None)
+    return build_flow(config, partitions, state_dir=recovery_dir_from_argv(sys.argv))
 
 
 flow = _build()

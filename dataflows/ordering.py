@@ -84,6 +84,9 @@ class EventTimeOrder:
         self.held: list[tuple[tuple, Item]] = []
         self.seen: dict[str, int] = {}
         self.seen_order: deque[tuple[int, str]] = deque()
+        self.remembered = 0  # event ids ever added to `seen_order`
+        self.forgotten = 0  # ... and dropped from its front since
+        self._new_ids: list[tuple[int, str]] | None = None
         self.finished: set[str] = set()
         self.spoke: set[str] = set()
         self.read_to: dict[str, int] = {}
@@ -99,7 +102,39 @@ class EventTimeOrder:
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("read_to", {})
+        state.setdefault("remembered", len(state["seen_order"]))
+        state.setdefault("forgotten", 0)
+        state.setdefault("_new_ids", None)
         self.__dict__.update(state)
+
+    # -- the dedupe memory as a journal: what a recovery snapshot writes instead of pickling it ----------
+
+    def track_new_ids(self) -> None:
+        """Keep the (ts, event_id) pairs remembered from now on until `take_new_ids` collects them."""
+        self._new_ids = []
+
+    def take_new_ids(self) -> list[tuple[int, str]]:
+        """The (ts, event_id) pairs remembered since the last call, in order: `remembered` ends with them."""
+        new, self._new_ids = self._new_ids, []
+        if new is None:
+            raise RuntimeError("EventTimeOrder.take_new_ids needs track_new_ids() first")
+        return new
+
+    def without_ids(self) -> EventTimeOrder:
+        """A copy without the dedupe memory (which can hold millions of ids): what a snapshot pickles."""
+        copy = EventTimeOrder.__new__(EventTimeOrder)
+        copy.__dict__.update(self.__getstate__())
+        copy.seen, copy.seen_order, copy._new_ids = {}, deque(), None
+        return copy
+
+    def restore_ids(self, ids: list[tuple[int, str]]) -> None:
+        """Give a copy from `without_ids` back its dedupe memory: `ids` are the remembered pairs from number
+        `self.remembered - len(ids)` on, at least the `remembered - forgotten` still held."""
+        held = self.remembered - self.forgotten
+        if len(ids) < held:
+            raise ValueError(f"EventTimeOrder.restore_ids: {len(ids)} ids given, {held} still remembered")
+        self.seen_order = deque(ids[len(ids) - held :])
+        self.seen = {event_id: ts for ts, event_id in self.seen_order}
 
     def push(self, items: list[Item], now: float) -> Released:
         """Take newly read items (in arrival order) at wall-clock time `now`; return what is released."""
@@ -222,6 +257,9 @@ class EventTimeOrder:
                 return
             self.seen[item.event_id] = item.ts
             self.seen_order.append((item.ts, item.event_id))
+            self.remembered += 1
+            if self._new_ids is not None:
+                self._new_ids.append((item.ts, item.event_id))
         out.items.append(item)
 
     def _forget(self) -> None:
@@ -230,6 +268,7 @@ class EventTimeOrder:
         horizon = self.seen_order[-1][0] - self.dedupe_horizon_ms
         while self.seen_order and self.seen_order[0][0] < horizon:
             ts, event_id = self.seen_order.popleft()
+            self.forgotten += 1
             if self.seen.get(event_id) == ts:
                 del self.seen[event_id]
 

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 from dataflows.flow import FLOW_ID, STATEFUL_STEPS
+from dataflows.state_journal import FILE as JOURNAL_FILE
+from dataflows.state_journal import snapshot_log
 
 
 class RecoveryError(RuntimeError):
@@ -72,6 +74,32 @@ def guard_recovery_dir(argv: list[str]) -> None:
             + ". Bytewax would resume these steps with no state (a renamed step or flow id). Resume with the "
             "eddy version that wrote the directory, or start over with a fresh one."
         )
+    if not (directory / JOURNAL_FILE).exists():
+        raise RecoveryError(
+            f"recovery directory {directory} holds snapshots but not the journal they refer to "
+            f"({directory / JOURNAL_FILE}: the window rows and dedupe ids the snapshots leave out). It was "
+            "deleted or not copied with the directory; start over with a fresh recovery directory."
+        )
+
+
+def describe_snapshots(directory: Path, last: int = 100) -> list[str]:
+    """Per step: how many snapshots the journal logged, and the time and bytes of the last `last` of them."""
+    rows = snapshot_log(directory)
+    lines = []
+    for step in sorted({row["step"] for row in rows}):
+        mine = [row for row in rows if row["step"] == step]
+        recent = mine[-last:]
+        seconds = sorted(row["seconds"] for row in recent)
+        lines.append(
+            f"{step}: {len(mine)} snapshots logged; the last {len(recent)}: "
+            f"{sum(row['bytes'] for row in recent) / len(recent) / 1024:.1f} KiB and "
+            f"{seconds[len(seconds) // 2] * 1000:.1f} ms (median, max {seconds[-1] * 1000:.1f} ms) each"
+        )
+    journal = directory / JOURNAL_FILE
+    if journal.exists():
+        size = sum(p.stat().st_size for p in directory.glob(JOURNAL_FILE + "*"))
+        lines.append(f"journal {journal}: {size / 2**20:.1f} MiB")
+    return lines
 
 
 def init(directory: Path, partitions: int) -> None:
@@ -96,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         init(args.directory, args.partitions)
         return 0
     print("\n".join(sorted(saved_steps(args.directory))) or "(no snapshots yet)")
+    for line in describe_snapshots(args.directory):
+        print(line)
     try:
         guard_recovery_dir(["-r", str(args.directory)])
     except RecoveryError as exc:

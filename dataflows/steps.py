@@ -1,12 +1,17 @@
 """The dataflow's three stateful steps, as Bytewax `StatefulBatchLogic`s over eddy's plain state objects.
 
-Each step keeps its live resources (DuckDB connection, clocks) beside its state and snapshots only plain
-state, pickled, tagged with `STATE_FORMAT` so that a resume from an incompatible snapshot is refused with a
-clear message instead of silently mis-restoring.
+Each step keeps its live resources (DuckDB connection, clocks, its journal) beside its state and snapshots
+only plain state, pickled, tagged with `STATE_FORMAT` so that a resume from an incompatible snapshot is
+refused with a clear message instead of silently mis-restoring.
 
-Bytewax asks every step for a snapshot at the end of every epoch (10 s) even when the run has no recovery
-directory, and throws it away. Pickling the learner (its refit window) stalls the flow for 0.1-0.3 s each
-time, so a step built with `snapshots=False` returns the `NOT_SAVED` marker instead, which a resume refuses.
+A snapshot costs what its epoch changed, not the history held: the ordering step's dedupe ids and the
+feature step's window rows go to the recovery directory's journal (`dataflows.state_journal`) as one chunk
+an epoch, and the pickle Bytewax stores holds the rest of the state and the journal position. The learner's
+state is bounded by its configuration (the model, the refit window, the events waiting for labels) and is
+pickled whole.
+
+Without a recovery directory Bytewax still asks for a snapshot at every epoch and throws it away, so steps
+built with no `state_dir` return the `NOT_SAVED` marker instead, which a resume refuses.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 
 from dataflows.config import Config
@@ -28,16 +36,20 @@ from dataflows.messages import DeadLetter, Event, Label, Metrics, Prediction, Sc
 from dataflows.metrics import MetricsReporter
 from dataflows.ordering import EventTimeOrder
 from dataflows.prometheus import PrometheusExporter
+from dataflows.state_journal import StateJournal
 from features import FeatureEngine
 from models import OnlineLearner
 
 log = logging.getLogger("eddy")
 
-STATE_FORMAT = 3
+STATE_FORMAT = 4
 """Bump when the pickled state of any step changes shape; old snapshots are then refused by name."""
 
 NOT_SAVED = b"eddy: state not saved (this run had no recovery directory)"
-"""What a step built with `snapshots=False` returns for its snapshot: no state, and refused on resume."""
+"""What a step built with no `state_dir` returns for its snapshot: no state, and refused on resume."""
+
+_NO_MARK = -(2**62)
+"""The mark of an empty chunk: below every floor, so it is dead as soon as it is not the newest."""
 
 
 class StateFormatError(RuntimeError):
@@ -85,13 +97,24 @@ class OrderByEventTime(StatefulBatchLogic):
         ends: dict[str, int] | None,
         tail: bool,
         resume: bytes | None,
-        snapshots: bool = True,
+        state_dir: Path | None = None,
+        key: str = "",
     ):
         flow = config.flow
-        self.snapshots = snapshots
-        self.order: EventTimeOrder = unpack(self.STEP, resume) or EventTimeOrder(
-            partitions, flow.lateness_ms, flow.idle_timeout_s, flow.dedupe_horizon_ms, flow.mode
-        )
+        saved = unpack(self.STEP, resume)
+        self.journal = StateJournal(state_dir, self.STEP, key, ("ids",)) if state_dir is not None else None
+        if saved is None:
+            self.order = EventTimeOrder(
+                partitions, flow.lateness_ms, flow.idle_timeout_s, flow.dedupe_horizon_ms, flow.mode
+            )
+            if self.journal is not None:
+                self.journal.open(None)
+        else:
+            self.order = saved["order"]
+            chunks = self.journal.open(saved["position"]) if self.journal is not None else {"ids": []}
+            self.order.restore_ids([pair for chunk in chunks["ids"] for pair in pickle.loads(chunk)])
+        if self.journal is not None:
+            self.order.track_new_ids()
         self.order.partitions = list(partitions)
         self.order.ends = ends
         self.order.tail = tail
@@ -117,7 +140,17 @@ class OrderByEventTime(StatefulBatchLogic):
         return None if at is None else datetime.fromtimestamp(at, tz=UTC)
 
     def snapshot(self) -> bytes:
-        return pack(self.STEP, self.order) if self.snapshots else NOT_SAVED
+        if self.journal is None:
+            return NOT_SAVED
+        started = time.perf_counter()
+        chunk = pickle.dumps(self.order.take_new_ids(), protocol=pickle.HIGHEST_PROTOCOL)
+        # A chunk's mark is the count of ids remembered up to its end: dead once all of them are forgotten.
+        position = self.journal.append(
+            {"ids": (chunk, self.order.remembered)}, dead_below={"ids": self.order.forgotten + 1}
+        )
+        blob = pack(self.STEP, {"position": position, "order": self.order.without_ids()})
+        self.journal.record(position.seq, time.perf_counter() - started, len(chunk) + len(blob))
+        return blob
 
 
 class ComputeFeatures(StatefulBatchLogic):
@@ -125,15 +158,20 @@ class ComputeFeatures(StatefulBatchLogic):
 
     STEP = "compute_features"
 
-    def __init__(self, config: Config, resume: bytes | None, snapshots: bool = True):
-        self.snapshots = snapshots
+    def __init__(self, config: Config, resume: bytes | None, state_dir: Path | None = None, key: str = ""):
         self.sql_dir = config.sql_dir
         self.fields = config.fields
-        blob = unpack(self.STEP, resume)
-        if blob is None:
-            self.engine = FeatureEngine(self.sql_dir, self.fields, lateness_ms=0, auto_reload=False)
+        saved = unpack(self.STEP, resume)
+        self.journal = StateJournal(state_dir, self.STEP, key, ("rows",)) if state_dir is not None else None
+        options = {"lateness_ms": 0, "auto_reload": False, "track_inserts": self.journal is not None}
+        if saved is None:
+            self.engine = FeatureEngine(self.sql_dir, self.fields, **options)
+            if self.journal is not None:
+                self.journal.open(None)
         else:
-            self.engine = FeatureEngine.restore(blob, self.sql_dir, self.fields, lateness_ms=0, auto_reload=False)
+            chunks = self.journal.open(saved["position"]) if self.journal is not None else {"rows": []}
+            rows = [pa.ipc.open_stream(chunk).read_all() for chunk in chunks["rows"]]
+            self.engine = FeatureEngine.resume(saved["engine"], rows, self.sql_dir, self.fields, **options)
         self._reported_errors: set[str] = set()
         self.arrival = config.flow.mode == "arrival"
         self.exporter = PrometheusExporter(config.flow.prometheus_port)
@@ -181,7 +219,27 @@ class ComputeFeatures(StatefulBatchLogic):
                 log.error("feature edit refused, keeping version %s:\n%s", report.features_version, message)
 
     def snapshot(self) -> bytes:
-        return pack(self.STEP, self.engine.snapshot()) if self.snapshots else NOT_SAVED
+        if self.journal is None:
+            return NOT_SAVED
+        started = time.perf_counter()
+        rows = self.engine.take_inserted()
+        chunk = _ipc(rows)
+        # A chunk's mark is its newest ts: dead once the buffer has evicted everything up to it.
+        mark = pc.max(rows["ts"]).cast(pa.int64()).as_py() // 1000 if rows.num_rows else _NO_MARK
+        floor = self.engine.buffer.floor
+        position = self.journal.append(
+            {"rows": (chunk, mark)}, dead_below={"rows": _NO_MARK if floor is None else floor}
+        )
+        blob = pack(self.STEP, {"position": position, "engine": self.engine.state()})
+        self.journal.record(position.seq, time.perf_counter() - started, len(chunk) + len(blob))
+        return blob
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 @dataclass
@@ -195,9 +253,11 @@ class ScoreAndLearn(StatefulBatchLogic):
 
     STEP = "score_and_learn"
 
-    def __init__(self, config: Config, lag_probe, resume: bytes | None, snapshots: bool = True):
+    def __init__(self, config: Config, lag_probe, resume: bytes | None, state_dir: Path | None = None, key: str = ""):
         self.config = config
-        self.snapshots = snapshots
+        # The learner's state is pickled whole (it is bounded by configuration); the journal logs its snapshots.
+        self.journal = StateJournal(state_dir, self.STEP, key, ()) if state_dir is not None else None
+        self._snapshots = 0
         self.state: LearnerState = unpack(self.STEP, resume) or LearnerState(
             OnlineLearner(build_model(config), config.flow.label_horizon_ms, config.flow.rolling_window),
             MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s),
@@ -268,7 +328,13 @@ class ScoreAndLearn(StatefulBatchLogic):
         return metrics
 
     def snapshot(self) -> bytes:
-        return pack(self.STEP, self.state) if self.snapshots else NOT_SAVED
+        if self.journal is None:
+            return NOT_SAVED
+        started = time.perf_counter()
+        blob = pack(self.STEP, self.state)
+        self._snapshots += 1
+        self.journal.record(self._snapshots, time.perf_counter() - started, len(blob))
+        return blob
 
 
 _NUMBERS_OR_NULL = frozenset((float, int, bool, type(None)))

@@ -31,10 +31,33 @@ _MAX_CHUNKS = 32
 class EventBuffer:
     """Released events within the longest horizon, sorted by (ts, event_id)."""
 
-    def __init__(self, schema: pa.Schema, table: pa.Table | None = None):
+    def __init__(self, schema: pa.Schema, table: pa.Table | None = None, floor: int | None = None):
         self.schema = schema
         self.table = table if table is not None else schema.empty_table()
         self._ts_ms: list[int] = _ts_ms(self.table)
+        self.floor = floor
+        """Events with ts below this have been evicted (None: nothing yet)."""
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("floor", None)
+        self.__dict__.update(state)
+
+    @classmethod
+    def rebuild(cls, schema: pa.Schema, inserted: list[pa.Table], floor: int | None) -> EventBuffer:
+        """The buffer that inserting the `inserted` tables in turn, and evicting below `floor`, leaves: the
+        events at or past the floor, in (ts, event_id) order."""
+        table = pa.concat_tables([schema.empty_table(), *inserted])
+        ts = table["ts"]
+        if table.num_rows > 1 and not pc.all(pc.greater_equal(ts[1:], ts[:-1])).as_py():
+            table = table.sort_by([("ts", "ascending"), ("event_id", "ascending")])
+        buffer = cls(schema, table.combine_chunks())
+        if floor is not None:
+            buffer.evict(floor)
+        return buffer
+
+    def conform(self, batch: pa.Table) -> pa.Table:
+        """`batch` with the buffer's columns and types, as it is stored."""
+        return batch.select(self.schema.names).cast(self.schema)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -47,7 +70,7 @@ class EventBuffer:
         """Append released events; they must not be older than what is already buffered."""
         if batch.num_rows == 0:
             return
-        self.table = pa.concat_tables([self.table, batch.select(self.schema.names).cast(self.schema)])
+        self.table = pa.concat_tables([self.table, self.conform(batch)])
         if self.table["ts"].num_chunks > _MAX_CHUNKS:
             self.table = self.table.combine_chunks()
         self._ts_ms.extend(_ts_ms(batch))
@@ -60,13 +83,15 @@ class EventBuffer:
         if not self._ts_ms or _ts_ms(batch.slice(0, 1))[0] >= self._ts_ms[-1]:
             self.append(batch)
             return
-        merged = pa.concat_tables([self.table, batch.select(self.schema.names).cast(self.schema)])
+        merged = pa.concat_tables([self.table, self.conform(batch)])
         self.table = merged.sort_by([("ts", "ascending"), ("event_id", "ascending")]).combine_chunks()
         self._ts_ms = _ts_ms(self.table)
 
     def evict(self, before_ms: int) -> int:
-        """Drop events with ts < `before_ms`; returns how many were dropped."""
-        cut = bisect.bisect_left(self._ts_ms, before_ms)
+        """Drop events with ts < `before_ms` (or below an earlier, higher floor); returns how many were dropped."""
+        if self.floor is None or before_ms > self.floor:
+            self.floor = before_ms
+        cut = bisect.bisect_left(self._ts_ms, self.floor)
         if cut:
             self.table = self.table.slice(cut)
             del self._ts_ms[:cut]

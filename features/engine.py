@@ -109,6 +109,9 @@ class FeatureEngine:
         DuckDB threads; 1 keeps one engine on one core (scale with more dataflow workers).
     auto_reload
         Check the folder for edits (a cheap stat) at the start of every `push`.
+    track_inserts
+        Keep the rows added to the buffer until `take_inserted` collects them: how a recovery snapshot
+        saves only what changed (`state` + the inserted rows, given back to `resume`).
 
     The DuckDB connection and the window indexes are not part of the engine's state: pickling or
     deep-copying (as Bytewax does at every epoch) keeps the buffer, held events and counters, and the copy
@@ -122,6 +125,7 @@ class FeatureEngine:
         lateness_ms: int | None = None,
         threads: int = 1,
         auto_reload: bool = True,
+        track_inserts: bool = False,
     ):
         self.sql_dir = str(sql_dir)
         self.fields = {k: v for k, v in fields.items() if k not in HIDDEN}
@@ -147,6 +151,7 @@ class FeatureEngine:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._statements: dict[str, duckdb.DuckDBPyRelation] = {}  # for `_con` alone: see segment_features
         self._indexes: dict[tuple[str, ...], WindowIndex] = {}
+        self._inserted: list[pa.Table] | None = [] if track_inserts else None
 
     # -- public API -------------------------------------------------------------------------------------
 
@@ -248,6 +253,7 @@ class FeatureEngine:
         state = {
             "format": _SNAPSHOT_FORMAT,
             "buffer": self.buffer.to_bytes(),
+            "buffer_floor": self.buffer.floor,
             "held": self._held,
             "seq": self._seq,
             "max_ts": self._max_ts,
@@ -270,6 +276,52 @@ class FeatureEngine:
         if not buffer.schema.equals(engine.buffer.schema):
             raise ValueError(f"the snapshot's events schema {buffer.schema} differs from the fields given")
         engine.buffer = buffer
+        buffer.floor = state.get("buffer_floor")
+        engine._held = sorted(state["held"])
+        engine._seq = state["seq"]
+        engine._max_ts = state["max_ts"]
+        engine._floor = state["floor"]
+        engine.counters = dict(state["counters"])
+        return engine
+
+    def take_inserted(self) -> pa.Table:
+        """The rows added to the buffer since the last call (with `track_inserts`), in the order added."""
+        if self._inserted is None:
+            raise RuntimeError("FeatureEngine.take_inserted needs an engine built with track_inserts=True")
+        batches, self._inserted = self._inserted, []
+        if not batches:
+            return self.buffer.schema.empty_table()
+        return pa.concat_tables(batches) if len(batches) > 1 else batches[0]
+
+    def state(self) -> dict:
+        """The engine's state less the buffer's rows: small, whatever the history held. With every row ever
+        inserted that is still at or past `state()["buffer_floor"]`, `resume` gives the engine back."""
+        return {
+            "format": _SNAPSHOT_FORMAT,
+            "buffer_floor": self.buffer.floor,
+            "held": self._held,
+            "seq": self._seq,
+            "max_ts": self._max_ts,
+            "floor": self._floor,
+            "lateness_ms": self.lateness_ms,
+            "counters": dict(self.counters),
+            "features_version": self.features_version,
+        }
+
+    @classmethod
+    def resume(
+        cls, state: dict, inserted: list[pa.Table], sql_dir: str | Path, fields: dict[str, str], **options
+    ) -> FeatureEngine:
+        """The engine that `state` describes, its buffer rebuilt from the rows `inserted` since it started (at
+        least those at or past its floor), in the order they were added; definitions now in `sql_dir`."""
+        if state.get("format") != _SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown feature state format {state.get('format')!r}")
+        options.setdefault("lateness_ms", state["lateness_ms"])
+        engine = cls(sql_dir, fields, **options)
+        for table in inserted:
+            if not table.schema.equals(engine.buffer.schema):
+                raise ValueError(f"the saved events schema {table.schema} differs from the fields given")
+        engine.buffer = EventBuffer.rebuild(engine.buffer.schema, inserted, state["buffer_floor"])
         engine._held = sorted(state["held"])
         engine._seq = state["seq"]
         engine._max_ts = state["max_ts"]
@@ -285,6 +337,7 @@ class FeatureEngine:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state.setdefault("_inserted", None)
         self.__dict__.update(state)
         self._statements = {}
 
@@ -322,6 +375,8 @@ class FeatureEngine:
             columns.update(run_group(self._connection(), group, relation, batch["event_id"], batch))
         features = _records(columns, len(events))
         self.buffer.insert(batch)
+        if self._inserted is not None:
+            self._inserted.append(self.buffer.conform(batch))
         cut = self._max_ts - self.lateness_ms - self.catalog.horizon_ms
         self.counters["evicted"] += self.buffer.evict(cut)
         for index in self._indexes.values():

@@ -93,7 +93,7 @@ def test_a_run_without_recovery_saves_no_state_and_its_marker_is_refused_on_resu
     from dataflows.config import load_config
     from dataflows.steps import NOT_SAVED, ScoreAndLearn
 
-    step = ScoreAndLearn(load_config(), None, None, snapshots=False)
+    step = ScoreAndLearn(load_config(), None, None)
     assert step.snapshot() == NOT_SAVED
     with pytest.raises(StateFormatError, match="without snapshots"):
         unpack("score_and_learn", NOT_SAVED)
@@ -112,7 +112,7 @@ def test_reports_within_one_micro_batch_time_their_own_events(monkeypatch):
     monkeypatch.setattr(steps.time, "time", lambda: 1_000_000.0 + next(clock) / 1000)  # 1 ms a reading
     config = load_config()
     config = replace(config, ensemble={"enabled": False}, flow=replace(config.flow, metrics_every_events=1000))
-    step = steps.ScoreAndLearn(config, None, None, snapshots=False)
+    step = steps.ScoreAndLearn(config, None, None)
     items = [
         Scored(Event(f"e{i}", 1_767_225_600_000 + i, {}, i % 2 == 0, Origin("events", 0, i, 999_000_000)), {}, "v")
         for i in range(2500)
