@@ -103,7 +103,16 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 1)
 
 
-QUALITY_KEYS = ("roc_auc", "roc_auc_rolling", "log_loss", "log_loss_rolling", "accuracy", "accuracy_rolling", "labels")
+QUALITY_KEYS = (
+    "roc_auc",
+    "roc_auc_max_error",
+    "roc_auc_rolling",
+    "log_loss",
+    "log_loss_rolling",
+    "accuracy",
+    "accuracy_rolling",
+    "labels",
+)
 
 
 def _quality_and_counters(report: dict) -> dict:

@@ -1,13 +1,15 @@
 """Online quality metrics for a binary classifier, kept in plain picklable state.
 
 River's `metrics.ROCAUC` is an approximation; `ExactROCAUC` is the Mann–Whitney statistic with ties
-counted ½. `LogLoss` and `Accuracy` give exactly River's numbers (same clipping, same incremental mean).
-Every metric can be reverted, so `Rolling` keeps any of them over the last `window` labels.
+counted ½, and `BinnedROCAUC` the same statistic over scores grouped in fixed bins, in bounded memory and
+with a stated error bound. `LogLoss` and `Accuracy` give exactly River's numbers (same clipping, same
+incremental mean). Every metric but `BinnedROCAUC` can be reverted, so `Rolling` keeps any of them over the
+last `window` labels.
 
 The learner records a label for three members on every event but reads the figures only every thousand
 events or so, so the costly parts are deferred: `ExactROCAUC` queues labels and counts their pairs with
-numpy when read, and `QualityTracker` queues labels and folds them in with numpy. AUC pair counts are
-exact integers, so they do not depend on when the queues are folded in.
+numpy when read, and `QualityTracker` queues labels and folds them in with numpy. AUC pair counts and bin
+counts are exact integers, so they do not depend on when the queues are folded in.
 """
 
 from __future__ import annotations
@@ -176,6 +178,105 @@ class ExactROCAUC:
             self.pairs_x2 -= involved
 
 
+BIN_MANTISSA_BITS = 6
+"""Mantissa bits a `BinnedROCAUC` bin keeps: the scores of one bin are within a factor 1 + 2**-6 of each
+other in min(p, 1 - p), so resolution is relative, as fine near 0 and 1 as near ½."""
+BIN_FLOOR = 2.0**-64
+"""Scores nearer than this to 0 (or to 1) share the bin of 0 (or of 1), which bounds the number of bins."""
+_SHIFT = 52 - BIN_MANTISSA_BITS
+_FLOOR_KEY = int(np.float64(BIN_FLOOR).view(np.int64)) >> _SHIFT
+_HALF = (int(np.float64(0.5).view(np.int64)) >> _SHIFT) - _FLOOR_KEY  # the bin of ½, the top of the lower half
+BINS = 2 * _HALF + 1
+"""Bins of a `BinnedROCAUC`: 63 octaves from 2**-64 to ½ of 2**6 bins each, mirrored above ½, and ½'s: 8065."""
+
+
+def score_bins(ps: np.ndarray) -> np.ndarray:
+    """The `BinnedROCAUC` bin of each score, in 0..BINS-1, non-decreasing in the score.
+
+    Positive float64s order like their bit patterns, so the bit pattern of q = min(p, 1 - p), clipped to
+    [BIN_FLOOR, ½] and shifted right to keep `BIN_MANTISSA_BITS` mantissa bits, numbers the bins of the
+    lower half; the upper half mirrors it (1 - p is exact for p in [½, 1]). Scores are clipped to [0, 1].
+
+    >>> print(score_bins(np.array([0.0, 1e-30, 0.1, 0.1001, 0.5, 0.9, 1.0])).tolist())
+    [0, 0, 3878, 3878, 4032, 4186, 8064]
+
+    """
+    ps = np.clip(np.asarray(ps, dtype=np.float64), 0.0, 1.0)
+    q = np.clip(np.minimum(ps, 1.0 - ps), BIN_FLOOR, 0.5)
+    lower = (q.view(np.int64) >> _SHIFT) - _FLOOR_KEY
+    return np.where(ps <= 0.5, lower, 2 * _HALF - lower)
+
+
+def _dot(a: np.ndarray, b: np.ndarray, most: int) -> int:
+    """Σ a·b exactly for non-negative int64 arrays whose sum of products is at most `most`: in int64 while
+    that cannot overflow, else in Python integers (a run of years at thousands of labels a second)."""
+    if most < 2**63:
+        return int(np.dot(a, b))
+    return sum(x * y for x, y in zip(a.tolist(), b.tolist(), strict=True))
+
+
+class BinnedROCAUC:
+    """ROC AUC from counts of positives and negatives per score bin, in memory independent of the labels.
+
+    The bins (`score_bins`) follow the scores' order, so a (positive, negative) pair in different bins is
+    ranked exactly; a pair in one bin counts ½, off by at most ½ from its true share (0, ½ or 1). Hence
+
+        |get() - exact AUC| <= max_error() = ½ · Σ_b pos_b · neg_b / (P · N)
+
+    with P and N the positives and negatives, and the estimate is exact when no bin holds both classes.
+    A bin spans a factor 1 + 2**-6 of min(p, 1 - p): on fraud-like scores (0.2–1 % positives, 1e6 labels,
+    AUC 0.98) `max_error` is 1.2e-4 (2.2e-4 with scores rounded to 4 decimals) and the estimate is within
+    3e-6 of the exact AUC. `get` is None until both classes have been seen.
+
+    The state is one int64 array of 2 × `BINS` counts: 129 KB (pickled 129 KB), whatever the number of
+    labels. Reading costs O(`BINS`); adding a batch is one `np.bincount`.
+
+    >>> auc = BinnedROCAUC()
+    >>> for y, p in [(True, 0.9), (False, 0.1), (False, 0.9), (True, 0.4)]:
+    ...     auc.update(y, p)
+    >>> print(auc.get(), auc.max_error())
+    0.625 0.125
+
+    """
+
+    def __init__(self) -> None:
+        self.bins = np.zeros((2, BINS), dtype=np.int64)  # negatives, positives
+
+    def update(self, y_true: bool, p_true: float) -> None:
+        if p_true != p_true:
+            raise ValueError("BinnedROCAUC: the score is NaN")
+        self.bins[int(bool(y_true)), score_bins(np.array([p_true], dtype=np.float64))[0]] += 1
+
+    def extend(self, ys: np.ndarray, ps: np.ndarray) -> None:
+        """`update` for arrays of labels and scores at once."""
+        if np.isnan(ps).any():
+            raise ValueError("BinnedROCAUC: a score is NaN")
+        at = score_bins(ps) + BINS * ys.astype(np.int64)
+        self.bins += np.bincount(at, minlength=2 * BINS).reshape(2, BINS)
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(negatives, positives) added so far."""
+        return int(self.bins[0].sum()), int(self.bins[1].sum())
+
+    def get(self) -> float | None:
+        negatives, positives = self.counts
+        if not positives or not negatives:
+            return None
+        neg, pos = self.bins
+        below_x2_plus_ties = 2 * (np.cumsum(neg) - neg) + neg  # per bin: 2 × negatives below + same-bin ones
+        pairs = positives * negatives
+        return _dot(pos, below_x2_plus_ties, 2 * pairs) / (2 * pairs)
+
+    def max_error(self) -> float | None:
+        """The bound on |`get()` - exact AUC|: half the share of pairs that share a bin."""
+        negatives, positives = self.counts
+        if not positives or not negatives:
+            return None
+        pairs = positives * negatives
+        return _dot(self.bins[1], self.bins[0], pairs) / (2 * pairs)
+
+
 class LogLoss:
     """Binary log loss, equal to River's `metrics.LogLoss` (clipped to [1e-15, 1 - 1e-15]).
 
@@ -289,10 +390,15 @@ class QualityTracker:
     """Cumulative and rolling ROC AUC, log loss and accuracy of the scores a model gave before learning.
 
     Labels are queued and folded in with numpy when the figures are read (or when `QUEUE` labels wait): the
-    learner records three members on every event and reads them every thousand events or so. The rolling
-    figures are computed afresh over the last `window` labels when read; the AUCs are exact pair counts, the
-    log losses sums over the window (within a few ulps of `LogLoss` and `Rolling(LogLoss())` updated one
-    label at a time, which give River's numbers), the accuracies exact counts.
+    learner records three members on every event and reads them every thousand events or so. The cumulative
+    AUC is a `BinnedROCAUC`, reported with its error bound as `roc_auc_max_error`. The rolling figures are
+    computed afresh over the last `window` labels when read; the rolling AUC is an exact pair count, the log
+    losses sums (within a few ulps of `LogLoss` and `Rolling(LogLoss())` updated one label at a time, which
+    give River's numbers), the accuracies exact counts.
+
+    Memory does not depend on the number of labels: 129 KB of AUC bins, 17 bytes per label of the window
+    and at most `QUEUE` queued labels. Pickled (the queue is folded in first), a tracker takes 146 KB with
+    `window=1000`, whether it has seen a thousand labels or a billion.
 
     Parameters
     ----------
@@ -306,8 +412,12 @@ class QualityTracker:
     ...     tracker.update(y, model.predict_proba_one(x)[True])
     ...     model.learn_one(x, y)
     >>> report = tracker.report()
-    >>> print(report["labels"], f"{report['roc_auc']:.4f}", f"{report['accuracy_rolling']:.2f}")
-    300 0.9110 0.86
+    >>> print(report["labels"], f"{report['roc_auc']:.4f} ± {report['roc_auc_max_error']:.4f}")
+    300 0.9111 ± 0.0016
+    >>> print(f"{report['roc_auc_rolling']:.4f}", f"{report['accuracy_rolling']:.2f}")
+    0.9397 0.86
+
+    (The exact cumulative AUC of these scores is 0.9110.)
 
     """
 
@@ -316,22 +426,43 @@ class QualityTracker:
             raise ValueError(f"QualityTracker: window must be at least 1, got {window}")
         self.window = window
         self.labels = 0
-        self.auc = ExactROCAUC()
+        self.auc = BinnedROCAUC()
         self.loss_sum = 0.0
         self.correct = 0
         self.folded = 0
         self.recent_y = np.empty(0, dtype=bool)
         self.recent_p = np.empty(0, dtype=np.float64)
         self.recent_loss = np.empty(0, dtype=np.float64)
-        self.queued: list[tuple[bool, float]] = []
+        self.queued_y: list[bool] = []
+        self.queued_p: list[float] = []
+
+    def __getstate__(self) -> dict:
+        """A snapshot carries the folded figures, not the queue (the same figures, in fewer bytes)."""
+        self._fold()
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict) -> None:
+        # A snapshot may hold the cumulative AUC as an `ExactROCAUC` (every score) and the queue as
+        # (label, score) pairs: the scores are binned and the queue split.
+        auc = state.get("auc")
+        if isinstance(auc, ExactROCAUC):
+            state["auc"] = binned = BinnedROCAUC()
+            negatives, positives = auc.negatives, auc.positives
+            binned.extend(np.zeros(len(negatives), dtype=bool), negatives)
+            binned.extend(np.ones(len(positives), dtype=bool), positives)
+        queued = state.pop("queued", [])
+        state.setdefault("queued_y", [bool(y) for y, _ in queued])
+        state.setdefault("queued_p", [p for _, p in queued])
+        self.__dict__.update(state)
 
     def update(self, y_true: bool, p_true: float) -> None:
         """Record one label with the probability of True that the model gave before learning it."""
         if p_true != p_true:
             raise ValueError("QualityTracker: the score is NaN")
         self.labels += 1
-        self.queued.append((y_true, p_true))
-        if len(self.queued) >= QUEUE:
+        self.queued_y.append(y_true)
+        self.queued_p.append(p_true)
+        if len(self.queued_y) >= QUEUE:
             self._fold()
 
     def report(self) -> dict:
@@ -340,6 +471,7 @@ class QualityTracker:
         n, w = self.folded, len(self.recent_y)
         return {
             "roc_auc": self.auc.get(),
+            "roc_auc_max_error": self.auc.max_error(),
             "roc_auc_rolling": _auc(self.recent_y, self.recent_p),
             "log_loss": self.loss_sum / n if n else None,
             "log_loss_rolling": math.fsum(self.recent_loss.tolist()) / w if w else None,
@@ -349,21 +481,28 @@ class QualityTracker:
         }
 
     def _fold(self) -> None:
-        queued, self.queued = self.queued, []
-        if not queued:
+        if not self.queued_y:
             return
-        ys = np.fromiter((bool(y) for y, _ in queued), dtype=bool, count=len(queued))
-        ps = np.fromiter((p for _, p in queued), dtype=np.float64, count=len(queued))
+        ys = np.array(self.queued_y, dtype=bool)
+        ps = np.array(self.queued_p, dtype=np.float64)
+        self.queued_y, self.queued_p = [], []
         clipped = np.clip(ps, EPSILON, 1 - EPSILON)
         losses = -np.log(np.where(ys, clipped, 1 - clipped))
         self.auc.extend(ys, ps)
         self.loss_sum += math.fsum(losses.tolist())
         self.correct += int(np.count_nonzero((ps > 0.5) == ys))
-        self.folded += len(queued)
-        keep = self.window
-        self.recent_y = np.concatenate((self.recent_y, ys))[-keep:]
-        self.recent_p = np.concatenate((self.recent_p, ps))[-keep:]
-        self.recent_loss = np.concatenate((self.recent_loss, losses))[-keep:]
+        self.folded += len(ys)
+        self.recent_y = _tail(self.recent_y, ys, self.window)
+        self.recent_p = _tail(self.recent_p, ps, self.window)
+        self.recent_loss = _tail(self.recent_loss, losses, self.window)
+
+
+def _tail(old: np.ndarray, new: np.ndarray, keep: int) -> np.ndarray:
+    """The last `keep` values of `old` followed by `new`, copying only those."""
+    start = max(0, len(old) + len(new) - keep)
+    if start >= len(old):
+        return new[start - len(old) :].copy()
+    return np.concatenate((old[start:], new))
 
 
 def _auc(ys: np.ndarray, ps: np.ndarray) -> float | None:

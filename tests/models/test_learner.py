@@ -7,11 +7,11 @@ import itertools
 import pickle
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from river import datasets
+from river import datasets, dummy
 
-from models.learner import UNTRAINED_SCORE, OnlineLearner
+from models.learner import DEADLINE_SLACK, UNTRAINED_SCORE, OnlineLearner
 from models.pipelines import MODELS, make_model
 
 HORIZON = 10_000
@@ -209,3 +209,93 @@ def test_every_label_and_event_is_accounted_for(events, horizon):
     assert report["labels_inline"] + learned + report["labels_expired"] == len(events)
     assert report["labels"] == report["labels_inline"] + learned
     assert report["pending_events"] == report["pending_labels"] == 0
+
+
+def within_bounds(online: OnlineLearner) -> bool:
+    return (
+        len(online.event_deadlines) <= 2 * len(online.pending_events) + DEADLINE_SLACK
+        and len(online.label_deadlines) <= 2 * len(online.pending_labels) + DEADLINE_SLACK
+    )
+
+
+def test_deadline_queues_stay_within_twice_the_pending_entries_when_labels_come():
+    """100k events labelled 10 events late, then 100k labels that come 10 labels before their events: the
+    deadline queues hold about what is pending (10), not one entry per event of the 24 h horizon."""
+    online = OnlineLearner(dummy.PriorClassifier(), label_horizon_ms=86_400_000)
+    n, late = 100_000, 10
+    for i in range(n):
+        online.score(f"e{i}", i, {"a": 1.0})
+        if i >= late:
+            assert online.label(f"e{i - late}", i % 2 == 0)
+        assert within_bounds(online)
+    for i in range(n):
+        assert not online.label(f"f{i}", i % 2 == 0)
+        if i >= late:
+            assert online.score(f"f{i - late}", n + i, {"a": 1.0}).learned
+        assert within_bounds(online)
+    report = online.report()
+    assert (report["pending_events"], report["pending_labels"]) == (late, late)
+    assert (report["labels_delayed"], report["labels_early"], report["labels_expired"]) == (n - late, n - late, 0)
+    assert len(online.event_deadlines) <= 2 * late + DEADLINE_SLACK
+    assert len(online.label_deadlines) <= 2 * late + DEADLINE_SLACK
+
+
+class NeverCompacts(OnlineLearner):
+    """The learner with every stale deadline entry kept until its deadline."""
+
+    def _compact(self) -> None:
+        pass
+
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("score"), st.integers(0, 5), st.integers(0, 30_000), st.sampled_from([None, None, True])),
+        st.tuples(st.just("label"), st.integers(0, 5), st.booleans()),
+        st.tuples(st.just("expire"), st.integers(0, 40_000)),
+    ),
+    max_size=80,
+)
+# Three events pending, two labelled: the event queue is rebuilt around the third, which must still expire.
+EVENTS_REBUILT = [
+    *(("score", i, i, None) for i in range(3)),
+    ("label", 0, True),
+    ("label", 1, False),
+    ("expire", 5_000),
+]
+# Labels e0 (deadline 1000) and e1..e4 (1500), three of them matched: the label queue is rebuilt around e0
+# and e4, and e0 alone must go unmatched at 1200.
+LABELS_REBUILT = [
+    ("score", 5, 0, None),
+    ("label", 0, True),
+    ("expire", 500),
+    *(("label", i, True) for i in range(1, 5)),
+    *(("score", i, 500, None) for i in range(1, 4)),
+    ("expire", 1_200),
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps, st.integers(0, 20_000))
+@example(EVENTS_REBUILT, 1_000)
+@example(LABELS_REBUILT, 1_000)
+def test_rebuilding_the_deadline_queues_changes_nothing_but_their_size(monkeypatch, steps, horizon):
+    """With a rebuild whenever a queue holds a stale entry, the same events and labels expire, at the same
+    calls, as when every stale entry waits for its deadline (ids reused: duplicates, relabels, early labels)."""
+    monkeypatch.setattr("models.learner.DEADLINE_SLACK", 0)
+    online = OnlineLearner(dummy.PriorClassifier(), label_horizon_ms=horizon)
+    reference = NeverCompacts(dummy.PriorClassifier(), label_horizon_ms=horizon)
+    for step in [*steps, ("expire", 10**9)]:
+        results = []
+        for learner_ in (online, reference):
+            if step[0] == "score":
+                results.append(learner_.score(f"e{step[1]}", step[2], {"a": 1.0}, step[3]))
+            elif step[0] == "label":
+                results.append(learner_.label(f"e{step[1]}", step[2]))
+            else:
+                results.append(learner_.expire(step[1]))
+        assert results[0] == results[1]
+        assert online.report() == reference.report()
+        assert online.pending_events == reference.pending_events
+        assert online.pending_labels == reference.pending_labels
+        assert len(online.event_deadlines) <= 2 * len(online.pending_events)
+        assert len(online.label_deadlines) <= 2 * len(online.pending_labels)

@@ -1,4 +1,5 @@
-"""Exact ROC AUC against a brute-force pair count; log loss and accuracy against River's own metrics."""
+"""Exact ROC AUC against a brute-force pair count, binned ROC AUC within its stated bound of it; log loss and
+accuracy against River's own metrics."""
 
 from __future__ import annotations
 
@@ -6,16 +7,38 @@ import copy
 import math
 import pickle
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from river import metrics, utils
 
-from models.metrics import Accuracy, ExactROCAUC, LogLoss, QualityTracker, Rolling
+from models.metrics import (
+    BIN_FLOOR,
+    BIN_MANTISSA_BITS,
+    BINS,
+    Accuracy,
+    BinnedROCAUC,
+    ExactROCAUC,
+    LogLoss,
+    QualityTracker,
+    Rolling,
+    score_bins,
+)
 
 # Few distinct scores so that ties between positives and negatives are common.
 scores = st.one_of(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), st.floats(0.0, 1.0))
 labelled = st.lists(st.tuples(st.booleans(), scores), max_size=80)
+# Fraud-like scores: most near 0, some near 1, many tied or a hair apart (so that bins hold both classes).
+near_zero = st.builds(lambda m, e: m * 2.0**e, st.floats(1.0, 2.0), st.integers(-80, -1))
+fraud_scores = st.one_of(
+    scores,
+    near_zero,
+    near_zero.map(lambda q: 1.0 - q),
+    st.sampled_from([1e-30, 1e-6, 1.01e-6, 0.01, 0.0101, 0.5 - 1e-12, 0.5 + 1e-12, 1.0 - 1e-9]),
+    st.floats(0.0, 1e-3),
+)
+fraud_labelled = st.lists(st.tuples(st.booleans(), fraud_scores), max_size=80)
 
 
 def brute_force_auc(pairs: list[tuple[bool, float]]) -> float | None:
@@ -25,6 +48,28 @@ def brute_force_auc(pairs: list[tuple[bool, float]]) -> float | None:
         return None
     right = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in positives for n in negatives)
     return right / (len(positives) * len(negatives))
+
+
+def brute_force_binned(pairs: list[tuple[bool, float]]) -> tuple[float, float] | tuple[None, None]:
+    """The binned estimate and its bound, pair by pair: a pair in one bin counts ½ and adds ½ to the bound."""
+    bins = score_bins(np.array([p for _, p in pairs], dtype=np.float64)).tolist() if pairs else []
+    positives = [b for (y, _), b in zip(pairs, bins, strict=True) if y]
+    negatives = [b for (y, _), b in zip(pairs, bins, strict=True) if not y]
+    if not positives or not negatives:
+        return None, None
+    right = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in positives for n in negatives)
+    same = sum(p == n for p in positives for n in negatives)
+    return right / (len(positives) * len(negatives)), 0.5 * same / (len(positives) * len(negatives))
+
+
+def assert_within_bound(estimate, bound, pairs):
+    """The binned estimate is the pair-by-pair binned count, and within its bound of the exact AUC."""
+    expected_estimate, expected_bound = brute_force_binned(pairs)
+    assert_same(estimate, expected_estimate)
+    assert_same(bound, expected_bound)
+    exact = brute_force_auc(pairs)
+    if exact is not None:
+        assert abs(estimate - exact) <= bound + 1e-12
 
 
 def assert_same(ours, expected):
@@ -168,10 +213,8 @@ def test_tracker_equals_metrics_updated_one_label_at_a_time(short_queue, steps, 
             for name, metric in eager.items():
                 expected = metric.get()
                 assert report[name] == (None if expected is None else pytest.approx(expected, rel=1e-9, abs=1e-9))
-            assert (report["roc_auc"], report["roc_auc_rolling"]) == (
-                brute_force_auc(seen),
-                brute_force_auc(seen[-window:]),
-            )
+            assert report["roc_auc_rolling"] == brute_force_auc(seen[-window:])
+            assert_within_bound(report["roc_auc"], report["roc_auc_max_error"], seen)
             assert report["labels"] == len(seen)
         else:
             seen.append(step)
@@ -222,5 +265,156 @@ def test_tracker_report_matches_its_parts(pairs, window):
         tracker.update(y, p)
     report = tracker.report()
     assert report["labels"] == len(pairs)
-    assert_same(report["roc_auc"], brute_force_auc(pairs))
+    assert_within_bound(report["roc_auc"], report["roc_auc_max_error"], pairs)
     assert_same(report["roc_auc_rolling"], brute_force_auc(pairs[-window:]))
+
+
+@settings(max_examples=300)
+@given(fraud_labelled)
+def test_binned_auc_is_within_its_bound_of_the_exact_auc_after_every_update(pairs):
+    auc = BinnedROCAUC()
+    for i, (y, p) in enumerate(pairs):
+        auc.update(y, p)
+        assert_within_bound(auc.get(), auc.max_error(), pairs[: i + 1])
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0.5, 0.05, 0.002]),
+    st.sampled_from(["logit-normal", "rounded", "near-zero", "few-values"]),
+)
+def test_binned_auc_is_within_its_bound_on_thousands_of_clustered_and_tied_scores(seed, rate, shape):
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    ys = rng.random(n) < rate
+    z = np.where(ys, rng.normal(-1.0, 2.0, n), rng.normal(-6.0, 1.5, n))
+    ps = {
+        "logit-normal": 1 / (1 + np.exp(-z)),
+        "rounded": np.round(1 / (1 + np.exp(-z)), 3),  # heavily tied
+        "near-zero": np.exp(np.where(ys, -10.0, -30.0) * rng.random(n)),  # down to 1e-13, every bin busy
+        "few-values": rng.choice([0.0, 1e-9, 0.01, 0.0101, 0.5, 1.0], n),
+    }[shape]
+    binned, exact = BinnedROCAUC(), ExactROCAUC()
+    binned.extend(ys, ps)
+    exact.extend(ys, ps)
+    if exact.get() is None:
+        assert binned.get() is None and binned.max_error() is None
+        return
+    assert abs(binned.get() - exact.get()) <= binned.max_error() + 1e-12
+    # The bound itself, from a per-label bin count: the pairs that share a bin.
+    bins = score_bins(ps)
+    pos = np.bincount(bins[ys], minlength=BINS)
+    neg = np.bincount(bins[~ys], minlength=BINS)
+    assert binned.max_error() == pytest.approx(0.5 * float(pos @ neg) / (ys.sum() * (~ys).sum()), rel=1e-12)
+
+
+def test_binned_auc_on_a_million_fraud_like_scores_is_within_a_few_ten_thousandths():
+    """1 % positives, scores from a logistic model: the bound is small enough to quote four decimals."""
+    rng = np.random.default_rng(7)
+    n = 1_000_000
+    ys = rng.random(n) < 0.01
+    ps = 1 / (1 + np.exp(-np.where(ys, rng.normal(-1.0, 2.0, n), rng.normal(-6.0, 1.5, n))))
+    binned, exact = BinnedROCAUC(), ExactROCAUC()
+    binned.extend(ys, ps)
+    exact.extend(ys, ps)
+    assert abs(binned.get() - exact.get()) <= binned.max_error() < 2e-4
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(fraud_scores, st.booleans()), max_size=60), st.data())
+def test_binned_auc_is_exact_with_a_zero_bound_when_no_bin_holds_both_classes(scored, data):
+    """Each bin is given one class: every pair is in different bins, so every pair is ranked exactly."""
+    ps = np.array([p for p, _ in scored], dtype=np.float64)
+    bins = score_bins(ps).tolist()
+    label_of_bin = {b: y for b, (_, y) in zip(bins, scored, strict=True)}
+    pairs = [(label_of_bin[b], p) for b, p in zip(bins, ps.tolist(), strict=True)]
+    auc = BinnedROCAUC()
+    for y, p in pairs:
+        auc.update(y, p)
+    exact = brute_force_auc(pairs)
+    if exact is None:
+        assert auc.get() is None and auc.max_error() is None
+    else:
+        assert auc.max_error() == 0.0
+        assert auc.get() == exact
+
+
+@given(fraud_scores, fraud_scores)
+def test_bins_follow_the_scores_and_keep_relative_resolution(a, b):
+    """The bin never decreases with the score; two scores in one bin are within a factor 1 + 2**-m of each
+    other in min(p, 1 - p), or both beyond the floor."""
+    lo, hi = min(a, b), max(a, b)
+    bin_lo, bin_hi = score_bins(np.array([lo, hi])).tolist()
+    assert 0 <= bin_lo <= bin_hi < BINS
+    if bin_lo == bin_hi:
+        q_lo, q_hi = sorted((min(lo, 1 - lo), min(hi, 1 - hi)))
+        assert (lo <= 0.5) == (hi <= 0.5)
+        assert q_hi < BIN_FLOOR or q_hi <= q_lo * (1 + 2.0**-BIN_MANTISSA_BITS)
+
+
+def test_bin_count_extremes_and_mirror():
+    assert BINS == 8065
+    extremes = np.array([-1.0, -0.0, 0.0, BIN_FLOOR / 2, 0.5, 0.5 + 2**-53, 1.0 - BIN_FLOOR / 2, 1.0, 2.0])
+    assert score_bins(extremes).tolist() == [0, 0, 0, 0, BINS // 2, BINS // 2 + 1, BINS - 1, BINS - 1, BINS - 1]
+    q = np.geomspace(BIN_FLOOR, 0.5, 100_001)[:-1]
+    assert np.array_equal(np.unique(score_bins(q)), np.arange(BINS // 2))  # every bin below ½'s is reached
+    above = 1.0 - q  # 1 - above is exact, and its bins mirror those below ½
+    assert np.array_equal(score_bins(above), BINS - 1 - score_bins(1.0 - above))
+
+
+@given(fraud_labelled, st.integers(1, 2**40))
+def test_binned_auc_is_the_same_at_counts_past_int64_products(pairs, k):
+    """Counts k times larger give the same figures, even where P·N no longer fits in an int64."""
+    small, large = BinnedROCAUC(), BinnedROCAUC()
+    for y, p in pairs:
+        small.update(y, p)
+    large.bins = small.bins * k
+    assert_same(large.get(), small.get())
+    assert_same(large.max_error(), small.max_error())
+
+
+def test_binned_update_equals_extend():
+    rng = np.random.default_rng(3)
+    ys, ps = rng.random(500) < 0.3, rng.random(500) ** 8
+    one, batch = BinnedROCAUC(), BinnedROCAUC()
+    for y, p in zip(ys.tolist(), ps.tolist(), strict=True):
+        one.update(y, p)
+    batch.extend(ys, ps)
+    assert np.array_equal(one.bins, batch.bins)
+    with pytest.raises(ValueError, match="NaN"):
+        batch.extend(np.array([True]), np.array([math.nan]))
+
+
+def test_pickled_tracker_does_not_grow_with_the_number_of_labels():
+    rng = np.random.default_rng(5)
+    sizes = {}
+    for n in (1_000, 1_000_000):
+        tracker = QualityTracker(window=1000)
+        ys, ps = (rng.random(n) < 0.01).tolist(), (rng.random(n) ** 20).tolist()
+        for y, p in zip(ys, ps, strict=True):
+            tracker.update(y, p)
+        sizes[n] = len(pickle.dumps(tracker))  # whatever is still queued is folded in first
+    assert abs(sizes[1_000_000] - sizes[1_000]) < 200
+    assert sizes[1_000_000] < 150_000
+
+
+def test_tracker_restores_a_snapshot_holding_an_exact_auc_and_a_queue_of_pairs():
+    """A snapshot whose cumulative AUC keeps every score resumes with the same figures, binned."""
+    rng = np.random.default_rng(11)
+    pairs = list(zip((rng.random(300) < 0.2).tolist(), (rng.random(300) ** 4).tolist(), strict=True))
+    old, new = QualityTracker(window=50), QualityTracker(window=50)
+    exact = ExactROCAUC()
+    for i, (y, p) in enumerate(pairs):
+        if i == 250:
+            old.report(), new.report()
+        old.update(y, p)
+        new.update(y, p)
+        if i < 250:
+            exact.update(y, p)
+    state = {k: v for k, v in vars(old).items() if k not in ("queued_y", "queued_p")}
+    state.update(auc=exact, queued=pairs[250:])
+    restored = QualityTracker.__new__(QualityTracker)
+    restored.__setstate__(state)
+    assert isinstance(restored.auc, BinnedROCAUC)
+    assert restored.report() == new.report()
