@@ -9,6 +9,11 @@ from dataflows.codec import iso
 from dataflows.messages import Event, Metrics
 from models import OnlineLearner
 
+ROC_AUC_METHOD = (
+    "Mann-Whitney, ties count 1/2: exact over the rolling window; over the whole run from score bins, "
+    "within roc_auc_max_error of exact"
+)
+
 LATENCY_SAMPLE = 10_000
 """The latency percentiles of a metrics message are over this many most recent events."""
 
@@ -16,8 +21,9 @@ LATENCY_SAMPLE = 10_000
 class MetricsReporter:
     """Counts what the learner step sees and builds a metrics message every N events and every T seconds.
 
-    Quality figures are the learner's own (exact ROC AUC, not River's approximate one). Wall-clock figures
-    (events/s, lag, latency) describe this run only; the rest is part of the recoverable state.
+    Quality figures are the learner's own: ROC AUC over the last `rolling_window` labels exact, over the
+    whole run within its stated `roc_auc_max_error` in bounded memory (River's is approximate, with no bound).
+    Wall-clock figures (events/s, lag, latency) describe this run only; the rest is part of the recoverable state.
     """
 
     def __init__(self, every_events: int = 1_000, every_s: float = 10.0) -> None:
@@ -86,7 +92,7 @@ class MetricsReporter:
             "latency_ms_p99": _percentile(latencies, 0.99),
             "consumer_lag": lag,
             "features_version": self.features_version,
-            "roc_auc_method": "exact (Mann-Whitney, ties count 1/2)",
+            "roc_auc_method": ROC_AUC_METHOD,
             "model": _versions(learner),
             **_quality_and_counters(learner.report()),
         }
