@@ -34,11 +34,15 @@ Position(seq=2, first={'rows': 2})
 
 from __future__ import annotations
 
+import hashlib
+import io
+import pickle
 import sqlite3
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 FILE = "eddy-state.sqlite3"
 KEEP_POSITIONS = 3
@@ -165,6 +169,11 @@ class StateJournal:
                         self._deleted_below[stream] = safe
         return position
 
+    @property
+    def next_seq(self) -> int:
+        """The number the next `append` gives its chunks."""
+        return self._seq + 1
+
     def record(self, seq: int, seconds: float, nbytes: int, at: float | None = None) -> None:
         """Log one snapshot's duration and bytes (the chunks and what Bytewax was handed)."""
         at = time.time() if at is None else at
@@ -197,6 +206,101 @@ class _Transaction:
 
     def __exit__(self, kind, value, traceback) -> None:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+BLOB_MIN_BYTES = 16_384
+"""Byte strings at least this long in a pickled state are stored once, by digest (see `SharedBlobs`)."""
+
+
+@dataclass
+class SharedBlobs:
+    """Large immutable byte strings in a state, written to the journal once and referenced by digest.
+
+    The learner's refit window is kept as slices pickled once as its rows are learned (`models.refit`); a
+    state that holds them would otherwise copy the same megabytes into every snapshot. `dump` pickles a
+    state with every `bytes` of `BLOB_MIN_BYTES` or more replaced by its BLAKE2 digest and returns the
+    blobs it had not written before; `load` puts them back. Identity is cached (the digest of an object
+    is computed once while it is referenced), and blobs no longer referenced are forgotten.
+
+    >>> blobs = SharedBlobs()
+    >>> big = bytes(BLOB_MIN_BYTES)
+    >>> data, new = blobs.dump({"window": [big, big], "n": 1})
+    >>> len(data) < 200, list(new.values()) == [big]
+    (True, True)
+    >>> blobs.dump({"window": [big], "n": 2})[1]  # written already: nothing new
+    {}
+    >>> SharedBlobs.load(data, new)["window"][1] == big
+    True
+    """
+
+    known: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # id -> (blob, digest)
+    chunk_of: dict[bytes, int] = field(default_factory=dict)  # digest -> seq of the chunk that holds it
+
+    def dump(self, state: Any) -> tuple[bytes, dict[bytes, bytes]]:
+        """The state pickled with its large byte strings by reference, and the blobs new to the journal."""
+        out = io.BytesIO()
+        pickler = _ReferencingPickler(out, self.known, self.chunk_of)
+        pickler.dump(state)
+        self.known = pickler.referenced
+        return out.getvalue(), pickler.new
+
+    def written(self, blobs: dict[bytes, bytes], seq: int) -> None:
+        """`blobs` are now in the journal's chunk `seq`."""
+        for digest in blobs:
+            self.chunk_of[digest] = seq
+
+    def first_needed(self, default: int) -> int:
+        """The oldest chunk that holds a blob the last `dump` referenced (`default` if none)."""
+        live = {digest for _, digest in self.known.values()}
+        self.chunk_of = {digest: seq for digest, seq in self.chunk_of.items() if digest in live}
+        return min(self.chunk_of.values(), default=default)
+
+    def restore(self, chunks: list[bytes], first: int) -> dict[bytes, bytes]:
+        """Every blob of the journal's chunks (numbered from `first`), remembered as written there."""
+        blobs: dict[bytes, bytes] = {}
+        for seq, chunk in enumerate(chunks, start=first):
+            part = pickle.loads(chunk)
+            blobs.update(part)
+            self.written(part, seq)
+        return blobs
+
+    @staticmethod
+    def load(data: bytes, blobs: dict[bytes, bytes]) -> Any:
+        return _ReferencedUnpickler(io.BytesIO(data), blobs).load()
+
+
+class _ReferencingPickler(pickle.Pickler):
+    def __init__(self, file, known: dict[int, tuple[bytes, bytes]], chunk_of: dict[bytes, int]):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.known = known
+        self.chunk_of = chunk_of
+        self.referenced: dict[int, tuple[bytes, bytes]] = {}
+        self.new: dict[bytes, bytes] = {}
+
+    def persistent_id(self, obj: Any) -> bytes | None:
+        if type(obj) is not bytes or len(obj) < BLOB_MIN_BYTES:
+            return None
+        entry = self.referenced.get(id(obj)) or self.known.get(id(obj))
+        if entry is None or entry[0] is not obj:
+            entry = (obj, hashlib.blake2b(obj, digest_size=16).digest())
+            if entry[1] not in self.chunk_of:
+                self.new[entry[1]] = obj
+        self.referenced[id(obj)] = entry
+        return entry[1]
+
+
+class _ReferencedUnpickler(pickle.Unpickler):
+    def __init__(self, file, blobs: dict[bytes, bytes]):
+        super().__init__(file)
+        self.blobs = blobs
+
+    def persistent_load(self, digest: bytes) -> bytes:
+        try:
+            return self.blobs[digest]
+        except KeyError:
+            raise JournalError(
+                f"a saved state refers to blob {digest.hex()}, which the journal does not hold"
+            ) from None
 
 
 def snapshot_log(directory: str | Path) -> list[dict]:

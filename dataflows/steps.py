@@ -36,7 +36,7 @@ from dataflows.messages import DeadLetter, Event, Label, Metrics, Prediction, Sc
 from dataflows.metrics import MetricsReporter
 from dataflows.ordering import EventTimeOrder
 from dataflows.prometheus import PrometheusExporter
-from dataflows.state_journal import StateJournal
+from dataflows.state_journal import SharedBlobs, StateJournal
 from features import FeatureEngine
 from models import OnlineLearner
 
@@ -255,13 +255,23 @@ class ScoreAndLearn(StatefulBatchLogic):
 
     def __init__(self, config: Config, lag_probe, resume: bytes | None, state_dir: Path | None = None, key: str = ""):
         self.config = config
-        # The learner's state is pickled whole (it is bounded by configuration); the journal logs its snapshots.
-        self.journal = StateJournal(state_dir, self.STEP, key, ()) if state_dir is not None else None
-        self._snapshots = 0
-        self.state: LearnerState = unpack(self.STEP, resume) or LearnerState(
-            OnlineLearner(build_model(config), config.flow.label_horizon_ms, config.flow.rolling_window),
-            MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s),
-        )
+        saved = unpack(self.STEP, resume)
+        # The learner's state is pickled whole (it is bounded by configuration), except the slices of its refit
+        # window, which go to the journal once each (see `SharedBlobs`).
+        self.journal = StateJournal(state_dir, self.STEP, key, ("blobs",)) if state_dir is not None else None
+        self.blobs = SharedBlobs()
+        if saved is None:
+            self.state = LearnerState(
+                OnlineLearner(build_model(config), config.flow.label_horizon_ms, config.flow.rolling_window),
+                MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s),
+            )
+            if self.journal is not None:
+                self.journal.open(None)
+        else:
+            position = saved["position"]
+            chunks = self.journal.open(position)["blobs"] if self.journal is not None else []
+            blobs = self.blobs.restore(chunks, position.first["blobs"])
+            self.state = SharedBlobs.load(saved["state"], blobs)
         self.lag_probe = lag_probe
         self.include_features = config.include_features
         self.exporter = PrometheusExporter(config.flow.prometheus_port)
@@ -331,9 +341,13 @@ class ScoreAndLearn(StatefulBatchLogic):
         if self.journal is None:
             return NOT_SAVED
         started = time.perf_counter()
-        blob = pack(self.STEP, self.state)
-        self._snapshots += 1
-        self.journal.record(self._snapshots, time.perf_counter() - started, len(blob))
+        state, new = self.blobs.dump(self.state)
+        chunk = pickle.dumps(new, protocol=pickle.HIGHEST_PROTOCOL)
+        seq = self.journal.next_seq
+        self.blobs.written(new, seq)
+        position = self.journal.append({"blobs": (chunk, seq)}, dead_below={"blobs": self.blobs.first_needed(seq)})
+        blob = pack(self.STEP, {"position": position, "state": state})
+        self.journal.record(position.seq, time.perf_counter() - started, len(chunk) + len(blob))
         return blob
 
 

@@ -212,3 +212,54 @@ def test_a_recovery_directory_with_snapshots_but_no_journal_is_refused_before_th
     lines = describe_snapshots(tmp_path)
     assert lines[0] == "compute_features: 1 snapshots logged; the last 1: 2.0 KiB and 4.0 ms (median, max 4.0 ms) each"
     assert lines[1].startswith(f"journal {tmp_path / FILE}: ")
+
+
+def learner_config():
+    base = config()
+    ensemble = {**base.ensemble, "refit_every": 1500, "window": 3000, "lag": 700, "num_boost_round": 10}
+    ensemble.update(background="none", registry_dir=None)
+    return replace(base, ensemble=ensemble)
+
+
+def scored(i: int) -> Scored:
+    features = {f"f{k}": ((i * 7919 + k * 104_729) % 1000) / 1000 for k in range(32)}
+    features["f0"] += 0.5 * (i % 5 == 0)  # something to learn
+    label = i % 5 == 0 if i % 3 else None  # a third of the labels come one batch later
+    return Scored(Event(f"e{i:06d}", T0 + i * 10, {}, label, Origin("events", 0, i)), features, "v1")
+
+
+def learner_run(items, state_dir, resume=None):
+    from dataflows.messages import Prediction
+    from dataflows.steps import ScoreAndLearn
+
+    step = ScoreAndLearn(learner_config(), None, resume, state_dir, "eddy")
+    scores, blobs = [], []
+    for batch in items:
+        out, _ = step.on_batch(batch)
+        scores.append([(p.event_id, p.score, p.scores) for p in out if isinstance(p, Prediction)])
+        blobs.append(step.snapshot() if state_dir is not None else None)
+    return scores, blobs, step
+
+
+def test_the_learner_resumed_from_its_snapshot_and_journal_scores_as_the_uninterrupted_one(tmp_path):
+    """Refits pending across the snapshot, a full refit window: the resumed learner's predictions are the
+    uninterrupted learner's, bit for bit; the window's slices are written to the journal once, not at every
+    snapshot."""
+    from dataflows.messages import Label
+
+    def batch(start: int) -> list:
+        late = [Label(f"e{i:06d}", i % 5 == 0, T0 + i * 10, Origin("labels", 0, i)) for i in range(start - 500, start)]
+        return [
+            *(label for label in late if label.event_id and int(label.event_id[1:]) % 3 == 0),
+            *map(scored, range(start, start + 500)),
+        ]
+
+    items = [batch(start) for start in range(0, 8000, 500)]
+    whole, _, _ = learner_run(items, None)
+    _, blobs, _ = learner_run(items[:10], tmp_path)
+    rest, _, step = learner_run(items[10:], tmp_path, blobs[9])
+    assert rest == whole[10:]
+    sizes = [row["bytes"] for row in snapshot_log(tmp_path) if row["step"] == "score_and_learn"]
+    # The 3,000-row window is full from the 6th snapshot on: a snapshot writes about one new slice of it.
+    window = len(pickle.dumps([scored(i).features for i in range(3000)]))
+    assert max(sizes[6:]) < len(pickle.dumps(step.state)) - 0.8 * window, (sizes, window)
