@@ -66,6 +66,7 @@ def transactions(
     users: int = 2_000,
     merchants: int = 400,
     fraud_rate: float = 0.004,
+    events_per_second: float = 1.0,
 ) -> Iterator[dict]:
     """A synthetic card-payment stream in event-time order, deterministic for a given seed.
 
@@ -73,7 +74,13 @@ def transactions(
     usual. Fraud is what windowed features reveal. Before the drift: a stolen card is used in a burst of
     large payments within minutes at new, risky merchants. After the drift (at fraction `drift_at` of the
     stream): card testing, i.e. bursts of tiny payments from many cards at one foreign merchant.
+
+    Events come about `1 / events_per_second` seconds apart in event time. A denser stream is the same
+    events with every time divided by `events_per_second` (bursts included): its windows hold more events,
+    as a busy stream's do.
     """
+    if not events_per_second > 0:
+        raise ValueError(f"events_per_second must be > 0, got {events_per_second!r}")
     rng = random.Random(seed)
     people = [
         _User(
@@ -160,7 +167,8 @@ def transactions(
                     )
         while pending and pending[0][0] <= clock and emitted < n:
             at, _, fields = heapq.heappop(pending)
-            yield {"event_id": f"tx-{emitted:08d}", "ts": iso(START + timedelta(seconds=at)), **fields}
+            ts = START + timedelta(seconds=at / events_per_second)
+            yield {"event_id": f"tx-{emitted:08d}", "ts": iso(ts), **fields}
             emitted += 1
 
 

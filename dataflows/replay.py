@@ -40,12 +40,16 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
 
 
-def load_dataset(name: str, limit: int | None, seed: int = 42, drift_at: float | None = 0.5) -> Iterator[dict]:
+def load_dataset(
+    name: str, limit: int | None, seed: int = 42, drift_at: float | None = 0.5, events_per_second: float = 1.0
+) -> Iterator[dict]:
     """Events of a named data set (`phishing`, `transactions`) or of a JSONL/CSV file."""
     if name == "phishing":
         return datasets.phishing(limit)
     if name == "transactions":
-        return datasets.transactions(limit or 100_000, seed=seed, drift_at=drift_at)
+        return datasets.transactions(
+            limit or 100_000, seed=seed, drift_at=drift_at, events_per_second=events_per_second
+        )
     # A file is read whole before anything is sent, so a malformed line fails the replay before it starts.
     return iter(list(datasets.read_file(name, limit)))
 
@@ -169,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s; negative for no drift)",
     )
     parser.add_argument(
+        "--events-per-second",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="transactions: events per second of event time, i.e. how close their `ts` are (default: %(default)s; "
+        "100 packs the same events 100x closer, so windows hold 100x more of them); not the sending rate (--rate)",
+    )
+    parser.add_argument(
         "--key", default="event_id", help="event field used as the Kafka message key (default: %(default)s)"
     )
     parser.add_argument(
@@ -189,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 0:
         print("error: --limit must be >= 0", file=sys.stderr)
         return 2
+    if not args.events_per_second > 0:
+        print("error: --events-per-second must be > 0", file=sys.stderr)
+        return 2
     drift_at = args.drift_at if args.drift_at >= 0 else None
     try:
-        events = load_dataset(args.dataset, args.limit, args.seed, drift_at)
+        events = load_dataset(args.dataset, args.limit, args.seed, drift_at, args.events_per_second)
         topics = [args.events_topic] + ([args.labels_topic] if args.label_delay is not None else [])
         require_topics(args.bootstrap_servers, topics)
         producer = make_producer(args.bootstrap_servers)

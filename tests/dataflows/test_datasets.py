@@ -24,6 +24,23 @@ def test_transactions_are_in_event_time_order_with_unique_ids():
     assert len({e["event_id"] for e in events}) == len(events)
 
 
+def test_events_per_second_packs_the_same_events_closer_in_event_time():
+    def offsets(events):
+        return [(datetime.fromisoformat(e["ts"]) - datasets.START).total_seconds() for e in events]
+
+    def without_ts(events):
+        return [{k: v for k, v in e.items() if k != "ts"} for e in events]
+
+    usual = list(datasets.transactions(3000, seed=4))
+    dense = list(datasets.transactions(3000, seed=4, events_per_second=100))
+    assert without_ts(dense) == without_ts(usual)
+    assert offsets(dense) == pytest.approx([t / 100 for t in offsets(usual)], abs=0.001)  # ts keep milliseconds
+    assert 90 < len(dense) / offsets(dense)[-1] < 110
+    assert usual == list(datasets.transactions(3000, seed=4, events_per_second=1.0))
+    with pytest.raises(ValueError, match="events_per_second"):
+        next(datasets.transactions(10, events_per_second=0))
+
+
 def test_the_fraud_pattern_changes_at_the_drift():
     events = list(datasets.transactions(40_000, seed=5, drift_at=0.5))
     before = [e for e in events[:20_000] if e["label"]]
