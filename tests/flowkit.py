@@ -136,18 +136,23 @@ def isolated_config(directory: Path, source: Path | None = None) -> Path:
 
 
 def transactions_input(
-    n: int, seed: int = 42, label_delay_s: tuple[float, float] | None = None, delayed_share: float = 1.0
+    n: int,
+    seed: int = 42,
+    label_delay_s: tuple[float, float] | None = None,
+    delayed_share: float = 1.0,
+    events_per_second: float = 1.0,
 ):
     """(events, labels) from `dataflows.datasets.transactions`: inline labels when `label_delay_s` is None;
     else a seeded random `delayed_share` of the labels go to the labels topic, each with a `ts` (epoch ms) its
     event's plus a seeded random delay in that range (seconds), sorted by that `ts` (none is late in its
-    partition); the other events keep their label inline."""
+    partition); the other events keep their label inline. `events_per_second` makes the stream denser in
+    event time (`dataflows.datasets.transactions`)."""
     import random
     from datetime import datetime
 
     from dataflows.datasets import transactions
 
-    events = list(transactions(n=n, seed=seed))
+    events = list(transactions(n=n, seed=seed, events_per_second=events_per_second))
     if label_delay_s is None:
         return events, []
     rng = random.Random(seed)

@@ -64,12 +64,20 @@ def _log_tail(log_path: Path, chars: int = 4000) -> str:
 
 
 def _run_with_kills(
-    bootstrap: str, topics, env: dict[str, str], recovery_dir: Path, log_path: Path, n: int, kills: int, seed: int
+    bootstrap: str,
+    topics,
+    env: dict[str, str],
+    recovery_dir: Path,
+    log_path: Path,
+    n: int,
+    kills: int,
+    seed: int,
+    span: tuple[float, float] = (0.03, 0.4),
 ) -> list[Segment]:
     """Run the recoverable job, SIGKILL it `kills` times at seeded random moments, resume until it finishes."""
     rng = random.Random(seed)
-    # Kill i once this many distinct events have predictions (seeded, within the first 40 %).
-    thresholds = sorted(int(rng.uniform(0.03, 0.4) * n) for _ in range(kills))
+    # Kill i once this many distinct events have predictions (seeded, within `span` of the run).
+    thresholds = sorted(int(rng.uniform(*span) * n) for _ in range(kills))
     tail = TopicTail(bootstrap, topics.predictions)
     distinct: set[str] = set()
     segments: list[Segment] = []
@@ -134,28 +142,36 @@ def _reference(bootstrap: str, topics, env: dict[str, str], n: int) -> dict[str,
 
 
 @pytest.mark.parametrize(
-    ("labels", "delayed_share", "seed", "kills"),
-    [("mixed", 0.2, 11, 3), ("delayed", 1.0, 23, 3)],
+    ("labels", "delayed_share", "seed", "kills", "density", "span", "n"),
+    [
+        ("mixed", 0.2, 11, 3, 1.0, (0.03, 0.4), N_EVENTS),
+        ("delayed", 1.0, 23, 3, 1.0, (0.03, 0.4), N_EVENTS),
+        # A long history: 100 events an event-second, so the 1-hour and 24-hour windows hold every event and
+        # the 10-minute ones evict; killed late in the run, when the journal holds many epochs of chunks.
+        ("long history", 0.2, 37, 2, 100.0, (0.5, 0.85), 100_000),
+    ],
 )
 def test_sigkill_and_resume_gives_the_uninterrupted_predictions(
-    kafka_bootstrap, make_topics, tmp_path, labels, delayed_share, seed, kills
+    kafka_bootstrap, make_topics, tmp_path, labels, delayed_share, seed, kills, density, span, n
 ):
     # "mixed": 80 % of the labels inline, 20 % on the labels topic up to 30 minutes (event time) later.
     # Not all inline: with an empty labels topic the watermark waits for `idle_timeout_s`, and with
     # EDDY_TAIL=false the input ends first, so the whole run is one batch released at the end of the input:
     # no snapshot would fall mid-run (see the report of issue 4).
     events, label_messages = transactions_input(
-        N_EVENTS, seed=seed, label_delay_s=(1.0, 1800.0), delayed_share=delayed_share
+        n,
+        seed=seed,
+        label_delay_s=(1.0, 1800.0 / density),
+        delayed_share=delayed_share,
+        events_per_second=density,
     )
-    assert 0 < len(label_messages) <= N_EVENTS
+    assert 0 < len(label_messages) <= n
     config = isolated_config(tmp_path / "config-reference")
 
     reference_topics = make_topics(partitions=PARTITIONS)
     publish_input(kafka_bootstrap, reference_topics, events, label_messages, PARTITIONS)
     started = time.monotonic()
-    reference = _reference(
-        kafka_bootstrap, reference_topics, flow_env(reference_topics, kafka_bootstrap, config), N_EVENTS
-    )
+    reference = _reference(kafka_bootstrap, reference_topics, flow_env(reference_topics, kafka_bootstrap, config), n)
     reference_s = time.monotonic() - started
 
     topics = make_topics(partitions=PARTITIONS)
@@ -165,7 +181,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_predictions(
     log_path = tmp_path / "flow.log"
     started = time.monotonic()
     env = flow_env(topics, kafka_bootstrap, isolated_config(tmp_path / "config-recovered"))
-    segments = _run_with_kills(kafka_bootstrap, topics, env, recovery_dir, log_path, N_EVENTS, kills, seed)
+    segments = _run_with_kills(kafka_bootstrap, topics, env, recovery_dir, log_path, n, kills, seed, span)
     recovered_s = time.monotonic() - started
 
     killed = [s for s in segments if s.killed]
@@ -203,7 +219,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_predictions(
         if abs(first[eid]["score"] - reference[eid]["score"]) > TOLERANCE
     ]
     assert not wrong, (
-        f"{len(wrong)} of {N_EVENTS} scores differ from the uninterrupted run (event, recovered, reference), "
+        f"{len(wrong)} of {n} scores differ from the uninterrupted run (event, recovered, reference), "
         f"first ones: {wrong[:5]}; {summary}"
     )
     wrong_members = [
