@@ -2,10 +2,10 @@
 
 It serves the files the batch join (`features.joinplan`) serves, aggregates over `RANGE` windows partitioned
 by the header's entity and ordered by `ts`, with far less work. A `WindowIndex` keeps the buffered events
-sorted by (entity, ts, release order), so the rows of an event's window are one contiguous run of it, a
-*segment*, found by two binary searches; numpy then reduces every segment of a batch in one call per
-aggregate. There is no join and no hash table, and DuckDB's fixed cost per statement (a few milliseconds)
-is paid only for select items that are more than a bare window.
+sorted by (entity, ts, release order), so the rows of an event's window, its *segment*, are one contiguous
+piece of each of the index's few sorted runs, found by binary searches; numpy then reduces every segment of
+a batch in one call per aggregate. There is no join and no hash table, and DuckDB's fixed cost per
+statement (a few milliseconds) is paid only for select items that are more than a bare window.
 
 A segment holds its window's rows in canonical order however the stream was cut into micro-batches, and a
 reduction over the same values in the same order gives the same bits: features are batch-independent by
@@ -73,6 +73,13 @@ _TS_BITS = 36
 _TS_SPAN = 2**_TS_BITS - 1
 _MAX_CODES = 2 ** (62 - _TS_BITS)
 _MIN_MS = -(2**62)
+# A run merges into the one before it while that one holds at most this many times its rows: runs then
+# shrink by more than this factor from oldest to newest (few runs to search), and a row is copied about
+# log2(rows held) times over its life (more at a larger ratio, with fewer runs).
+_MERGE_RATIO = 2
+# Segments that hold this share of the index or more are reduced in place: one pass over the index, which
+# costs less than gathering their rows (and, with several runs, than merging them into one first).
+_IN_PLACE_SHARE = 0.25
 _BARE = re.compile(r"\(__agg\.__w(\d+)\)")
 _WINDOW_REF = re.compile(r"__agg\.__w(\d+)")
 _STAR_FREE = re.compile(r"count\s*\(\s*\*\s*\)", re.IGNORECASE)
@@ -224,33 +231,59 @@ def _parsed(sql: str) -> duckdb.Statement:
 
 
 class WindowIndex:
-    """Events sorted by (entity, ts, release order), with the columns that windows read.
+    """Events sorted by (entity, ts, release order), with the columns that windows read, as a few sorted runs.
+
+    Layout: one buffer per column (the keys, each value column, its validity once it has held a NULL) holds
+    the *runs* end to end, oldest first. A run holds the rows of consecutive insertions, sorted by key with
+    equal keys in release order. `insert` sorts a batch and appends it as the newest run, then merges each
+    run into the one before it while that one holds at most `_MERGE_RATIO` times its rows. Sizes thus fall
+    by more than that ratio from run to run: O(log n) runs, a row copied O(log n) times over its life, and a
+    batch costs O(batch * log n) amortised however much history is held. A merge rewrites only the two runs
+    it joins, at the end of the buffers; the rare one that cascades into the oldest run copies the index.
+
+    A window's rows are one piece of each run, one binary search per run away. Windows that cover a quarter
+    of the index or more are reduced in place, over one run: `aggregate` first merges the runs, a pass over
+    the index such a reduction makes anyway, and while batches are that large `insert` merges each batch
+    into the one run at once.
+
+    Canonical order: the runs hold consecutive stretches of the release order, oldest first, so a window's
+    pieces taken oldest run first are in (entity, ts, release order) whenever no run holds a ts earlier than
+    the latest of the runs before it. That always holds in event-time mode, where rows are released in
+    non-decreasing ts. In arrival mode a late arrival breaks it; then each segment's gathered rows are sorted
+    by key, stably, which keeps rows of equal key in run order, i.e. release order. Either way each window
+    reaches its reduction as the one sequence that a single sorted array of the same rows would hold.
 
     Not state: it is rebuilt from the event buffer whenever it is missing (after a restore, or a change of
     definitions). Eviction only raises a floor below which windows do not reach; rows are dropped in bulk
-    once the index has grown by a quarter, so eviction costs nothing per batch.
+    once the index has grown by a quarter, so eviction costs O(1) per row amortised.
     """
 
     def __init__(self, entity: tuple[str, ...], columns: dict[str, str]):
         self.entity = tuple(entity)
         self.columns = dict(columns)
         self._codes: dict = {}
+        self._size = 0
         self._keys = np.empty(0, np.int64)
         self._values = {name: _empty(kind) for name, kind in self.columns.items()}
         self._valid: dict[str, np.ndarray | None] = dict.fromkeys(self.columns)
+        self._runs: list[int] = []  # where each run starts, oldest first
+        # For each run, bounds on its ts (epoch ms): none before the first, none after the second.
+        self._spans: list[tuple[int, int]] = []
         self._base: int | None = None
         self._floor = _MIN_MS
         self._compacted_size = 0
+        self._in_place = False  # whether windows were reduced in place since the last insert
+        self._spare: np.ndarray | None = None  # see _scratch
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._size
 
     def covers(self, entity: tuple[str, ...], columns: dict[str, str]) -> bool:
         return tuple(entity) == self.entity and all(self.columns.get(k) == v for k, v in columns.items())
 
     def insert(self, table: pa.Table) -> Rows:
         """Add events in canonical order; rows equal in entity and ts stay in the order given."""
-        ts_us, before = _ts_us(table), len(self)
+        ts_us = _ts_us(table)
         ts = ts_us // 1000
         if ts.size and (ts * 1000 != ts_us).any():
             raise OutOfRange("a ts with a fraction of a millisecond")
@@ -258,23 +291,14 @@ class WindowIndex:
         if ts.size:
             self._fit(int(ts.min()), int(ts.max()))
         keys = (codes << _TS_BITS) + (ts - (self._base or 0))
-        # np.insert places rows bound for one position in the order given: give them in key order (stable,
-        # so equal keys keep the canonical order).
-        order = np.argsort(keys, kind="stable")
-        keys = keys[order]
-        at = np.searchsorted(self._keys, keys, side="right")
-        self._keys = np.insert(self._keys, at, keys)
-        for name, kind in self.columns.items():
-            column = table[name]
-            if self._values[name] is not None:
-                zero = 0.0 if kind == "double" else 0
-                values = _numpy(pc.fill_null(column, zero))[order]
-                self._values[name] = np.insert(self._values[name], at, values)
-            valid = self._valid[name]
-            if valid is not None or column.null_count:
-                if valid is None:
-                    valid = np.ones(before, bool)
-                self._valid[name] = np.insert(valid, at, _numpy(column.is_valid())[order])
+        order = np.argsort(keys, kind="stable")  # stable: equal keys keep the canonical order
+        if ts.size:
+            self._append(keys[order], table, order, (int(ts.min()), int(ts.max())))
+            if self._in_place:
+                self._merge_all()
+            else:
+                self._settle()
+        self._in_place = False
         return Rows(codes, ts_us, order)
 
     def evict(self, before_ms: int) -> None:
@@ -284,19 +308,19 @@ class WindowIndex:
             self._compact()
 
     def aggregate(self, rows: Rows, windows: tuple[Window, ...]) -> list[pa.Array]:
-        """Each window's aggregate for every row of `rows` (inserted already), in row order."""
-        searches: dict[tuple[str, int], np.ndarray] = {}
-        segments: dict[tuple[int, int], _Segments] = {}
+        """Each window's aggregate for every row of `rows` (inserted already), in row order.
+
+        Segments that hold a quarter of the index or more are reduced in place, once the runs are merged into
+        one; the next batch is likely as large, so `insert` then merges it into that run straight away, which
+        spares searching the runs twice."""
+        segments = self._segments(rows, windows)
+        in_place = any(seg.total >= _IN_PLACE_SHARE * len(self) for seg in segments.values())
+        if in_place and len(self._runs) > 1:
+            self._merge_all()
+            segments = self._segments(rows, windows)
+        self._in_place |= in_place
         cache: dict = {}
-        out = []
-        for window in windows:
-            bounds = (window.lo_us, window.hi_us)
-            if bounds not in segments:
-                lo = self._search(rows, "lo", window.lo_us, searches)
-                hi = self._search(rows, "hi", window.hi_us, searches)
-                segments[bounds] = _Segments(lo, np.maximum(hi, lo), len(self))
-            out.append(self._aggregate(window, segments[bounds], cache))
-        return out
+        return [self._aggregate(window, segments[window.lo_us, window.hi_us], cache) for window in windows]
 
     # -- internals --------------------------------------------------------------------------------------
 
@@ -321,34 +345,54 @@ class WindowIndex:
         """Choose or move the base that keys count milliseconds from, so that [low, high] fits."""
         if self._base is not None and low >= self._base and high - self._base < _TS_SPAN:
             return
-        ts = self._ts_ms()
-        if len(ts):
-            low = min(low, int(ts.min()))
-            high = max(high, int(ts.max()))
+        if self._spans:
+            low = min(low, *(span[0] for span in self._spans))
+            high = max(high, *(span[1] for span in self._spans))
         if high - low >= _TS_SPAN:
             raise OutOfRange(f"events {high - low} ms apart; the index spans {_TS_SPAN} ms")
+        keys = self._keys[: len(self)]
+        keys += (self._base or low) - low  # the same shift for every key: each run stays sorted
         self._base = low
-        self._keys = ((self._keys >> _TS_BITS) << _TS_BITS) + (ts - low)
 
     def _ts_ms(self, positions: np.ndarray | None = None) -> np.ndarray:
         """The ts (epoch ms) of every row, or of the rows at `positions`: the low bits of its key + the base."""
-        keys = self._keys if positions is None else self._keys[positions]
+        keys = self._keys[: len(self)] if positions is None else self._keys[positions]
         return (keys & _TS_SPAN) + (self._base or 0)
 
-    def _search(self, rows: Rows, end: str, length_us: int, cache: dict) -> np.ndarray:
-        """Index position where each row's window starts (`lo`: first ts >= ts - length) or ends (`hi`:
-        after the last ts <= ts - length), within the row's entity."""
-        if (end, length_us) not in cache:
-            if end == "lo":
-                bound = np.maximum(-((length_us - rows.ts_us) // 1000), self._floor)
-            else:
-                bound = (rows.ts_us - length_us) // 1000
-            offset = np.clip(bound - (self._base or 0), -1, _TS_SPAN)
-            keys = ((rows.codes << _TS_BITS) + offset)[rows.order]
-            found = np.empty(len(keys), np.int64)
-            found[rows.order] = np.searchsorted(self._keys, keys, side="left" if end == "lo" else "right")
-            cache[end, length_us] = found
-        return cache[end, length_us]
+    def _column(self, store: dict[str, np.ndarray | None], name: str) -> np.ndarray | None:
+        """The rows held of a value or validity buffer (None: the column has no values, or no NULLs)."""
+        array = store[name]
+        return None if array is None else array[: len(self)]
+
+    def _segments(self, rows: Rows, windows: tuple[Window, ...]) -> dict[tuple[int, int], _Segments]:
+        """The segments of each window (by bounds) over the runs as they are now."""
+        lows, highs = sorted({w.lo_us for w in windows}), sorted({w.hi_us for w in windows})
+        found = self._search(rows, lows, highs)
+        starts = dict(zip(lows, found[: len(lows)], strict=True))
+        stops = dict(zip(highs, found[len(lows) :], strict=True))
+        unordered = len(self._runs) > 1 and not self._in_ts_order()
+        keys = self._keys[: len(self)] if unordered else None
+        bounds = dict.fromkeys((w.lo_us, w.hi_us) for w in windows)
+        return {(lo, hi): _Segments(starts[lo], stops[hi], len(self), keys) for lo, hi in bounds}
+
+    def _search(self, rows: Rows, lows: list[int], highs: list[int]) -> np.ndarray:
+        """Where each row's window starts for each length of `lows` (at the first ts >= ts - length), then
+        where it ends for each length of `highs` (after the last ts <= ts - length), within the row's entity,
+        in every run: index positions, an array (lengths, rows, runs). One binary search per run for all."""
+        # In key order, the batch's rows send the binary searches of each length to nearby places in turn.
+        ts_us = rows.ts_us[rows.order]
+        first = np.maximum(-((np.array(lows, np.int64)[:, None] - ts_us) // 1000), self._floor)
+        # After the last key <= k is where the first key >= k + 1 is: every search looks for a left end.
+        after = (ts_us - np.array(highs, np.int64)[:, None]) // 1000 + 1
+        # Offsets -1 and _TS_SPAN + 1 fall before and after every key of the entity (no key's offset is _TS_SPAN).
+        offsets = np.clip(np.concatenate([first, after]) - (self._base or 0), -1, _TS_SPAN + 1)
+        needles = ((rows.codes[rows.order] << _TS_BITS) + offsets).ravel()
+        found = np.empty((len(self._runs), needles.size), np.int64)
+        for run, (start, stop) in enumerate(self._run_bounds()):
+            found[run] = np.searchsorted(self._keys[start:stop], needles) + start
+        out = np.empty((len(offsets), len(rows.order), len(self._runs)), np.int64)
+        out[:, rows.order, :] = found.reshape(len(self._runs), len(offsets), len(rows.order)).transpose(1, 2, 0)
+        return out
 
     def _aggregate(self, window: Window, seg: _Segments, cache: dict) -> pa.Array:
         function, column = window.function, window.column
@@ -356,10 +400,10 @@ class WindowIndex:
         if column is None or column == "ts":
             count, valid = seg.lengths, None
         else:
-            valid = self._valid[column]
+            valid = self._column(self._valid, column)
             if (key, "count") not in cache:
                 counted = None if valid is None else self._rows(column, "valid", seg, cache)
-                cache[key, "count"] = seg.lengths if counted is None else seg.reduce_runs(np.add, counted, 0)
+                cache[key, "count"] = seg.lengths if counted is None else seg.reduce_segments(np.add, counted, 0)
             count = cache[key, "count"]
         if function == "count":
             return pa.array(count, pa.int64())
@@ -368,15 +412,15 @@ class WindowIndex:
         if function in ("min", "max"):
             if column == "ts":
                 # Within an entity the index is sorted by ts: a window's first row holds its min, its last its max.
-                ends = seg.lo if function == "min" else seg.lo + seg.lengths - 1
-                result = self._ts_ms(np.clip(ends, 0, len(self) - 1)) * 1000
+                ends = seg.ends(last=function == "max")
+                result = self._ts_ms(np.clip(ends, 0, max(len(self) - 1, 0))) * 1000
             else:
                 ufunc = np.maximum if function == "max" else np.minimum
-                result = seg.reduce_runs(ufunc, self._rows(column, function, seg, cache), _sentinel(kind, function))
+                result = seg.reduce_segments(ufunc, self._rows(column, function, seg, cache), _sentinel(kind, function))
             arrow_type = TS_TYPE if kind == "ts" else (pa.float64() if kind == "double" else pa.int64())
             return pa.array(result, arrow_type, mask=empty)
         if (key, "sum") not in cache:
-            cache[key, "sum"] = seg.reduce_runs(np.add, self._rows(column, "float", seg, cache), 0.0)
+            cache[key, "sum"] = seg.reduce_segments(np.add, self._rows(column, "float", seg, cache), 0.0)
         total = cache[key, "sum"]
         if function == "sum":
             return pa.array(total, pa.float64(), mask=empty)
@@ -403,7 +447,7 @@ class WindowIndex:
         of the segments' rows only when `seg` gathers them."""
         where = (id(seg),) if seg.gathered else ()
         if (column, form, *where) not in cache:
-            values, valid = self._values[column], self._valid[column]
+            values, valid = self._column(self._values, column), self._column(self._valid, column)
             if seg.gathered:
                 values = None if values is None else values[seg.positions]
                 valid = None if valid is None else valid[seg.positions]
@@ -416,73 +460,242 @@ class WindowIndex:
             cache[column, form, *where] = rows
         return cache[column, form, *where]
 
-    def _compact(self) -> None:
-        keep = self._ts_ms() >= self._floor
-        self._keys = self._keys[keep]
-        for name in self.columns:
+    # -- runs -------------------------------------------------------------------------------------------
+
+    def _buffers(self) -> list[np.ndarray]:
+        """The keys' buffer and every value and validity buffer: one row of each per row held, same capacity."""
+        stores = (self._values, self._valid)
+        return [self._keys, *(array for store in stores for array in store.values() if array is not None)]
+
+    def _replace_buffers(self, make) -> None:
+        """Each buffer replaced by `make(buffer)`."""
+        self._keys = make(self._keys)
+        for store in (self._values, self._valid):
+            for name, array in store.items():
+                if array is not None:
+                    store[name] = make(array)
+
+    def _run_bounds(self) -> list[tuple[int, int]]:
+        """[start, stop) of each run, oldest first."""
+        return list(itertools.pairwise([*self._runs, len(self)]))
+
+    def _append(self, keys: np.ndarray, table: pa.Table, order: np.ndarray, span: tuple[int, int]) -> None:
+        """Append sorted rows (`table`'s rows in `order`, their `keys`) as the newest run."""
+        start, stop = len(self), len(self) + len(keys)
+        if stop > len(self._keys):
+            # Grown by half at a time: each row is moved O(1) times by growth over its life.
+            capacity = max(stop, len(self._keys) * 3 // 2, 1024)
+            self._replace_buffers(lambda array: _resized(array, start, capacity))
+        self._keys[start:stop] = keys
+        for name, kind in self.columns.items():
+            column = table[name]
             if self._values[name] is not None:
-                self._values[name] = self._values[name][keep]
-            if self._valid[name] is not None:
-                self._valid[name] = self._valid[name][keep]
+                zero = 0.0 if kind == "double" else 0
+                self._values[name][start:stop] = _numpy(pc.fill_null(column, zero))[order]
+            if self._valid[name] is not None or column.null_count:
+                if self._valid[name] is None:
+                    self._valid[name] = np.ones(len(self._keys), bool)
+                self._valid[name][start:stop] = _numpy(column.is_valid())[order]
+        self._runs.append(start)
+        self._spans.append(span)
+        self._size = stop
+
+    def _settle(self) -> None:
+        """Merge neighbouring runs, newest first, until each is more than `_MERGE_RATIO` times the next."""
+        sizes = [stop - start for start, stop in self._run_bounds()]
+        run = len(sizes) - 1
+        while run >= 1:
+            # The runs after `run` already satisfy the rule, and a merge only makes `run - 1` larger.
+            if sizes[run - 1] <= _MERGE_RATIO * sizes[run]:
+                self._merge(run)
+                sizes[run - 1 : run + 1] = [sizes[run - 1] + sizes[run]]
+            run -= 1
+
+    def _merge_all(self) -> None:
+        while len(self._runs) > 1:
+            self._merge(len(self._runs) - 1)
+
+    def _merge(self, run: int) -> None:
+        """Merge run `run` into its older neighbour: one sorted run, equal keys with the older run's first."""
+        start, middle, stop = self._runs[run - 1], self._runs[run], self._run_bounds()[run][1]
+        # Where each newer row goes in the older run: after the older rows of equal key.
+        at = np.searchsorted(self._keys[start:middle], self._keys[middle:stop], side="right") + start
+        # A few rows into a large run: block moves (memmove speed, but a numpy call per newer row) beat a
+        # masked pass over the merged run (~2 ns a row per buffer).
+        if (stop - middle) * 512 <= stop - start:
+            self._merge_by_moves(at, middle, stop)
+        else:
+            self._merge_by_masks(start, middle, stop, at - start + np.arange(stop - middle))
+        del self._runs[run]
+        (low, high), (low2, high2) = self._spans[run - 1 : run + 1]
+        self._spans[run - 1 : run + 1] = [(min(low, low2), max(high, high2))]
+
+    def _merge_by_moves(self, at: np.ndarray, middle: int, stop: int) -> None:
+        """Merge a few newer rows (`middle:stop`, to go before the older rows at `at`) into a large older
+        run by moving the older rows up in blocks, last first: memory moves, one per newer row."""
+        places = at + np.arange(len(at))
+        at = at.tolist()
+        for array in self._buffers():
+            newer = array[middle:stop].copy()
+            end = middle
+            for shift in range(len(at), 0, -1):
+                begin = at[shift - 1]
+                if begin < end:
+                    array[begin + shift : end + shift] = array[begin:end]
+                end = begin
+            array[places] = newer
+
+    def _merge_by_masks(self, start: int, middle: int, stop: int, places: np.ndarray) -> None:
+        """Merge runs `start:middle` and `middle:stop`, the newer rows going to `places` of the merged run."""
+        older = np.ones(stop - start, bool)
+        older[places] = False
+        for array in self._buffers():
+            merged = self._scratch(stop - start, array.dtype)
+            merged[older] = array[start:middle]
+            merged[places] = array[middle:stop]
+            array[start:stop] = merged
+
+    def _scratch(self, size: int, dtype: np.dtype) -> np.ndarray:
+        """Room for `size` rows of `dtype`, kept from merge to merge: memory fresh from the system costs a
+        page fault per page written, which doubles the cost of a large merge."""
+        nbytes = size * np.dtype(dtype).itemsize
+        if self._spare is None or len(self._spare) < nbytes:
+            self._spare = np.empty(max(nbytes, 8 * len(self._keys)), np.uint8)
+        return self._spare[:nbytes].view(dtype)
+
+    def _in_ts_order(self) -> bool:
+        """Whether, by their spans, no run holds a ts earlier than a run before it: then the pieces of a
+        window, oldest run first, are in key order."""
+        latest = _MIN_MS
+        for low, high in self._spans:
+            if low < latest:
+                return False
+            latest = max(latest, high)
+        return True
+
+    def _compact(self) -> None:
+        """Drop the rows below the floor from every run, and the entities left without rows."""
+        size = len(self)
+        keep = (self._keys[:size] & _TS_SPAN) >= self._floor - (self._base or 0)
+        kept = [int(np.count_nonzero(keep[start:stop])) for start, stop in self._run_bounds()]
+        new_size = sum(kept)
+        # Room for the quarter the index grows by before the next compaction, and as much again for the
+        # batch that takes it past that: the buffers need not grow in between.
+        capacity = new_size + new_size // 2 + 4096
+
+        def compacted(array: np.ndarray) -> np.ndarray:
+            out = np.empty(capacity, array.dtype)
+            out[:new_size] = array[:size][keep]
+            return out
+
+        self._replace_buffers(compacted)
+        self._spare = None  # sized for the buffers before: made again when needed
+        runs, spans, start = [], [], 0
+        for count, (low, high) in zip(kept, self._spans, strict=True):
+            if count:
+                # What is left of the run lies within its span cut at the floor (not always its exact span).
+                runs.append(start)
+                spans.append((max(low, self._floor), high))
+                start += count
+        self._runs, self._spans, self._size = runs, spans, new_size
         if len(self._codes) > 2 * len(self) + 4096:
-            # Forget entities with no events left; renumbering in the old order keeps the keys sorted.
-            codes = self._keys >> _TS_BITS
+            # Forget entities with no events left; renumbering in the old order keeps every run sorted.
+            keys = self._keys[: len(self)]
+            codes = keys >> _TS_BITS
             live = np.unique(codes)
-            self._keys = (np.searchsorted(live, codes) << _TS_BITS) + (self._keys & _TS_SPAN)
+            keys[:] = (np.searchsorted(live, codes) << _TS_BITS) + (keys & _TS_SPAN)
             alive = set(live.tolist())
-            kept = [value for value, code in self._codes.items() if code in alive]
-            self._codes = {value: code for code, value in enumerate(kept)}
+            kept_codes = [value for value, code in self._codes.items() if code in alive]
+            self._codes = {value: code for code, value in enumerate(kept_codes)}
+        self._settle()
         self._compacted_size = len(self)
 
 
 class _Segments:
-    """The window of each batch row as a run [lo, hi) of the index, and those runs gathered end to end.
+    """The window of each batch row as one piece [lo, hi) of every run of the index, and the pieces gathered
+    end to end, segment after segment, each segment's pieces oldest run first.
 
-    When the runs hold fewer rows than a quarter of the index (a small batch, a long history), the reductions read
-    the runs' rows gathered; otherwise they reduce the runs in place, which passes over the index once. Both
-    add each run's values in index order, so they give the same bits."""
+    Gathered: the reductions read the pieces' rows gathered. Over one run, segments that hold a quarter of
+    the index or more (a large batch) are reduced in place instead, which passes over the index once. Both
+    add each segment's values in canonical order, so they give the same bits.
 
-    def __init__(self, lo: np.ndarray, hi: np.ndarray, index_size: int):
-        self.lo = lo
-        self.lengths = hi - lo
+    `keys` (the index's keys) is given when the runs are not in ts order (see `WindowIndex`): the gathered
+    rows of each segment are then sorted by key, stably, so that they come in canonical order.
+    """
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, index_size: int, keys: np.ndarray | None = None):
+        if lo.ndim == 1:  # one run
+            lo, hi = lo[:, None], hi[:, None]
+        self._lo = lo  # (rows, runs)
+        self._piece_lengths = np.maximum(hi - lo, 0)
+        self.lengths = self._piece_lengths.sum(axis=1)
         self.starts = np.cumsum(self.lengths) - self.lengths
         self.nonempty = self.lengths > 0
-        total = int(self.starts[-1] + self.lengths[-1]) if len(lo) else 0
-        self.gathered = 4 * total < index_size
+        self.total = int(self.starts[-1] + self.lengths[-1]) if len(lo) else 0
+        one_run = lo.shape[1] == 1
+        self.gathered = not one_run or self.total < _IN_PLACE_SHARE * index_size
+        self.lo = lo[:, 0] if one_run else None
+        self._keys = None if one_run else keys
         self._positions: np.ndarray | None = None
-        self._runs: tuple[np.ndarray, np.ndarray] | None = None
+        self._pairs: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def positions(self) -> np.ndarray:
-        """Index positions of every segment's rows, segment after segment."""
+        """Index positions of every segment's rows, segment after segment, each in canonical order."""
         if self._positions is None:
-            positions = np.repeat(self.lo - self.starts, self.lengths)
+            lo, lengths = self._lo.ravel(), self._piece_lengths.ravel()  # piece after piece
+            positions = np.repeat(lo - (np.cumsum(lengths) - lengths), lengths)
             positions += np.arange(len(positions))
+            if self._keys is not None:
+                positions = self._in_key_order(positions)
             self._positions = positions
         return self._positions
+
+    def _in_key_order(self, positions: np.ndarray) -> np.ndarray:
+        """`positions` with each segment's rows sorted by key; rows of equal key keep their order."""
+        keys = self._keys[positions]
+        segment = np.repeat(np.arange(len(self.lengths)), self.lengths)
+        if not ((keys[1:] < keys[:-1]) & (segment[1:] == segment[:-1])).any():
+            return positions
+        return positions[np.lexsort((keys, segment))]  # lexsort is stable
+
+    def ends(self, last: bool) -> np.ndarray:
+        """Index position of each segment's first row (`last`: its last row) in canonical order; any
+        position, maybe out of the index, for an empty segment."""
+        if not self.total:
+            return np.zeros(len(self.lengths), np.int64)
+        if self._keys is not None:
+            at = self.starts + self.lengths - 1 if last else self.starts
+            return self.positions[np.clip(at, 0, self.total - 1)]
+        # The pieces are in canonical order: the first row is the first piece's first, the last the last's last.
+        nonempty = self._piece_lengths > 0
+        runs = nonempty.shape[1] - 1 - nonempty[:, ::-1].argmax(axis=1) if last else nonempty.argmax(axis=1)
+        rows = np.arange(len(self.lengths))
+        lo = self._lo[rows, runs]
+        return lo + self._piece_lengths[rows, runs] - 1 if last else lo
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """Every segment's rows, segment after segment, as a new array, from rows made by `_rows` for it."""
         return rows.copy() if self.gathered else rows[self.positions]
 
-    def reduce_runs(self, ufunc: np.ufunc, rows: np.ndarray, empty) -> np.ndarray:
+    def reduce_segments(self, ufunc: np.ufunc, rows: np.ndarray, empty) -> np.ndarray:
         """`ufunc` over each segment's rows, from rows made by `_rows` for these segments.
 
-        Gathered: one `reduceat` at the segments' starts. In place: the non-empty runs, sorted by start, go to
-        one `reduceat` as [lo, hi) pairs of the whole index; its results between pairs are thrown away: each is
-        one element where runs overlap, else a stretch no other run covers, so they cost at most one pass over
-        the index. Each run is reduced in index order, as `reduce` would.
+        Gathered: one `reduceat` at the segments' starts. In place: the non-empty segments, sorted by start,
+        go to one `reduceat` as [lo, hi) pairs of the whole index; its results between pairs are thrown away:
+        each is one element where segments overlap, else a stretch no other segment covers, so they cost at
+        most one pass over the index. Each segment is reduced in index order, as `reduce` would.
         """
         if self.gathered:
             return self.reduce(ufunc, rows, empty)
-        if self._runs is None:
+        if self._pairs is None:
             nonempty = np.flatnonzero(self.nonempty)
             nonempty = nonempty[np.argsort(self.lo[nonempty], kind="stable")]
             bounds = np.empty(2 * len(nonempty), np.int64)
             bounds[0::2] = self.lo[nonempty]
             bounds[1::2] = self.lo[nonempty] + self.lengths[nonempty]
-            self._runs = nonempty, bounds
-        nonempty, bounds = self._runs
+            self._pairs = nonempty, bounds
+        nonempty, bounds = self._pairs
         out = np.full(len(self.lengths), empty, dtype=rows.dtype)
         if nonempty.size:
             if bounds.max() >= len(rows):
@@ -517,6 +730,13 @@ def _sentinel(kind: str, function: str) -> float | int:
         return -np.inf if function == "max" else np.inf
     limits = np.iinfo(np.int64)
     return limits.min if function == "max" else limits.max
+
+
+def _resized(array: np.ndarray, size: int, capacity: int) -> np.ndarray:
+    """A buffer of `capacity` rows that starts with the first `size` of `array`."""
+    out = np.empty(capacity, array.dtype)
+    out[:size] = array[:size]
+    return out
 
 
 def _empty(kind: str) -> np.ndarray | None:

@@ -189,9 +189,9 @@ def test_reducing_runs_in_place_equals_reducing_gathered_segments(values, runs):
     gathering = _Segments(lo, hi, index_size=10**9)  # a small part of a long index: its rows gathered
     assert not in_place.gathered and gathering.gathered
     for ufunc, empty in [(np.add, 0.0), (np.maximum, -np.inf), (np.minimum, np.inf)]:
-        gathered = gathering.reduce_runs(ufunc, whole[gathering.positions], empty)
+        gathered = gathering.reduce_segments(ufunc, whole[gathering.positions], empty)
         # The same bits: each run is reduced over the same values in the same order either way.
-        assert in_place.reduce_runs(ufunc, whole, empty).tolist() == gathered.tolist()
+        assert in_place.reduce_segments(ufunc, whole, empty).tolist() == gathered.tolist()
         expected = [ufunc.reduce(whole[a:b]) if b > a else empty for a, b in zip(lo, hi, strict=True)]
         np.testing.assert_allclose(gathered, expected, rtol=1e-9, atol=1e-6)
 
