@@ -378,7 +378,7 @@ class WindowIndex:
     def _search(self, rows: Rows, lows: list[int], highs: list[int]) -> np.ndarray:
         """Where each row's window starts for each length of `lows` (at the first ts >= ts - length), then
         where it ends for each length of `highs` (after the last ts <= ts - length), within the row's entity,
-        in every run: index positions, an array (lengths, rows, runs). One binary search per run for all."""
+        in every run: index positions, an array (lengths, runs, rows). One binary search per run for all."""
         # In key order, the batch's rows send the binary searches of each length to nearby places in turn.
         ts_us = rows.ts_us[rows.order]
         first = np.maximum(-((np.array(lows, np.int64)[:, None] - ts_us) // 1000), self._floor)
@@ -390,8 +390,8 @@ class WindowIndex:
         found = np.empty((len(self._runs), needles.size), np.int64)
         for run, (start, stop) in enumerate(self._run_bounds()):
             found[run] = np.searchsorted(self._keys[start:stop], needles) + start
-        out = np.empty((len(offsets), len(rows.order), len(self._runs)), np.int64)
-        out[:, rows.order, :] = found.reshape(len(self._runs), len(offsets), len(rows.order)).transpose(1, 2, 0)
+        out = np.empty((len(offsets), len(self._runs), len(rows.order)), np.int64)
+        out[:, :, rows.order] = found.reshape(len(self._runs), len(offsets), len(rows.order)).transpose(1, 0, 2)
         return out
 
     def _aggregate(self, window: Window, seg: _Segments, cache: dict) -> pa.Array:
@@ -625,16 +625,16 @@ class _Segments:
 
     def __init__(self, lo: np.ndarray, hi: np.ndarray, index_size: int, keys: np.ndarray | None = None):
         if lo.ndim == 1:  # one run
-            lo, hi = lo[:, None], hi[:, None]
-        self._lo = lo  # (rows, runs)
+            lo, hi = lo[None], hi[None]
+        self._lo = lo  # (runs, rows)
         self._piece_lengths = np.maximum(hi - lo, 0)
-        self.lengths = self._piece_lengths.sum(axis=1)
+        self.lengths = self._piece_lengths.sum(axis=0)
         self.starts = np.cumsum(self.lengths) - self.lengths
         self.nonempty = self.lengths > 0
-        self.total = int(self.starts[-1] + self.lengths[-1]) if len(lo) else 0
-        one_run = lo.shape[1] == 1
+        self.total = int(self.starts[-1] + self.lengths[-1]) if self.lengths.size else 0
+        one_run = len(lo) == 1
         self.gathered = not one_run or self.total < _IN_PLACE_SHARE * index_size
-        self.lo = lo[:, 0] if one_run else None
+        self.lo = lo[0] if one_run else None
         self._keys = None if one_run else keys
         self._positions: np.ndarray | None = None
         self._pairs: tuple[np.ndarray, np.ndarray] | None = None
@@ -643,8 +643,12 @@ class _Segments:
     def positions(self) -> np.ndarray:
         """Index positions of every segment's rows, segment after segment, each in canonical order."""
         if self._positions is None:
-            lo, lengths = self._lo.ravel(), self._piece_lengths.ravel()  # piece after piece
-            positions = np.repeat(lo - (np.cumsum(lengths) - lengths), lengths)
+            if self.lo is not None:
+                lo, lengths, starts = self.lo, self.lengths, self.starts
+            else:  # piece after piece: a segment's pieces, oldest run first, then the next segment's
+                lo, lengths = self._lo.T.ravel(), self._piece_lengths.T.ravel()
+                starts = np.cumsum(lengths) - lengths
+            positions = np.repeat(lo - starts, lengths)
             positions += np.arange(len(positions))
             if self._keys is not None:
                 positions = self._in_key_order(positions)
@@ -662,6 +666,8 @@ class _Segments:
     def ends(self, last: bool) -> np.ndarray:
         """Index position of each segment's first row (`last`: its last row) in canonical order; any
         position, maybe out of the index, for an empty segment."""
+        if self.lo is not None:
+            return self.lo + self.lengths - 1 if last else self.lo
         if not self.total:
             return np.zeros(len(self.lengths), np.int64)
         if self._keys is not None:
@@ -669,10 +675,10 @@ class _Segments:
             return self.positions[np.clip(at, 0, self.total - 1)]
         # The pieces are in canonical order: the first row is the first piece's first, the last the last's last.
         nonempty = self._piece_lengths > 0
-        runs = nonempty.shape[1] - 1 - nonempty[:, ::-1].argmax(axis=1) if last else nonempty.argmax(axis=1)
+        runs = len(nonempty) - 1 - nonempty[::-1].argmax(axis=0) if last else nonempty.argmax(axis=0)
         rows = np.arange(len(self.lengths))
-        lo = self._lo[rows, runs]
-        return lo + self._piece_lengths[rows, runs] - 1 if last else lo
+        lo = self._lo[runs, rows]
+        return lo + self._piece_lengths[runs, rows] - 1 if last else lo
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """Every segment's rows, segment after segment, as a new array, from rows made by `_rows` for it."""
