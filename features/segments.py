@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -80,6 +80,20 @@ _MERGE_RATIO = 2
 # Segments that hold this share of the index or more are reduced in place: one pass over the index, which
 # costs less than gathering their rows (and, with several runs, than merging them into one first).
 _IN_PLACE_SHARE = 0.25
+# Long windows are read as whole tiles + two edges (see `_Tiles`): a window of length L is cut into tiles of
+# L // _TILES ms aligned to epoch 0, whose partial aggregates are kept, so a window costs ~_TILES tiles and the
+# rows of two tiles however many rows it holds. Only windows that hold _TILE_MIN_ROWS rows or more, and span
+# two whole tiles or more, are read so: fewer rows cost less to reduce than tiles to look up.
+_TILES = 32
+_TILE_MIN_ROWS = 1024
+# How `WindowIndex._reduced` reduces each statistic: ufunc, the rows' form (see `_rows`), the empty value
+# (None: the sentinel that never wins).
+_STATS = {
+    "count": (np.add, "valid", 0),
+    "sum": (np.add, "float", 0.0),
+    "max": (np.maximum, "max", None),
+    "min": (np.minimum, "min", None),
+}
 _BARE = re.compile(r"\(__agg\.__w(\d+)\)")
 _WINDOW_REF = re.compile(r"__agg\.__w(\d+)")
 _STAR_FREE = re.compile(r"count\s*\(\s*\*\s*\)", re.IGNORECASE)
@@ -253,6 +267,15 @@ class WindowIndex:
     by key, stably, which keeps rows of equal key in run order, i.e. release order. Either way each window
     reaches its reduction as the one sequence that a single sorted array of the same rows would hold.
 
+    Long windows: a window of length L that holds `_TILE_MIN_ROWS` rows or more is read as the tiles of
+    L / `_TILES` ms (aligned to epoch 0, so they depend on event time only) that lie whole in it and end at or
+    before the row's ts, whose partial aggregates are kept (`_Tiles`), plus the rows of its two edges: its
+    cost is that of ~`_TILES` tiles and two tiles' rows, however many rows it holds. A tile's partials are
+    computed from all its rows in canonical order when first read; in event time no row lands in a tile that
+    has been read (it ends at or before a released row's ts), so they are the same bits however the stream
+    was cut; a row that does (arrival order) marks it stale. Sums add tile by tile, so their bits differ
+    from a row-by-row sum's; variances combine each tile's squares about its own mean (Chan et al.).
+
     Not state: it is rebuilt from the event buffer whenever it is missing (after a restore, or a change of
     definitions). Eviction only raises a floor below which windows do not reach; rows are dropped in bulk
     once the index has grown by a quarter, so eviction costs O(1) per row amortised.
@@ -274,6 +297,7 @@ class WindowIndex:
         self._compacted_size = 0
         self._in_place = False  # whether windows were reduced in place since the last insert
         self._spare: np.ndarray | None = None  # see _scratch
+        self._tiles: dict[tuple[int, str], _Tiles] = {}  # partial aggregates by (tile length in ms, column)
 
     def __len__(self) -> int:
         return self._size
@@ -293,6 +317,8 @@ class WindowIndex:
         keys = (codes << _TS_BITS) + (ts - (self._base or 0))
         order = np.argsort(keys, kind="stable")  # stable: equal keys keep the canonical order
         if ts.size:
+            for (length, _), tiles in self._tiles.items():
+                tiles.invalidate((codes << _TS_BITS) + ts // length - tiles.origin)
             self._append(keys[order], table, order, (int(ts.min()), int(ts.max())))
             if self._in_place:
                 self._merge_all()
@@ -314,7 +340,7 @@ class WindowIndex:
         one; the next batch is likely as large, so `insert` then merges it into that run straight away, which
         spares searching the runs twice."""
         segments = self._segments(rows, windows)
-        in_place = any(seg.total >= _IN_PLACE_SHARE * len(self) for seg in segments.values())
+        in_place = any(seg.reduced.total >= _IN_PLACE_SHARE * len(self) for seg in segments.values())
         if in_place and len(self._runs) > 1:
             self._merge_all()
             segments = self._segments(rows, windows)
@@ -353,6 +379,7 @@ class WindowIndex:
         keys = self._keys[: len(self)]
         keys += (self._base or low) - low  # the same shift for every key: each run stays sorted
         self._base = low
+        self._tiles.clear()  # their keys count tiles from the old base
 
     def _ts_ms(self, positions: np.ndarray | None = None) -> np.ndarray:
         """The ts (epoch ms) of every row, or of the rows at `positions`: the low bits of its key + the base."""
@@ -373,7 +400,163 @@ class WindowIndex:
         unordered = len(self._runs) > 1 and not self._in_ts_order()
         keys = self._keys[: len(self)] if unordered else None
         bounds = dict.fromkeys((w.lo_us, w.hi_us) for w in windows)
-        return {(lo, hi): _Segments(starts[lo], stops[hi], len(self), keys) for lo, hi in bounds}
+        segments = {(lo, hi): _Segments(starts[lo], stops[hi], len(self), keys) for lo, hi in bounds}
+        shared: dict = {}
+        for (lo, hi), seg in segments.items():
+            seg.tiled = self._tiled(rows, lo, hi, seg, keys, shared)
+        return segments
+
+    def _tiled(
+        self, rows: Rows, lo_us: int, hi_us: int, seg: _Segments, keys: np.ndarray | None, shared: dict
+    ) -> _Tiled | None:
+        """The window [ts - lo_us, ts - hi_us] of each row as its whole tiles and two edges, or None when no
+        row's window is read so (see `_Tiles`).
+
+        A whole tile is one that lies in the window and ends at or before the row's ts: in event time every
+        row before the row's ts is held when its window is computed, so the tile's partials, computed from all
+        its rows whenever first needed, are the same bits however the stream was cut. Rows read whole keep
+        their whole window as the first edge. Windows that read the same tiles (24 hours up to the row, and up
+        to 1 ms before it) share them, and their partials, through `shared`."""
+        length = lo_us // 1000 // _TILES
+        if length < 1 or not len(seg.lengths) or seg.lengths.max() < _TILE_MIN_ROWS:
+            return None
+        ts_ms = rows.ts_us // 1000
+        first = np.maximum(-((lo_us - rows.ts_us) // 1000), self._floor)  # the window's first ms
+        after = np.minimum((rows.ts_us - hi_us) // 1000 + 1, ts_ms)  # whole tiles end at or before this
+        k0, k1 = -(-first // length), after // length  # the whole tiles are k0 .. k1 - 1
+        tiled = (k1 - k0 >= 2) & (seg.lengths >= _TILE_MIN_ROWS)
+        if not tiled.any():
+            return None
+        # No row is older than the base: tiles before its tile are empty, and left to the first edge.
+        origin = (self._base or 0) // length
+        k0 = np.maximum(k0, origin)
+        tiled &= k1 - k0 >= 2
+        if not tiled.any():
+            return None
+        events = np.flatnonzero(tiled)
+        plan = (length, events.tobytes(), k0[events].tobytes(), k1[events].tobytes())
+        if plan not in shared:
+            counts = (k1 - k0)[events]
+            firsts = np.cumsum(counts) - counts
+            numbers = np.repeat(k0[events] - firsts, counts) + np.arange(int(counts.sum()))
+            tile_keys = (np.repeat(rows.codes[events], counts) << _TS_BITS) + numbers - origin
+            unique, inverse = np.unique(tile_keys, return_inverse=True)
+            bounds = np.concatenate([k0[events], k1[events]]) * length
+            starts, stops = np.split(self._find(np.tile(rows.codes[events], 2), bounds), 2, axis=1)
+            shared[plan] = (counts, firsts, unique, inverse.ravel(), starts, stops, {})
+        counts, firsts, unique, inverse, starts, stops, partials = shared[plan]
+        # The edges: [window start, first whole tile) and [end of the last whole tile, window end], per run.
+        hi = seg.hi
+        left_hi, right_lo = hi.copy(), hi.copy()
+        right_lo[:, events] = np.minimum(stops, hi[:, events])
+        left_hi[:, events] = np.minimum(np.maximum(starts, seg.lo_runs[:, events]), right_lo[:, events])
+        edges = _Segments(
+            np.concatenate([seg.lo_runs, right_lo], axis=1), np.concatenate([left_hi, hi], axis=1), len(self), keys
+        )
+        return _Tiled(length, edges, events, counts, firsts, unique, inverse, keys, partials)
+
+    def _find(self, codes: np.ndarray, ms: np.ndarray) -> np.ndarray:
+        """Index position of the first row of each entity `codes` at or after `ms` (epoch ms), in every run:
+        an array (runs, rows)."""
+        offsets = np.clip(ms - (self._base or 0), -1, _TS_SPAN + 1)
+        needles = (codes << _TS_BITS) + offsets
+        order = np.argsort(needles)  # binary searches in key order hit the cache
+        needles = needles[order]
+        found = np.empty((len(self._runs), len(needles)), np.int64)
+        for run, (start, stop) in enumerate(self._run_bounds()):
+            found[run, order] = np.searchsorted(self._keys[start:stop], needles) + start
+        return found
+
+    def _partials(self, tiled: _Tiled, column: str) -> dict[str, np.ndarray]:
+        """The partial aggregates of `column` over each tile `tiled` reads (by its unique tile keys): those
+        kept, and the others computed from the tile's rows in canonical order, then kept."""
+        if column not in tiled.partials:
+            name = (tiled.length, column)
+            tiles = self._tiles.get(name)
+            if tiles is None:
+                tiles = self._tiles[name] = _Tiles(self, tiled.length, column)
+            partials, missing = tiles.get(tiled.unique)
+            if missing.any():
+                keys = tiled.unique[missing]
+                codes, numbers = keys >> _TS_BITS, (keys & _TS_SPAN) + tiles.origin
+                bounds = np.concatenate([numbers, numbers + 1]) * tiled.length
+                lo, hi = np.split(self._find(np.tile(codes, 2), bounds), 2, axis=1)
+                computed = self._summaries(column, _Segments(lo, hi, len(self), tiled.keys))
+                for stat, values in computed.items():
+                    partials[stat][missing] = values
+                tiles.put(keys, computed)
+            tiled.partials[column] = partials
+        return tiled.partials[column]
+
+    def _summaries(self, column: str, seg: _Segments) -> dict[str, np.ndarray]:
+        """Per segment: the count of valid values, their sum, max, min and sum of squared deviations from
+        their own mean (two passes over the segment's rows in canonical order)."""
+        cache: dict = {}  # of its own: `_rows` keys gathered rows by the id of a segment that dies here
+        valid = self._column(self._valid, column)
+        if valid is None:
+            count = seg.lengths
+        else:
+            count = seg.reduce_segments(np.add, self._rows(column, "valid", seg, cache), 0)
+        out = {"count": count}
+        if self._values[column] is None:
+            return out
+        kind = self.columns[column]
+        floats = self._rows(column, "float", seg, cache)
+        total = seg.reduce_segments(np.add, floats, 0.0)
+        out["sum"] = total
+        for function in ("max", "min"):
+            ufunc = np.maximum if function == "max" else np.minimum
+            rows = self._rows(column, function, seg, cache)
+            out[function] = seg.reduce_segments(ufunc, rows, _sentinel(kind, function))
+        deviations = seg.gather(floats)
+        deviations -= np.repeat(total / np.maximum(count, 1), seg.lengths)
+        if valid is not None:
+            deviations[~valid[seg.positions]] = 0.0
+        with np.errstate(over="ignore"):
+            out["m2"] = seg.reduce(np.add, deviations * deviations, 0.0)
+        return out
+
+    def _reduced(self, column: str, stat: str, seg: _Segments, cache: dict) -> np.ndarray:
+        """`stat` ("count" of valid values, "sum", "max" or "min") of `column` over each segment: over its
+        rows, or for a tiled segment over its first edge, then its whole tiles in order, then its last edge."""
+        ufunc, form, empty = _STATS[stat]
+        if empty is None:
+            empty = _sentinel(self.columns[column], stat)
+        reduced = seg.reduced
+        out = reduced.reduce_segments(ufunc, self._rows(column, form, reduced, cache), empty)
+        tiled = seg.tiled
+        if tiled is None:
+            return out
+        n = len(seg.lengths)
+        left, right = out[:n], out[n:]
+        partials = self._partials(tiled, column)[stat][tiled.inverse]
+        middle = np.full(n, empty, dtype=partials.dtype)
+        middle[tiled.events] = ufunc.reduceat(partials, tiled.firsts)
+        return ufunc(ufunc(left, middle), right)
+
+    def _squares(self, column: str, seg: _Segments, mean: np.ndarray, cache: dict) -> np.ndarray:
+        """The sum of squared deviations from `mean` of each segment's valid values. For a tiled segment, a
+        tile adds its own (about its mean) + count x (its mean - `mean`)^2 (Chan et al.): exact, and as
+        stable as two passes, each term being a square about a mean."""
+        valid = self._column(self._valid, column)
+        reduced, tiled = seg.reduced, seg.tiled
+        n = len(seg.lengths)
+        # The one aggregate that needs each row's own term: the deviations from its window's mean.
+        deviations = reduced.gather(self._rows(column, "float", reduced, cache))
+        deviations -= np.repeat(mean if tiled is None else np.concatenate([mean, mean]), reduced.lengths)
+        if valid is not None:
+            deviations[~valid[reduced.positions]] = 0.0
+        with np.errstate(over="ignore", invalid="ignore"):  # deviations past ~1e154 square to inf, as DuckDB's do
+            out = reduced.reduce(np.add, deviations * deviations, 0.0)
+            if tiled is None:
+                return out
+            partials = self._partials(tiled, column)
+            count = partials["count"][tiled.inverse]
+            apart = partials["sum"][tiled.inverse] / np.maximum(count, 1) - np.repeat(mean[tiled.events], tiled.counts)
+            terms = partials["m2"][tiled.inverse] + np.where(count > 0, count * (apart * apart), 0.0)
+        middle = np.zeros(n)
+        middle[tiled.events] = np.add.reduceat(terms, tiled.firsts)
+        return (out[:n] + middle) + out[n:]
 
     def _search(self, rows: Rows, lows: list[int], highs: list[int]) -> np.ndarray:
         """Where each row's window starts for each length of `lows` (at the first ts >= ts - length), then
@@ -402,8 +585,7 @@ class WindowIndex:
         else:
             valid = self._column(self._valid, column)
             if (key, "count") not in cache:
-                counted = None if valid is None else self._rows(column, "valid", seg, cache)
-                cache[key, "count"] = seg.lengths if counted is None else seg.reduce_segments(np.add, counted, 0)
+                cache[key, "count"] = seg.lengths if valid is None else self._reduced(column, "count", seg, cache)
             count = cache[key, "count"]
         if function == "count":
             return pa.array(count, pa.int64())
@@ -415,12 +597,11 @@ class WindowIndex:
                 ends = seg.ends(last=function == "max")
                 result = self._ts_ms(np.clip(ends, 0, max(len(self) - 1, 0))) * 1000
             else:
-                ufunc = np.maximum if function == "max" else np.minimum
-                result = seg.reduce_segments(ufunc, self._rows(column, function, seg, cache), _sentinel(kind, function))
+                result = self._reduced(column, function, seg, cache)
             arrow_type = TS_TYPE if kind == "ts" else (pa.float64() if kind == "double" else pa.int64())
             return pa.array(result, arrow_type, mask=empty)
         if (key, "sum") not in cache:
-            cache[key, "sum"] = seg.reduce_segments(np.add, self._rows(column, "float", seg, cache), 0.0)
+            cache[key, "sum"] = self._reduced(column, "sum", seg, cache)
         total = cache[key, "sum"]
         if function == "sum":
             return pa.array(total, pa.float64(), mask=empty)
@@ -428,13 +609,7 @@ class WindowIndex:
         if function == "avg":
             return pa.array(mean, pa.float64(), mask=empty)
         if (key, "squares") not in cache:
-            # The one aggregate that needs each row's own term: the deviations from its window's mean.
-            deviations = seg.gather(self._rows(column, "float", seg, cache))
-            deviations -= np.repeat(mean, seg.lengths)
-            if valid is not None:
-                deviations[~valid[seg.positions]] = 0.0
-            with np.errstate(over="ignore"):  # deviations past ~1e154 square to inf, as DuckDB's do
-                cache[key, "squares"] = seg.reduce(np.add, deviations * deviations, 0.0)
+            cache[key, "squares"] = self._squares(column, seg, mean, cache)
         divisor = count if function.endswith("_pop") else count - 1
         result = cache[key, "squares"] / np.maximum(divisor, 1)
         if function.startswith("stddev"):
@@ -607,6 +782,9 @@ class WindowIndex:
             alive = set(live.tolist())
             kept_codes = [value for value, code in self._codes.items() if code in alive]
             self._codes = {value: code for code, value in enumerate(kept_codes)}
+            self._tiles.clear()  # their keys hold the old codes
+        for (length, _), tiles in self._tiles.items():
+            tiles.keep(-(-self._floor // length))  # a tile that starts below the floor is never whole again
         self._settle()
         self._compacted_size = len(self)
 
@@ -627,6 +805,7 @@ class _Segments:
         if lo.ndim == 1:  # one run
             lo, hi = lo[None], hi[None]
         self._lo = lo  # (runs, rows)
+        self._hi = hi
         self._piece_lengths = np.maximum(hi - lo, 0)
         self.lengths = self._piece_lengths.sum(axis=0)
         self.starts = np.cumsum(self.lengths) - self.lengths
@@ -638,6 +817,22 @@ class _Segments:
         self._keys = None if one_run else keys
         self._positions: np.ndarray | None = None
         self._pairs: tuple[np.ndarray, np.ndarray] | None = None
+        self.tiled: _Tiled | None = None  # set when some windows are read as whole tiles and edges
+
+    @property
+    def reduced(self) -> _Segments:
+        """The segments whose rows are reduced: these, or the edges when tiled (first edges, then last)."""
+        return self if self.tiled is None else self.tiled.edges
+
+    @property
+    def lo_runs(self) -> np.ndarray:
+        """Where each segment starts in each run: (runs, rows)."""
+        return self._lo
+
+    @property
+    def hi(self) -> np.ndarray:
+        """Where each segment ends in each run (never before it starts): (runs, rows)."""
+        return np.maximum(self._hi, self._lo)
 
     @property
     def positions(self) -> np.ndarray:
@@ -717,6 +912,109 @@ class _Segments:
         if firsts.size:
             out[self.nonempty] = ufunc.reduceat(gathered, firsts)
         return out
+
+
+@dataclass
+class _Tiled:
+    """A batch's windows of one length as edges and whole tiles (see `WindowIndex._tiled`).
+
+    `edges` holds every row's first edge, then every row's last edge; rows read whole have their whole
+    window as first edge and no tiles. The rows `events` read `counts` tiles each, from `firsts` in the list of
+    their tiles in order, which is `unique[inverse]`: tile keys (entity code, tile number - origin)."""
+
+    length: int
+    edges: _Segments
+    events: np.ndarray
+    counts: np.ndarray
+    firsts: np.ndarray
+    unique: np.ndarray
+    inverse: np.ndarray
+    keys: np.ndarray | None
+    partials: dict = field(default_factory=dict)  # by column: see `WindowIndex._partials`
+
+
+class _Tiles:
+    """Partial aggregates of one column over the tiles of one length, by tile key: the entity's code in the
+    high bits, the tile's number from `origin` (the index's base tile) in the low ones.
+
+    Two levels of sorted arrays, a large and a small one that new tiles go into and that is merged into the
+    large one once it holds a quarter as many: a batch's lookups are two binary searches, and keeping a tile
+    costs O(1) amortised. A tile that gains a row after it was computed (arrival order) is marked stale and
+    computed again when next read; the index drops tiles below its floor when it compacts, and every tile
+    when it renumbers entities or moves its base."""
+
+    _STATS = ("count", "sum", "max", "min", "m2")
+
+    def __init__(self, index: WindowIndex, length: int, column: str):
+        self.length = length
+        self.origin = (index._base or 0) // length
+        kind = index.columns.get(column)
+        value = np.int64 if kind == "bigint" else np.float64
+        self.dtypes = {"count": np.int64, "sum": np.float64, "max": value, "min": value, "m2": np.float64}
+        self.levels = [self._level({}), self._level({})]
+
+    def _level(self, arrays: dict) -> dict:
+        empty = {"key": np.empty(0, np.int64), "ok": np.empty(0, bool)}
+        empty |= {stat: np.empty(0, dtype) for stat, dtype in self.dtypes.items()}
+        return empty | arrays
+
+    def get(self, keys: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The partials of sorted unique `keys` (zeros where missing), and which are missing or stale."""
+        out = {stat: np.zeros(len(keys), dtype) for stat, dtype in self.dtypes.items()}
+        missing = np.ones(len(keys), bool)
+        for level in self.levels:
+            if not len(level["key"]):
+                continue
+            at, hit = self._where(level, keys)
+            hit &= level["ok"][at]
+            for stat in self.dtypes:
+                if stat in level:
+                    out[stat][hit] = level[stat][at[hit]]
+            missing &= ~hit
+        return out, missing
+
+    def put(self, keys: np.ndarray, partials: dict[str, np.ndarray]) -> None:
+        """Keep the partials of sorted unique `keys`: in place where a stale one is kept, else as new tiles."""
+        new = np.ones(len(keys), bool)
+        for level in self.levels:
+            at, hit = self._where(level, keys)
+            for stat, values in partials.items():
+                level[stat][at[hit]] = values[hit]
+            level["ok"][at[hit]] = True
+            new &= ~hit
+        if not new.any():
+            return
+        large, small = self.levels
+        at = np.searchsorted(small["key"], keys[new])
+        small["key"] = np.insert(small["key"], at, keys[new])
+        small["ok"] = np.insert(small["ok"], at, True)
+        for stat in self.dtypes:
+            values = partials.get(stat)
+            filler = np.zeros(int(new.sum()), self.dtypes[stat]) if values is None else values[new]
+            small[stat] = np.insert(small[stat], at, filler)
+        if len(small["key"]) * 4 > len(large["key"]) + 4096:
+            at = np.searchsorted(large["key"], small["key"])
+            self.levels = [{name: np.insert(large[name], at, small[name]) for name in large}, self._level({})]
+
+    def invalidate(self, keys: np.ndarray) -> None:
+        """Mark stale the tiles of `keys` (any order, repeats allowed)."""
+        for level in self.levels:
+            at, hit = self._where(level, keys)
+            level["ok"][at[hit]] = False
+
+    def keep(self, first_tile: int) -> None:
+        """Forget the tiles numbered below `first_tile`."""
+        for i, level in enumerate(self.levels):
+            kept = (level["key"] & _TS_SPAN) + self.origin >= first_tile
+            self.levels[i] = {name: array[kept] for name, array in level.items()}
+
+    @staticmethod
+    def _where(level: dict, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        stored = level["key"]
+        if not len(stored):
+            return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+        at = np.minimum(np.searchsorted(stored, keys), len(stored) - 1)
+        return at, stored[at] == keys
 
 
 def _mentioned(sql: list[str], columns: list[str]) -> tuple[str, ...]:
