@@ -15,6 +15,7 @@ from dataflows.flow import build_flow, check_inputs
 from dataflows.kafka_admin import BrokerError
 from dataflows.logs import configure_logging
 from dataflows.recovery import RecoveryError, guard_recovery_dir, recovery_dir_from_argv
+from dataflows.shards import Splitter, workers_from_argv
 from features import FeatureEngine, FeatureFileError
 
 configure_logging()
@@ -52,7 +53,13 @@ def _build():
         config.model,
         "tailing the input" if config.tail else "stopping at the end of the input (EDDY_TAIL=false)",
     )
-    return build_flow(config, partitions, state_dir=recovery_dir_from_argv(sys.argv))
+    workers = workers_from_argv(sys.argv)
+    log.info(
+        "feature state in %s: %s",
+        "one shard (one worker)" if workers == 1 else f"{workers} shards per entity family ({workers} workers)",
+        Splitter(config.sql_dir, config.fields, workers).describe(),
+    )
+    return build_flow(config, partitions, state_dir=recovery_dir_from_argv(sys.argv), workers=workers)
 
 
 flow = _build()

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from dataflows.flow import FLOW_ID, STATEFUL_STEPS
+from dataflows.shards import shard_count_error, workers_from_argv
 from dataflows.state_journal import FILE as JOURNAL_FILE
 from dataflows.state_journal import snapshot_log
+from dataflows.steps import OrderByEventTime, StateFormatError, unpack
 
 
 class RecoveryError(RuntimeError):
@@ -44,6 +47,28 @@ def saved_steps(directory: Path) -> set[str]:
         with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as db:
             steps.update(row[0] for row in db.execute("SELECT DISTINCT step_id FROM snaps"))
     return steps
+
+
+def saved_shards(directory: Path) -> int | None:
+    """The shard count per feature family of the newest snapshot of the ordering step (which keeps it), or
+    None if there is none; StateFormatError if it cannot be read."""
+    newest: tuple[int, bytes] | None = None
+    for part in sorted(directory.glob("part-*.sqlite3")):
+        with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as db:
+            row = db.execute(
+                "SELECT snap_epoch, ser_change FROM snaps WHERE step_id = ? AND ser_change IS NOT NULL "
+                "ORDER BY snap_epoch DESC LIMIT 1",
+                (f"{FLOW_ID}.{OrderByEventTime.STEP}",),
+            ).fetchone()
+        if row is not None and (newest is None or row[0] > newest[0]):
+            newest = row
+    if newest is None:
+        return None
+    blob = pickle.loads(newest[1])  # Bytewax pickles what the step's snapshot returned
+    if not isinstance(blob, bytes):
+        return None
+    state = unpack(OrderByEventTime.STEP, blob)
+    return state["split"]["shards"] if isinstance(state, dict) and "split" in state else None
 
 
 def expected_steps() -> set[str]:
@@ -80,18 +105,28 @@ def guard_recovery_dir(argv: list[str]) -> None:
             f"({directory / JOURNAL_FILE}: the window rows and dedupe ids the snapshots leave out). It was "
             "deleted or not copied with the directory; start over with a fresh recovery directory."
         )
+    try:
+        shards = saved_shards(directory)
+    except StateFormatError as exc:
+        raise RecoveryError(str(exc)) from None
+    workers = workers_from_argv(argv)
+    if shards is not None and shards != workers:
+        raise RecoveryError(str(shard_count_error(shards, workers, f"recovery directory {directory}"))) from None
 
 
 def describe_snapshots(directory: Path, last: int = 100) -> list[str]:
-    """Per step: how many snapshots the journal logged, and the time and bytes of the last `last` of them."""
+    """Per step (and key, for the feature step's shards): how many snapshots the journal logged, and the time
+    and bytes of the last `last` of them."""
     rows = snapshot_log(directory)
     lines = []
-    for step in sorted({row["step"] for row in rows}):
-        mine = [row for row in rows if row["step"] == step]
+    keys = {(row["step"], row["key"]) for row in rows}
+    for step, key in sorted(keys):
+        mine = [row for row in rows if row["step"] == step and row["key"] == key]
         recent = mine[-last:]
         seconds = sorted(row["seconds"] for row in recent)
+        name = step if sum(1 for s, _ in keys if s == step) == 1 else f"{step} {key}"
         lines.append(
-            f"{step}: {len(mine)} snapshots logged; the last {len(recent)}: "
+            f"{name}: {len(mine)} snapshots logged; the last {len(recent)}: "
             f"{sum(row['bytes'] for row in recent) / len(recent) / 1024:.1f} KiB and "
             f"{seconds[len(seconds) // 2] * 1000:.1f} ms (median, max {seconds[-1] * 1000:.1f} ms) each"
         )
@@ -127,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in describe_snapshots(args.directory):
         print(line)
     try:
-        guard_recovery_dir(["-r", str(args.directory)])
-    except RecoveryError as exc:
+        shards = saved_shards(args.directory) if any(args.directory.glob("part-*.sqlite3")) else None
+        if shards is not None:
+            print(f"feature state cut for {shards} worker(s) in all: resume with as many")
+        guard_recovery_dir(["show", "-r", str(args.directory), "-w", str(shards or 1)])
+    except (RecoveryError, StateFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("compatible with this flow")
