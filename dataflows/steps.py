@@ -379,6 +379,7 @@ class ScoreAndLearn(StatefulBatchLogic):
         return [self._report(time.time())], self.RETAIN
 
     def on_eof(self):
+        self._check_join("at the end of the input")
         return [self._report(time.time(), final=True)], self.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -390,7 +391,17 @@ class ScoreAndLearn(StatefulBatchLogic):
         self.exporter.observe_metrics(metrics.figures)
         return metrics
 
+    def _check_join(self, when: str) -> None:
+        """Every part of an epoch's releases reaches the learner within the epoch (`FeatureJoin`): say so if not."""
+        if self.state.join.waiting:
+            log.warning(
+                "learner: %d release(s) still waiting for their features %s (kept in the learner's state)",
+                self.state.join.waiting,
+                when,
+            )
+
     def snapshot(self) -> bytes:
+        self._check_join("at an epoch's end")
         if self.journal is None:
             return NOT_SAVED
         started = time.perf_counter()

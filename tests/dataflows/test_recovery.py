@@ -231,6 +231,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_predictions(
     )
     _, _, dead = outputs(kafka_bootstrap, topics)
     assert not dead, f"the recovered runs dead-lettered {len(dead)} messages"
+    assert "still waiting for their features" not in log_path.read_text(), "a snapshot found the join waiting"
     if workers > 1:
         _check_shards_journal_and_refuse_one_worker(recovery_dir, env, workers)
 

@@ -112,6 +112,7 @@ def _run(kafka_bootstrap, make_topics, tmp_path, scale_input, partitions: int, h
         log = _two_processes(env, run_dir)
     predictions, _, dead = outputs(kafka_bootstrap, topics)
     print(f"{how} on {partitions} partition(s): {len(predictions)} predictions in {time.monotonic() - started:.1f} s")
+    assert "still waiting for their features" not in log, f"{how}: an epoch ended with the join waiting"
     shards = _shards(log)
     print(
         "  " + "; ".join(f"{k}: {e} events, {r} rows held, pid {p} thread {t}" for k, (e, r, (p, t)) in shards.items())

@@ -267,10 +267,11 @@ def streams(draw):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def catalogs_loaded_once():
-    """Every engine and splitter of the property test loads the folder as loaded once (a catalog is immutable):
-    loading and checking it is most of the time of a new shard, not what the test is about."""
+    """Every engine and splitter of the property test (all its examples) loads the folder as loaded once (a
+    catalog is immutable): loading and checking it is most of the time of a new shard, not what the test is
+    about. Only for the test that asks: another test may edit its folder."""
     import dataflows.shards
     import features.engine
     from features.catalog import require_catalog
@@ -496,3 +497,40 @@ def test_the_recovery_guard_refuses_another_worker_count_before_the_flow_starts(
     with pytest.raises(RecoveryError, match=r"by a flow of 2 worker\(s\) in all; this run has 1 worker\(s\)"):
         guard_recovery_dir(["run.py", "-r", str(tmp_path), "dataflows.main"])
     guard_recovery_dir(["run.py", "-r", str(tmp_path), "-w", "2", "dataflows.main"])
+
+
+def test_an_edit_reaches_every_shard_of_the_same_micro_batch(sql_dir, tmp_path, caplog):
+    """The split notices the edit and stamps the version; each shard reloads on the new stamp, so a micro-batch
+    never mixes versions, and the edit is logged once, not once per shard."""
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    for path in sql_dir.glob("*.sql"):
+        (folder / path.name).write_text(path.read_text())
+    config = config_for(folder)
+    splitter = Splitter(folder, config.fields, 2)
+    shards: dict[str, ComputeFeatures] = {}
+    join = FeatureJoin()
+
+    def run(items: list) -> list:
+        messages = splitter.split(items)
+        arriving = []
+        for key, message in messages:
+            if isinstance(message, ShardBatch):
+                arriving += shards.setdefault(key, ComputeFeatures(config, None, None)).on_batch([message])[0]
+            else:
+                arriving.append(message)
+        return join.push(arriving)
+
+    before = run([event(i, T0 + i * 1000, f"u{i % 3}", f"m{i % 2}") for i in range(10)])
+    user_short = folder / "3_user_short.sql"
+    user_short.write_text(user_short.read_text().replace("AS user_count_10m", "AS user_n_10m"))
+    with caplog.at_level("INFO", logger="eddy"):
+        after = run([event(i, T0 + i * 1000, f"u{i % 3}", f"m{i % 2}") for i in range(10, 20)])
+    old, new = before[0].features_version, after[0].features_version
+    assert old != new == FeatureEngine(folder, config.fields).features_version
+    assert {s.features_version for s in after} == {new}
+    assert all("user_n_10m" in s.features and "user_count_10m" not in s.features for s in after)
+    assert list(after[0].features) == FeatureEngine(folder, config.fields).feature_names
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("feature definitions reloaded" in m for m in messages) == 1
+    assert not [m for m in messages if "version" in m and "shard" in m]
