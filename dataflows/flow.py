@@ -61,7 +61,8 @@ def build_flow(
     """The dataflow for `config`; checks the broker and topics first unless `partitions` is given.
 
     `workers` is the flow's total worker count (`dataflows.shards.workers_from_argv`): each feature family's
-    state is cut into that many shards. A recovery directory keeps the count and refuses another.
+    state is cut into that many shards (or `[flow] feature_shards`). A recovery directory keeps the shard
+    count and refuses another.
 
     `state_dir` is the recovery directory (`-r`) of a run that saves its state: the steps write their journal
     there (see `dataflows.steps`). Without it they save nothing at the epochs' ends, where Bytewax would

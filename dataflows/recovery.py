@@ -49,8 +49,8 @@ def saved_steps(directory: Path) -> set[str]:
     return steps
 
 
-def saved_shards(directory: Path) -> int | None:
-    """The shard count per feature family of the newest snapshot of the ordering step (which keeps it), or
+def saved_shards(directory: Path) -> tuple[int, int] | None:
+    """(shards per feature family, workers) of the newest snapshot of the ordering step (which keeps them), or
     None if there is none; StateFormatError if it cannot be read."""
     newest: tuple[int, bytes] | None = None
     for part in sorted(directory.glob("part-*.sqlite3")):
@@ -68,15 +68,18 @@ def saved_shards(directory: Path) -> int | None:
     if not isinstance(blob, bytes):
         return None
     state = unpack(OrderByEventTime.STEP, blob)
-    return state["split"]["shards"] if isinstance(state, dict) and "split" in state else None
+    if not isinstance(state, dict) or "split" not in state:
+        return None
+    return state["split"]["shards"], state["split"]["workers"]
 
 
 def expected_steps() -> set[str]:
     return {f"{FLOW_ID}.{step}" for step in STATEFUL_STEPS}
 
 
-def guard_recovery_dir(argv: list[str]) -> None:
-    """Stop before the flow starts if the recovery directory holds another flow's (or old step ids') state."""
+def guard_recovery_dir(argv: list[str], shards: int | None = None) -> None:
+    """Stop before the flow starts if the recovery directory holds another flow's (or old step ids') state, or
+    feature state cut into another number of shards than `shards` (default: the worker count in `argv`)."""
     directory = recovery_dir_from_argv(argv)
     if directory is None:
         return
@@ -106,12 +109,13 @@ def guard_recovery_dir(argv: list[str]) -> None:
             "deleted or not copied with the directory; start over with a fresh recovery directory."
         )
     try:
-        shards = saved_shards(directory)
+        saved = saved_shards(directory)
     except StateFormatError as exc:
         raise RecoveryError(str(exc)) from None
     workers = workers_from_argv(argv)
-    if shards is not None and shards != workers:
-        raise RecoveryError(str(shard_count_error(shards, workers, f"recovery directory {directory}"))) from None
+    shards = shards or workers
+    if saved is not None and saved[0] != shards:
+        raise RecoveryError(str(shard_count_error(*saved, shards, workers, f"recovery directory {directory}")))
 
 
 def describe_snapshots(directory: Path, last: int = 100) -> list[str]:
@@ -162,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in describe_snapshots(args.directory):
         print(line)
     try:
-        shards = saved_shards(args.directory) if any(args.directory.glob("part-*.sqlite3")) else None
-        if shards is not None:
-            print(f"feature state cut for {shards} worker(s) in all: resume with as many")
-        guard_recovery_dir(["show", "-r", str(args.directory), "-w", str(shards or 1)])
+        saved = saved_shards(args.directory) if any(args.directory.glob("part-*.sqlite3")) else None
+        if saved is not None:
+            print(f"feature state in {saved[0]} shard(s) per entity family, written by {saved[1]} worker(s)")
+        guard_recovery_dir(["show", "-r", str(args.directory)], saved[0] if saved else None)
     except (RecoveryError, StateFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -51,19 +51,27 @@ log = logging.getLogger("eddy")
 
 
 WHOLE_KEY = "all:0"
-"""The feature step's one key when the flow has one worker: an engine over every group (family None)."""
+"""The feature step's one key with one shard: an engine over every group (family None); on several workers
+`all:0.k`, placed on the learner's worker."""
 
 
 class ShardCountError(RuntimeError):
-    """Saved feature state cut into another number of shards than this run's worker count."""
+    """Saved feature state cut into another number of shards than this run would cut it into."""
 
 
-def shard_count_error(saved: int, now: int, where: str) -> ShardCountError:
+def shard_count(setting: int, workers: int) -> int:
+    """Shards per feature family: `[flow] feature_shards`, or the flow's worker count when that is 0."""
+    return setting if setting > 0 else max(1, workers)
+
+
+def shard_count_error(saved: int, saved_workers: int, shards: int, workers: int, where: str) -> ShardCountError:
     return ShardCountError(
-        f"{where} holds feature state cut into {saved} shard(s) per entity family by a flow of {saved} worker(s) "
-        f"in all; this run has {now} worker(s) (workers per process x processes). Resuming would need the state "
-        f"re-sharded, which eddy does not do: resume with {saved} worker(s) in all (e.g. `-w {saved}`), or "
-        "start over with a fresh recovery directory (see README, Recovery)."
+        f"{where} holds feature state cut into {saved} shard(s) per entity family by a flow of {saved_workers} "
+        f"worker(s) in all; this run has {workers} worker(s) (workers per process x processes) and would cut it "
+        f"into {shards}. Resuming would need the state re-sharded, which eddy does not do: resume with "
+        f"{saved_workers} worker(s) in all (e.g. `-w {saved_workers}`), or keep {saved} shard(s) on this many "
+        f"workers with `[flow] feature_shards = {saved}` (EDDY_FEATURE_SHARDS), or start over with a fresh "
+        "recovery directory (see README, Recovery)."
     )
 
 
@@ -151,20 +159,35 @@ def worker_of_key(key: str, workers: int) -> int:
     return _siphash13(key.encode() + b"\xff") % workers
 
 
-def shard_keys(family: str, shards: int) -> tuple[str, ...]:
-    """The Bytewax keys of a family's shards (`shards` is also the worker count): shard s is `family:s`, or
-    `family:s.k` with the smallest k that puts it on a worker none of the family's earlier shards is on."""
+def shard_keys(family: str, shards: int, workers: int | None = None) -> tuple[str, ...]:
+    """The Bytewax keys of a family's shards on `workers` workers (default: as many as shards): shard s is
+    `family:s`, or `family:s.k` with the smallest k that puts it on a worker none of the family's earlier
+    shards is on (until every worker has one). The names depend on the worker count, so a flow keeps the
+    ones it started with in its state."""
+    workers = shards if workers is None else max(1, workers)
     if shards <= 1:
         return (f"{family}:0",)
-    keys, taken = [], set()
+    keys: list[str] = []
+    taken: set[int] = set()
     for shard in range(shards):
+        if len(taken) == workers:
+            taken = set()
         key, k = f"{family}:{shard}", 0
-        while worker_of_key(key, shards) in taken:
+        while worker_of_key(key, workers) in taken:
             k += 1
             key = f"{family}:{shard}.{k}"
-        taken.add(worker_of_key(key, shards))
+        taken.add(worker_of_key(key, workers))
         keys.append(key)
     return tuple(keys)
+
+
+def key_on_worker(name: str, worker: int, workers: int) -> str:
+    """`name`, or `name.k` with the smallest k that Bytewax runs on `worker`."""
+    key, k = name, 0
+    while worker_of_key(key, workers) != worker:
+        k += 1
+        key = f"{name}.{k}"
+    return key
 
 
 # -- which shard an entity belongs to ---------------------------------------------------------------------
@@ -174,7 +197,7 @@ def _text(value: Any) -> bytes:
     """A stable byte form of an entity value: equal values as the SQL compares them give equal bytes."""
     kind = type(value)
     if kind is str:
-        return value.encode()
+        return value.encode("utf-8", "surrogatepass")
     if value is None:
         return b"\x00"
     if kind is float:
@@ -224,25 +247,47 @@ class Splitter:
         mode: str = "event_time",
         state: dict | None = None,
         learner_key: str = "eddy",
+        workers: int | None = None,
     ):
         self.sql_dir = str(sql_dir)
         self.fields = {k: v for k, v in fields.items() if k not in HIDDEN}
         self.shards = max(1, int(shards))
+        self.workers = self.shards if workers is None else max(1, int(workers))
         self.event_time = mode != "arrival"
         self.learner_key = learner_key
         self.seq = 0
         self.max_ts: int | None = None
         self.floor: int | None = None
+        self.keys: dict[str | None, tuple[str, ...]] = {}  # per family, named once: the state lives under them
         if state is not None:
             if state["shards"] != self.shards:
-                raise shard_count_error(state["shards"], self.shards, "the recovery snapshot")
+                raise shard_count_error(
+                    state["shards"], state["workers"], self.shards, self.workers, "the recovery snapshot"
+                )
             self.seq, self.max_ts, self.floor = state["seq"], state["max_ts"], state["floor"]
+            self.keys = dict(state["keys"])
         self._signature = signature(self.sql_dir)
         self._reported_errors: set[str] = set()
         self._use(require_catalog(self.sql_dir, self.fields))
 
     def state(self) -> dict:
-        return {"shards": self.shards, "seq": self.seq, "max_ts": self.max_ts, "floor": self.floor}
+        return {
+            "shards": self.shards,
+            "workers": self.workers,
+            "keys": dict(self.keys),
+            "seq": self.seq,
+            "max_ts": self.max_ts,
+            "floor": self.floor,
+        }
+
+    def _keys(self, family: str | None) -> tuple[str, ...]:
+        if family not in self.keys:
+            if family is None:  # one shard: beside the learner, as the feature step was before the shards
+                learner = worker_of_key(self.learner_key, self.workers)
+                self.keys[None] = (key_on_worker(WHOLE_KEY, learner, self.workers),)
+            else:
+                self.keys[family] = shard_keys(family, 1 if family == NO_ENTITY else self.shards, self.workers)
+        return self.keys[family]
 
     @property
     def version(self) -> str:
@@ -260,18 +305,15 @@ class Splitter:
     def _use(self, catalog: Catalog) -> None:
         self.catalog = catalog
         if self.shards == 1:
-            # One worker: one shard of every family, so one engine over every group. Apart, the families
-            # would each pay an engine's costs per micro-batch and hold every event's row (bench.shards).
+            # One shard of every family, so one engine over every group. Apart, the families would each pay
+            # an engine's costs per micro-batch and hold every event's row (bench.shards).
             self.families: tuple[str | None, ...] = (None,)
-            self._routes = [(None, (), (WHOLE_KEY,))]
+            self._routes = [(None, (), self._keys(None))]
             self.names = None
             return
         families = catalog.families
         self.families = tuple(families)
-        self._routes = [
-            (family, columns, shard_keys(family, 1 if family == NO_ENTITY else self.shards))
-            for family, columns in families.items()
-        ]
+        self._routes = [(family, columns, self._keys(family)) for family, columns in families.items()]
         # The learner merges the families' feature dicts in this order: the catalog's own order unless a
         # family's groups are not contiguous in it (then the learner reorders by `names`).
         merged = [name for family in self.families for name in catalog.subset(family).feature_names]
@@ -349,7 +391,7 @@ class Splitter:
                     bucket[0].append(row)
                 elif len(columns) == 1:
                     value = row[columns[0]]
-                    data = value.encode() if type(value) is str else _text(value)
+                    data = value.encode("utf-8", "surrogatepass") if type(value) is str else _text(value)
                     bucket[zlib.crc32(data) % len(keys)].append(row)
                 else:
                     bucket[entity_shard(tuple(row[c] for c in columns), len(keys))].append(row)

@@ -42,7 +42,7 @@ from dataflows.messages import DeadLetter, Event, FeaturePart, Label, Metrics, P
 from dataflows.metrics import MetricsReporter
 from dataflows.ordering import EventTimeOrder
 from dataflows.prometheus import PrometheusExporter
-from dataflows.shards import FeatureJoin, Splitter
+from dataflows.shards import FeatureJoin, Splitter, shard_count
 from dataflows.state_journal import StateJournal
 from features import FeatureEngine
 from models import OnlineLearner
@@ -95,7 +95,8 @@ def unpack(step_id: str, blob: bytes | None) -> Any:
 class OrderByEventTime(StatefulBatchLogic):
     """Releases events and labels in canonical event-time order (see `dataflows.ordering`), each micro-batch
     split into a release for the learner and a batch for each feature shard it has events for (`Splitter`):
-    `(key, message)` pairs. `workers` is the flow's worker count, the number of shards per family."""
+    `(key, message)` pairs. `workers` is the flow's worker count: the shards per family unless
+    `[flow] feature_shards` says otherwise."""
 
     STEP = "order_by_event_time"
 
@@ -113,7 +114,13 @@ class OrderByEventTime(StatefulBatchLogic):
         flow = config.flow
         saved = unpack(self.STEP, resume)
         self.splitter = Splitter(
-            config.sql_dir, config.fields, workers, flow.mode, None if saved is None else saved["split"], key
+            config.sql_dir,
+            config.fields,
+            shard_count(flow.feature_shards, workers),
+            flow.mode,
+            None if saved is None else saved["split"],
+            key,
+            workers,
         )
         self.journal = StateJournal(state_dir, self.STEP, key, ("ids",)) if state_dir is not None else None
         if saved is None:

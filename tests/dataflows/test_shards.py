@@ -534,3 +534,24 @@ def test_an_edit_reaches_every_shard_of_the_same_micro_batch(sql_dir, tmp_path, 
     messages = [r.getMessage() for r in caplog.records]
     assert sum("feature definitions reloaded" in m for m in messages) == 1
     assert not [m for m in messages if "version" in m and "shard" in m]
+
+
+def test_pinned_shards_keep_their_keys_on_another_worker_count(sql_dir, tmp_path):
+    """`[flow] feature_shards` keeps the shard count whatever the workers: the keys the state lives under
+    are the ones the first run named, and the guard lets the resume through."""
+    config = replace(config_for(sql_dir), flow=replace(config_for(sql_dir).flow, feature_shards=2))
+    step = OrderByEventTime(config, ["events:0"], None, False, None, tmp_path, "eddy", 1)
+    step.on_batch([event(i, T0 + i, f"u{i}", f"m{i}") for i in range(20)])
+    first = {key for key, _ in step.on_eof()[0][1:]}
+    blob = step.snapshot()
+    resumed = OrderByEventTime(config, ["events:0"], None, False, blob, tmp_path, "eddy", 3)
+    resumed.on_batch([event(i, T0 + 100 + i, f"u{i}", f"m{i}") for i in range(20, 40)])
+    later = {key for key, _ in resumed.on_eof()[0][1:]}
+    assert later <= first and len(first) == 5  # two shards of two families, and the family with no entity
+    assert Splitter(sql_dir, config.fields, 2, workers=3).state()["keys"] != resumed.splitter.state()["keys"]
+
+
+def test_one_shard_on_several_workers_sits_beside_the_learner(sql_dir):
+    splitter = Splitter(sql_dir, config_for(sql_dir).fields, 1, workers=2)
+    (key,) = splitter.keys[None]
+    assert key.startswith(WHOLE_KEY) and worker_of_key(key, 2) == worker_of_key("eddy", 2)
