@@ -210,7 +210,7 @@ def entity_shard(values: tuple, shards: int) -> int:
     Python's `hash`, which is salted per process.
 
     >>> entity_shard(("u17",), 2), entity_shard(("u17",), 1), entity_shard(("m3", "u17"), 4)
-    (0, 0, 1)
+    (0, 0, 2)
     """
     if shards <= 1:
         return 0
