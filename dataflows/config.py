@@ -45,6 +45,7 @@ class FlowSettings:
     max_message_bytes: int = 65_536
     batch_size: int = 1_000
     prometheus_port: int = 0
+    feature_shards: int = 0
 
 
 MODES = {"event_time", "arrival"}
@@ -141,6 +142,11 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         )
     if "EDDY_MODE" in env:
         overrides["flow"] = replace(overrides.get("flow", config.flow), mode=env["EDDY_MODE"])
+    if "EDDY_FEATURE_SHARDS" in env:
+        text = env["EDDY_FEATURE_SHARDS"]
+        if not text.strip().isdigit():
+            raise ConfigError(f"EDDY_FEATURE_SHARDS={text!r} is not a whole number >= 0 (0: the worker count)")
+        overrides["flow"] = replace(overrides.get("flow", config.flow), feature_shards=int(text))
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
     if topic_overrides:
         overrides["topics"] = replace(config.topics, **topic_overrides)

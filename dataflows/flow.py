@@ -1,9 +1,13 @@
 """Wires Kafka, the SQL features and the learner into one Bytewax dataflow.
 
-    read_kafka -> decode -> order_by_event_time -> compute_features -> score_and_learn -> write_*
+    read_kafka -> decode -> order_by_event_time -+-> compute_features (a key per shard) -+-> score_and_learn -> write_*
+                                                 +----------- releases, in order -------+
 
-The stateful steps run under one key (`SHARD`): one model learns from the whole stream in one canonical
-order. Decoding, validation and output encoding are stateless and spread over every worker.
+The ordering step and the learner run under one key (`SHARD`): one model learns from the whole stream in
+one canonical order. The feature state is cut by entity into one key per shard of each feature family
+(`dataflows.shards`), as many shards as the flow has workers, so it spreads over them; the learner joins
+the shards' features back onto the released events in order. Decoding, validation and output encoding are
+stateless and spread over every worker.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataflows import kafka_sink, kafka_source
 from dataflows.codec import Codec, encode_dead_letter, encode_metrics, encode_prediction
 from dataflows.config import Config
 from dataflows.kafka_admin import require_topics
-from dataflows.messages import DeadLetter, Metrics, Origin, Prediction
+from dataflows.messages import DeadLetter, Metrics, Origin, Prediction, Release
 from dataflows.steps import ComputeFeatures, OrderByEventTime, ScoreAndLearn
 from features import FeatureEngine
 
@@ -52,8 +56,13 @@ def build_flow(
     inputs: Inputs | None = None,
     outputs: Outputs | None = None,
     state_dir: Path | None = None,
+    workers: int = 1,
 ) -> Dataflow:
     """The dataflow for `config`; checks the broker and topics first unless `partitions` is given.
+
+    `workers` is the flow's total worker count (`dataflows.shards.workers_from_argv`): each feature family's
+    state is cut into that many shards (or `[flow] feature_shards`). A recovery directory keeps the shard
+    count and refuses another.
 
     `state_dir` is the recovery directory (`-r`) of a run that saves its state: the steps write their journal
     there (see `dataflows.steps`). Without it they save nothing at the epochs' ends, where Bytewax would
@@ -99,16 +108,20 @@ def build_flow(
     ordered = op.stateful_batch(
         OrderByEventTime.STEP,
         op.key_on("key_by_shard", valid.trues, _shard),
-        lambda resume: OrderByEventTime(config, input_partitions, ends, config.tail, resume, state_dir, SHARD),
+        lambda resume: OrderByEventTime(
+            config, input_partitions, ends, config.tail, resume, state_dir, SHARD, max(1, workers)
+        ),
     )
-    featured = op.stateful_batch(
-        ComputeFeatures.STEP, ordered, lambda resume: ComputeFeatures(config, resume, state_dir, SHARD)
+    # The ordering step emits (destination key, message): a release for the learner, a batch per feature shard.
+    routed = op.branch("split_releases", op.map("route", ordered, _destination), _is_release)
+    features = op.stateful_batch(
+        ComputeFeatures.STEP, routed.falses, lambda resume: ComputeFeatures(config, resume, state_dir)
     )
     rejected = op.key_on("key_dead_letters", op.merge("gather_dead_letters", valid.falses, consumer_errors), _shard)
     probe = LagProbe(config.bootstrap_servers, names, partitions) if config.bootstrap_servers else None
     learned = op.stateful_batch(
         ScoreAndLearn.STEP,
-        op.merge("join_dead_letters", featured, rejected),
+        op.merge("join_features", routed.trues, op.map("key_parts", features, _to_learner), rejected),
         lambda resume: ScoreAndLearn(config, probe, resume, state_dir, SHARD),
     )
     results = op.key_rm("drop_shard_key", learned)
@@ -129,6 +142,18 @@ def _is(kind: type) -> Callable[[object], bool]:
 
 def _shard(_item) -> str:
     return SHARD
+
+
+def _destination(keyed: tuple[str, tuple[str, object]]) -> tuple[str, object]:
+    return keyed[1]
+
+
+def _is_release(keyed: tuple[str, object]) -> bool:
+    return type(keyed[1]) is Release
+
+
+def _to_learner(keyed: tuple[str, object]) -> tuple[str, object]:
+    return SHARD, keyed[1]
 
 
 def _consumer_error(error: KafkaError) -> DeadLetter:

@@ -15,6 +15,7 @@ from dataflows.flow import build_flow, check_inputs
 from dataflows.kafka_admin import BrokerError
 from dataflows.logs import configure_logging
 from dataflows.recovery import RecoveryError, guard_recovery_dir, recovery_dir_from_argv
+from dataflows.shards import Splitter, shard_count, workers_from_argv
 from features import FeatureEngine, FeatureFileError
 
 configure_logging()
@@ -26,7 +27,9 @@ def _build():
         config = load_config()
         partitions = check_inputs(config)
         engine = FeatureEngine(config.sql_dir, config.fields)
-        guard_recovery_dir(sys.argv)
+        workers = workers_from_argv(sys.argv)
+        shards = shard_count(config.flow.feature_shards, workers)
+        guard_recovery_dir(sys.argv, shards)
     except (ConfigError, BrokerError, FeatureFileError, RecoveryError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
@@ -52,7 +55,13 @@ def _build():
         config.model,
         "tailing the input" if config.tail else "stopping at the end of the input (EDDY_TAIL=false)",
     )
-    return build_flow(config, partitions, state_dir=recovery_dir_from_argv(sys.argv))
+    log.info(
+        "feature state in %s on %d worker(s): %s",
+        "one shard" if shards == 1 else f"{shards} shards per entity family",
+        workers,
+        Splitter(config.sql_dir, config.fields, shards, workers=workers).describe(),
+    )
+    return build_flow(config, partitions, state_dir=recovery_dir_from_argv(sys.argv), workers=workers)
 
 
 flow = _build()

@@ -67,6 +67,43 @@ class Scored:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """One micro-batch released by the ordering step, on its way to the learner: its place in the canonical
+    sequence. `items` are events, labels and dead letters in canonical order; each event waits there for
+    its features from the feature shards named in `parts` (see `dataflows.shards.FeatureJoin`)."""
+
+    seq: int
+    items: list
+    parts: tuple[str, ...]
+    families: tuple[str | None, ...]
+    version: str
+    names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShardBatch:
+    """The events of release `seq` whose entities fall in one shard of one feature family, as rows."""
+
+    seq: int
+    key: str
+    family: str | None
+    rows: list[dict[str, Any]]
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturePart:
+    """One shard's features for its events of release `seq` (by event_id), and the ones it found late."""
+
+    seq: int
+    key: str
+    family: str | None
+    features: dict[str, dict[str, Any]]
+    late: dict[str, str]
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
 class Prediction:
     event_id: str
     ts: int

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from dataflows.flow import FLOW_ID, STATEFUL_STEPS
+from dataflows.shards import shard_count_error, workers_from_argv
 from dataflows.state_journal import FILE as JOURNAL_FILE
 from dataflows.state_journal import snapshot_log
+from dataflows.steps import OrderByEventTime, StateFormatError, unpack
 
 
 class RecoveryError(RuntimeError):
@@ -46,12 +49,37 @@ def saved_steps(directory: Path) -> set[str]:
     return steps
 
 
+def saved_shards(directory: Path) -> tuple[int, int] | None:
+    """(shards per feature family, workers) of the newest snapshot of the ordering step (which keeps them), or
+    None if there is none; StateFormatError if it cannot be read."""
+    newest: tuple[int, bytes] | None = None
+    for part in sorted(directory.glob("part-*.sqlite3")):
+        with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as db:
+            row = db.execute(
+                "SELECT snap_epoch, ser_change FROM snaps WHERE step_id = ? AND ser_change IS NOT NULL "
+                "ORDER BY snap_epoch DESC LIMIT 1",
+                (f"{FLOW_ID}.{OrderByEventTime.STEP}",),
+            ).fetchone()
+        if row is not None and (newest is None or row[0] > newest[0]):
+            newest = row
+    if newest is None:
+        return None
+    blob = pickle.loads(newest[1])  # Bytewax pickles what the step's snapshot returned
+    if not isinstance(blob, bytes):
+        return None
+    state = unpack(OrderByEventTime.STEP, blob)
+    if not isinstance(state, dict) or "split" not in state:
+        return None
+    return state["split"]["shards"], state["split"]["workers"]
+
+
 def expected_steps() -> set[str]:
     return {f"{FLOW_ID}.{step}" for step in STATEFUL_STEPS}
 
 
-def guard_recovery_dir(argv: list[str]) -> None:
-    """Stop before the flow starts if the recovery directory holds another flow's (or old step ids') state."""
+def guard_recovery_dir(argv: list[str], shards: int | None = None) -> None:
+    """Stop before the flow starts if the recovery directory holds another flow's (or old step ids') state, or
+    feature state cut into another number of shards than `shards` (default: the worker count in `argv`)."""
     directory = recovery_dir_from_argv(argv)
     if directory is None:
         return
@@ -80,18 +108,29 @@ def guard_recovery_dir(argv: list[str]) -> None:
             f"({directory / JOURNAL_FILE}: the window rows and dedupe ids the snapshots leave out). It was "
             "deleted or not copied with the directory; start over with a fresh recovery directory."
         )
+    try:
+        saved = saved_shards(directory)
+    except StateFormatError as exc:
+        raise RecoveryError(str(exc)) from None
+    workers = workers_from_argv(argv)
+    shards = shards or workers
+    if saved is not None and saved[0] != shards:
+        raise RecoveryError(str(shard_count_error(*saved, shards, workers, f"recovery directory {directory}")))
 
 
 def describe_snapshots(directory: Path, last: int = 100) -> list[str]:
-    """Per step: how many snapshots the journal logged, and the time and bytes of the last `last` of them."""
+    """Per step (and key, for the feature step's shards): how many snapshots the journal logged, and the time
+    and bytes of the last `last` of them."""
     rows = snapshot_log(directory)
     lines = []
-    for step in sorted({row["step"] for row in rows}):
-        mine = [row for row in rows if row["step"] == step]
+    keys = {(row["step"], row["key"]) for row in rows}
+    for step, key in sorted(keys):
+        mine = [row for row in rows if row["step"] == step and row["key"] == key]
         recent = mine[-last:]
         seconds = sorted(row["seconds"] for row in recent)
+        name = step if sum(1 for s, _ in keys if s == step) == 1 else f"{step} {key}"
         lines.append(
-            f"{step}: {len(mine)} snapshots logged; the last {len(recent)}: "
+            f"{name}: {len(mine)} snapshots logged; the last {len(recent)}: "
             f"{sum(row['bytes'] for row in recent) / len(recent) / 1024:.1f} KiB and "
             f"{seconds[len(seconds) // 2] * 1000:.1f} ms (median, max {seconds[-1] * 1000:.1f} ms) each"
         )
@@ -127,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in describe_snapshots(args.directory):
         print(line)
     try:
-        guard_recovery_dir(["-r", str(args.directory)])
-    except RecoveryError as exc:
+        saved = saved_shards(args.directory) if any(args.directory.glob("part-*.sqlite3")) else None
+        if saved is not None:
+            print(f"feature state in {saved[0]} shard(s) per entity family, written by {saved[1]} worker(s)")
+        guard_recovery_dir(["show", "-r", str(args.directory)], saved[0] if saved else None)
+    except (RecoveryError, StateFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("compatible with this flow")

@@ -1,5 +1,9 @@
 """The dataflow's three stateful steps, as Bytewax `StatefulBatchLogic`s over eddy's plain state objects.
 
+The ordering step and the learner run under one key; the feature step runs under one key per shard of each
+feature family (`dataflows.shards`): the ordering step splits each released micro-batch over the shards and
+the learner joins their features back in the canonical order.
+
 Each step keeps its live resources (DuckDB connection, clocks, its journal) beside its state and snapshots
 only plain state, pickled, tagged with `STATE_FORMAT` so that a resume from an incompatible snapshot is
 refused with a clear message instead of silently mis-restoring.
@@ -18,9 +22,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -32,17 +38,18 @@ from bytewax.operators import StatefulBatchLogic
 
 from dataflows.config import Config
 from dataflows.learners import build_model
-from dataflows.messages import DeadLetter, Event, Label, Metrics, Prediction, Scored
+from dataflows.messages import DeadLetter, Event, FeaturePart, Label, Metrics, Prediction, Release, Scored, ShardBatch
 from dataflows.metrics import MetricsReporter
 from dataflows.ordering import EventTimeOrder
 from dataflows.prometheus import PrometheusExporter
+from dataflows.shards import FeatureJoin, Splitter, shard_count
 from dataflows.state_journal import SharedBlobs, StateJournal
 from features import FeatureEngine
 from models import OnlineLearner
 
 log = logging.getLogger("eddy")
 
-STATE_FORMAT = 4
+STATE_FORMAT = 5
 """Bump when the pickled state of any step changes shape; old snapshots are then refused by name."""
 
 NOT_SAVED = b"eddy: state not saved (this run had no recovery directory)"
@@ -86,7 +93,10 @@ def unpack(step_id: str, blob: bytes | None) -> Any:
 
 
 class OrderByEventTime(StatefulBatchLogic):
-    """Releases events and labels in canonical event-time order (see `dataflows.ordering`)."""
+    """Releases events and labels in canonical event-time order (see `dataflows.ordering`), each micro-batch
+    split into a release for the learner and a batch for each feature shard it has events for (`Splitter`):
+    `(key, message)` pairs. `workers` is the flow's worker count: the shards per family unless
+    `[flow] feature_shards` says otherwise."""
 
     STEP = "order_by_event_time"
 
@@ -99,9 +109,19 @@ class OrderByEventTime(StatefulBatchLogic):
         resume: bytes | None,
         state_dir: Path | None = None,
         key: str = "",
+        workers: int = 1,
     ):
         flow = config.flow
         saved = unpack(self.STEP, resume)
+        self.splitter = Splitter(
+            config.sql_dir,
+            config.fields,
+            shard_count(flow.feature_shards, workers),
+            flow.mode,
+            None if saved is None else saved["split"],
+            key,
+            workers,
+        )
         self.journal = StateJournal(state_dir, self.STEP, key, ("ids",)) if state_dir is not None else None
         if saved is None:
             self.order = EventTimeOrder(
@@ -124,16 +144,17 @@ class OrderByEventTime(StatefulBatchLogic):
     def on_batch(self, items: list[Event | Label]):
         started = time.perf_counter()
         released = self.order.push(items, time.time())
+        out = self.splitter.split([*released.dead, *released.items])
         self.exporter.observe_batch(self.STEP, time.perf_counter() - started, len(items))
-        return [*released.dead, *released.items], self.RETAIN
+        return out, self.RETAIN
 
     def on_notify(self):
         released = self.order.tick(time.time())
-        return [*released.dead, *released.items], self.RETAIN
+        return self.splitter.split([*released.dead, *released.items]), self.RETAIN
 
     def on_eof(self):
         released = self.order.flush()
-        return [*released.dead, *released.items], self.RETAIN
+        return self.splitter.split([*released.dead, *released.items]), self.RETAIN
 
     def notify_at(self) -> datetime | None:
         at = self.order.next_wakeup(time.time())
@@ -148,22 +169,60 @@ class OrderByEventTime(StatefulBatchLogic):
         position = self.journal.append(
             {"ids": (chunk, self.order.remembered)}, dead_below={"ids": self.order.forgotten + 1}
         )
-        blob = pack(self.STEP, {"position": position, "order": self.order.without_ids()})
+        blob = pack(
+            self.STEP, {"position": position, "order": self.order.without_ids(), "split": self.splitter.state()}
+        )
         self.journal.record(position.seq, time.perf_counter() - started, len(chunk) + len(blob))
         return blob
 
 
 class ComputeFeatures(StatefulBatchLogic):
-    """Computes every SQL feature group for the released events, in micro-batches; labels pass through."""
+    """One shard of one feature family (`dataflows.shards`): computes the family's groups for the events of
+    its entities, in the micro-batches the ordering step released, and answers each `ShardBatch` with a
+    `FeaturePart` in the same epoch. Its window buffer and indexes hold only its entities' history.
+
+    Bytewax builds a step's logic without telling it its key, so a new shard learns its key and family from
+    its first batch (a resumed one from its snapshot); `key` and `family` build one directly (family None:
+    every group, as a single engine).
+    """
 
     STEP = "compute_features"
 
-    def __init__(self, config: Config, resume: bytes | None, state_dir: Path | None = None, key: str = ""):
+    def __init__(
+        self,
+        config: Config,
+        resume: bytes | None,
+        state_dir: Path | None = None,
+        key: str | None = None,
+        family: str | None = None,
+    ):
         self.sql_dir = config.sql_dir
         self.fields = config.fields
+        self.state_dir = state_dir
+        self.arrival = config.flow.mode == "arrival"
+        self.exporter = PrometheusExporter(config.flow.prometheus_port)
+        self.key: str | None = None
+        self.family: str | None = None
+        self.engine: FeatureEngine | None = None
+        self.journal: StateJournal | None = None
+        self._reported: set[tuple[str, str]] = set()
+        self._summarised = False
         saved = unpack(self.STEP, resume)
-        self.journal = StateJournal(state_dir, self.STEP, key, ("rows",)) if state_dir is not None else None
-        options = {"lateness_ms": 0, "auto_reload": False, "track_inserts": self.journal is not None}
+        if saved is not None:
+            self._start(saved["key"], saved["family"], saved)
+        elif key is not None:
+            self._start(key, family)
+
+    def _start(self, key: str, family: str | None, saved: dict | None = None) -> None:
+        self.key, self.family = key, family
+        if self.state_dir is not None:
+            self.journal = StateJournal(self.state_dir, self.STEP, key, ("rows",))
+        options = {
+            "lateness_ms": 0,
+            "auto_reload": False,
+            "track_inserts": self.journal is not None,
+            "family": family,
+        }
         if saved is None:
             self.engine = FeatureEngine(self.sql_dir, self.fields, **options)
             if self.journal is not None:
@@ -172,51 +231,59 @@ class ComputeFeatures(StatefulBatchLogic):
             chunks = self.journal.open(saved["position"]) if self.journal is not None else {"rows": []}
             rows = [pa.ipc.open_stream(chunk).read_all() for chunk in chunks["rows"]]
             self.engine = FeatureEngine.resume(saved["engine"], rows, self.sql_dir, self.fields, **options)
-        self._reported_errors: set[str] = set()
-        self.arrival = config.flow.mode == "arrival"
-        self.exporter = PrometheusExporter(config.flow.prometheus_port)
+        log.info(
+            "feature shard %s (%s) %s on pid %d, thread %d",
+            key,
+            ", ".join(g.name for g in self.engine.catalog.groups) or "no groups",
+            "resumed" if saved is not None else "started",
+            os.getpid(),
+            threading.get_native_id(),
+        )
 
-    def on_batch(self, items: list[Event | Label | DeadLetter]):
+    def on_batch(self, items: list[ShardBatch]):
         started = time.perf_counter()
-        out = self._compute(items)
-        self.exporter.observe_batch(self.STEP, time.perf_counter() - started, len(items))
+        if self.engine is None:
+            self._start(items[0].key, items[0].family)
+        out = [self._compute(batch) for batch in items]
+        self.exporter.observe_batch(self.STEP, time.perf_counter() - started, sum(len(b.rows) for b in items))
         return out, self.RETAIN
 
-    def _compute(self, items: list[Event | Label | DeadLetter]) -> list[Any]:
-        self._reload()
-        events = [item for item in items if isinstance(item, Event)]
-        if not events:
-            return items
-        rows = [e.as_row() for e in events]
-        batch = self.engine.push_on_arrival(rows) if self.arrival else self.engine.push(rows, flush=True)
-        computed = {row["event_id"]: feats for row, feats in batch}
-        late = {le.event["event_id"]: le.reason for le in batch.late}
-        version = self.engine.features_version
-        out: list[Any] = []
-        for item in items:
-            if not isinstance(item, Event):
-                out.append(item)
-            elif item.event_id in computed:
-                out.append(Scored(item, computed[item.event_id], version))
-            else:
-                reason = late.get(item.event_id, "the feature engine returned no features for this event")
-                out.append(DeadLetter(item.raw, item.key, reason, "features", item.origin, "late"))
-        return out
-
-    def _reload(self) -> None:
-        report = self.engine.reload()
-        if report.changed:
+    def on_eof(self):
+        if self.engine is not None and not self._summarised:
+            self._summarised = True
             log.info(
-                "feature definitions reloaded: version %s -> %s (%s)",
-                report.previous_version,
-                report.features_version,
-                ", ".join(self.engine.feature_names),
+                "feature shard %s: %d events in %d micro-batches, %d rows held; pid %d, thread %d",
+                self.key,
+                self.engine.counters["released"],
+                self.engine.counters["batches"],
+                len(self.engine.buffer),
+                os.getpid(),
+                threading.get_native_id(),
             )
-        for error in report.errors:
-            message = str(error)
-            if message not in self._reported_errors:
-                self._reported_errors.add(message)
-                log.error("feature edit refused, keeping version %s:\n%s", report.features_version, message)
+        return [], self.RETAIN
+
+    def _compute(self, batch: ShardBatch) -> FeaturePart:
+        engine = self.engine
+        if batch.version != engine.features_version:
+            self._reload(batch.version)
+        rows = batch.rows
+        computed = engine.push_on_arrival(rows) if self.arrival else engine.push(rows, flush=True)
+        features = {row["event_id"]: feats for row, feats in computed}
+        late = {le.event["event_id"]: le.reason for le in computed.late}
+        return FeaturePart(batch.seq, self.key, self.family, features, late, computed.features_version)
+
+    def _reload(self, wanted: str) -> None:
+        """The splitter found the definitions edited: load them too (it logged the change)."""
+        report = self.engine.reload()
+        if report.features_version != wanted and (wanted, report.features_version) not in self._reported:
+            self._reported.add((wanted, report.features_version))
+            log.warning(
+                "feature shard %s: the splitter moved to version %s, this shard loaded %s%s",
+                self.key,
+                wanted,
+                report.features_version,
+                f" ({report.errors[0]})" if report.errors else "",
+            )
 
     def snapshot(self) -> bytes:
         if self.journal is None:
@@ -230,7 +297,8 @@ class ComputeFeatures(StatefulBatchLogic):
         position = self.journal.append(
             {"rows": (chunk, mark)}, dead_below={"rows": _NO_MARK if floor is None else floor}
         )
-        blob = pack(self.STEP, {"position": position, "engine": self.engine.state()})
+        state = {"position": position, "engine": self.engine.state(), "key": self.key, "family": self.family}
+        blob = pack(self.STEP, state)
         self.journal.record(position.seq, time.perf_counter() - started, len(chunk) + len(blob))
         return blob
 
@@ -246,6 +314,7 @@ def _ipc(table: pa.Table) -> bytes:
 class LearnerState:
     learner: OnlineLearner
     reporter: MetricsReporter
+    join: FeatureJoin = field(default_factory=FeatureJoin)
 
 
 class ScoreAndLearn(StatefulBatchLogic):
@@ -279,10 +348,11 @@ class ScoreAndLearn(StatefulBatchLogic):
         if self.exporter.enabled and registry_dir:
             self.exporter.watch_registry(registry_dir)
 
-    def on_batch(self, items: list[Scored | Label | DeadLetter]):
+    def on_batch(self, items: list[Release | FeaturePart | Scored | Label | DeadLetter]):
+        started = time.perf_counter()
+        items = self.state.join.push(items)  # the released items whose features are all in, in order
         learner, reporter = self.state.learner, self.state.reporter
         out: list[Any] = []
-        started = time.perf_counter()
         inputs = {id(item): model_input(item.features) for item in items if isinstance(item, Scored)}
         learner.prepare(list(inputs.values()))
         for item in items:
@@ -326,6 +396,7 @@ class ScoreAndLearn(StatefulBatchLogic):
         return [self._report(time.time())], self.RETAIN
 
     def on_eof(self):
+        self._check_join("at the end of the input")
         return [self._report(time.time(), final=True)], self.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -337,7 +408,17 @@ class ScoreAndLearn(StatefulBatchLogic):
         self.exporter.observe_metrics(metrics.figures)
         return metrics
 
+    def _check_join(self, when: str) -> None:
+        """Every part of an epoch's releases reaches the learner within the epoch (`FeatureJoin`): say so if not."""
+        if self.state.join.waiting:
+            log.warning(
+                "learner: %d release(s) still waiting for their features %s (kept in the learner's state)",
+                self.state.join.waiting,
+                when,
+            )
+
     def snapshot(self) -> bytes:
+        self._check_join("at an epoch's end")
         if self.journal is None:
             return NOT_SAVED
         started = time.perf_counter()

@@ -1,4 +1,9 @@
-"""All feature files of one folder, loaded together and versioned by a hash of their text."""
+"""All feature files of one folder, loaded together and versioned by a hash of their text.
+
+Groups fall into *families* by their entity columns: every group of a family reads the history of the same
+entities, so an engine over one family (`Catalog.subset`) can hold the history of any set of that family's
+entities and compute exactly the whole engine's features for their events (the dataflow shards it so).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from features.spec import FeatureFileError, FeatureGroup, check_catalog, definitions_hash, load_group
+
+NO_ENTITY = "none"
+"""The family of groups with no entity (`entity: none`, which no column can be called)."""
+
+
+def family_of(entity: tuple[str, ...]) -> str:
+    """The family name of groups over `entity`: its columns sorted and comma-joined, or `NO_ENTITY`.
+
+    >>> family_of(("user_id",)), family_of(("user_id", "merchant_id")), family_of(())
+    ('user_id', 'merchant_id,user_id', 'none')
+    """
+    return ",".join(sorted(entity)) if entity else NO_ENTITY
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,18 @@ class Catalog:
     @property
     def lateness_ms(self) -> int:
         return max((g.lateness_ms or 0 for g in self.groups), default=0)
+
+    @property
+    def families(self) -> dict[str, tuple[str, ...]]:
+        """Family name -> its entity columns (sorted), in the order of each family's first group."""
+        out: dict[str, tuple[str, ...]] = {}
+        for group in self.groups:
+            out.setdefault(family_of(group.entity), tuple(sorted(group.entity)))
+        return out
+
+    def subset(self, family: str) -> Catalog:
+        """The groups of one family, under the whole folder's `version` (empty if the family has none)."""
+        return Catalog(tuple(g for g in self.groups if family_of(g.entity) == family), self.version)
 
 
 def signature(sql_dir: str | Path) -> tuple[tuple[str, int, int], ...]:

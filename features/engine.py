@@ -112,6 +112,11 @@ class FeatureEngine:
     track_inserts
         Keep the rows added to the buffer until `take_inserted` collects them: how a recovery snapshot
         saves only what changed (`state` + the inserted rows, given back to `resume`).
+    family
+        Compute only the groups of this family (`features.catalog.family_of` their entity) and hold only the
+        events pushed to it: fed the events of any set of the family's entities, it gives them exactly the
+        whole engine's features for those groups. `features_version` stays the whole folder's, and the
+        default lateness the whole folder's. None: every group.
 
     The DuckDB connection and the window indexes are not part of the engine's state: pickling or
     deep-copying (as Bytewax does at every epoch) keeps the buffer, held events and counters, and the copy
@@ -126,14 +131,17 @@ class FeatureEngine:
         threads: int = 1,
         auto_reload: bool = True,
         track_inserts: bool = False,
+        family: str | None = None,
     ):
         self.sql_dir = str(sql_dir)
         self.fields = {k: v for k, v in fields.items() if k not in HIDDEN}
         self.threads = threads
         self.auto_reload = auto_reload
+        self.family = family
         self._signature = signature(self.sql_dir)
-        self.catalog: Catalog = require_catalog(self.sql_dir, self.fields)
-        self.lateness_ms = self.catalog.lateness_ms if lateness_ms is None else int(lateness_ms)
+        catalog = require_catalog(self.sql_dir, self.fields)
+        self.lateness_ms = catalog.lateness_ms if lateness_ms is None else int(lateness_ms)
+        self.catalog: Catalog = self._select(catalog)
         self.buffer = EventBuffer(arrow_schema(self.fields))
         self._held: list[tuple[int, str, int, dict]] = []  # sorted: (ts, event_id, arrival number, event)
         self._seq = 0
@@ -244,7 +252,7 @@ class FeatureEngine:
             return ReloadReport(False, previous, previous, errors)
         if catalog.version == previous:
             return ReloadReport(False, previous, previous)
-        self.catalog = catalog
+        self.catalog = self._select(catalog)
         self.counters["reloads"] += 1
         return ReloadReport(True, catalog.version, previous)
 
@@ -338,10 +346,14 @@ class FeatureEngine:
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_inserted", None)
+        state.setdefault("family", None)
         self.__dict__.update(state)
         self._statements = {}
 
     # -- internals --------------------------------------------------------------------------------------
+
+    def _select(self, catalog: Catalog) -> Catalog:
+        return catalog if self.family is None else catalog.subset(self.family)
 
     def _release(self, mark: int | None) -> list[tuple[int, dict]]:
         held = self._held

@@ -1,8 +1,9 @@
 """Recovery under SIGKILL, and the guard that refuses a recovery directory this flow must not resume from.
 
-The kill test runs the real job (`python -m bytewax.run -r DIR -s 1 -b 0 dataflows.main`) over a few tens of
-thousands of transactions on 3 partitions, SIGKILLs it at seeded random moments (each only after the run committed a
-snapshot of its own, so that a resume has newer state to resume from), and resumes it
+The kill test runs the real job (`python -m bytewax.run -r DIR -s 1 -b 0 dataflows.main`, on one worker and
+on two, whose feature state is then cut into shards) over a few tens of thousands of transactions on 3
+partitions, SIGKILLs it at seeded random moments (each only after the run committed a snapshot of its own,
+so that a resume has newer state to resume from), and resumes it
 until it finishes. Against an uninterrupted run of the same input it checks that every event was scored,
 that a duplicate prediction (a replayed epoch) is identical to the first, and that every score is the same.
 """
@@ -22,6 +23,8 @@ import orjson
 import pytest
 
 from dataflows.flow import FLOW_ID, STATEFUL_STEPS
+from dataflows.shards import shard_keys
+from dataflows.state_journal import FILE as JOURNAL_FILE
 from tests.flowkit import (
     REPO,
     TopicTail,
@@ -73,8 +76,10 @@ def _run_with_kills(
     kills: int,
     seed: int,
     span: tuple[float, float] = (0.1, 0.4),
+    workers: int = 1,
 ) -> list[Segment]:
-    """Run the recoverable job, SIGKILL it `kills` times at seeded random moments, resume until it finishes.
+    """Run the recoverable job on `workers` worker threads, SIGKILL it `kills` times at seeded random moments,
+    resume until it finishes.
 
     Each run is killed once a seeded share (within `span`) of the events it has left have predictions and a
     snapshot newer than its start has been committed, at a random moment within the epoch after that. The
@@ -91,7 +96,7 @@ def _run_with_kills(
             kills_left = len([s for s in segments if s.killed]) < kills
             target = len(distinct) + int(rng.uniform(*span) * (n - len(distinct))) if kills_left else None
             start_epoch = committed_epoch(recovery_dir)
-            proc = start_flow_logged(env, log_path, "-r", str(recovery_dir), "-s", "1", "-b", "0")
+            proc = start_flow_logged(env, log_path, "-w", str(workers), "-r", str(recovery_dir), "-s", "1", "-b", "0")
             seen: list[dict] = []
             killed = False
             while proc.poll() is None:
@@ -144,18 +149,21 @@ def _reference(bootstrap: str, topics, env: dict[str, str], n: int) -> dict[str,
 
 
 @pytest.mark.parametrize(
-    ("labels", "delayed_share", "seed", "kills", "density", "span", "n"),
+    ("labels", "delayed_share", "seed", "kills", "density", "span", "n", "workers"),
     [
-        ("mixed", 0.2, 11, 3, 1.0, (0.1, 0.4), N_EVENTS),
-        ("delayed", 1.0, 23, 3, 1.0, (0.1, 0.4), N_EVENTS),
+        ("mixed", 0.2, 11, 3, 1.0, (0.1, 0.4), N_EVENTS, 1),
+        ("delayed", 1.0, 23, 3, 1.0, (0.1, 0.4), N_EVENTS, 1),
+        ("mixed", 0.2, 37, 3, 1.0, (0.1, 0.4), N_EVENTS, 2),
         # A long history: 100 events an event-second, so the 1-hour and 24-hour windows hold every event and
         # the 10-minute ones evict; killed late in the run, when the journal holds many epochs of chunks.
-        ("long history", 0.2, 37, 2, 100.0, (0.5, 0.85), 100_000),
+        ("long history", 0.2, 41, 2, 100.0, (0.5, 0.85), 100_000, 1),
     ],
+    ids=["mixed", "delayed", "mixed-2-workers", "long-history"],
 )
 def test_sigkill_and_resume_gives_the_uninterrupted_predictions(
-    kafka_bootstrap, make_topics, tmp_path, labels, delayed_share, seed, kills, density, span, n
+    kafka_bootstrap, make_topics, tmp_path, labels, delayed_share, seed, kills, density, span, n, workers
 ):
+    # The reference runs on one worker: two workers, their feature state in shards, must give its scores.
     # "mixed": 80 % of the labels inline, 20 % on the labels topic up to 30 minutes (event time) later.
     # Not all inline: with an empty labels topic the watermark waits for `idle_timeout_s`, and with
     # EDDY_TAIL=false the input ends first, so the whole run is one batch released at the end of the input:
@@ -183,13 +191,13 @@ def test_sigkill_and_resume_gives_the_uninterrupted_predictions(
     log_path = tmp_path / "flow.log"
     started = time.monotonic()
     env = flow_env(topics, kafka_bootstrap, isolated_config(tmp_path / "config-recovered"))
-    segments = _run_with_kills(kafka_bootstrap, topics, env, recovery_dir, log_path, n, kills, seed, span)
+    segments = _run_with_kills(kafka_bootstrap, topics, env, recovery_dir, log_path, n, kills, seed, span, workers)
     recovered_s = time.monotonic() - started
 
     killed = [s for s in segments if s.killed]
     summary = (
-        f"{labels} labels: reference {reference_s:.1f} s; {len(segments)} runs, {len(killed)} killed, "
-        f"{sum(len(s.predictions) for s in segments)} predictions in {recovered_s:.1f} s"
+        f"{labels} labels, {workers} worker(s): reference {reference_s:.1f} s; {len(segments)} runs, "
+        f"{len(killed)} killed, {sum(len(s.predictions) for s in segments)} predictions in {recovered_s:.1f} s"
     )
     print(summary)
     assert len(killed) >= 2, f"at least two kills must land mid-run: {summary}"
@@ -235,6 +243,22 @@ def test_sigkill_and_resume_gives_the_uninterrupted_predictions(
     )
     _, _, dead = outputs(kafka_bootstrap, topics)
     assert not dead, f"the recovered runs dead-lettered {len(dead)} messages"
+    assert "still waiting for their features" not in log_path.read_text(), "a snapshot found the join waiting"
+    if workers > 1:
+        _check_shards_journal_and_refuse_one_worker(recovery_dir, env, workers)
+
+
+def _check_shards_journal_and_refuse_one_worker(recovery_dir: Path, env: dict[str, str], workers: int) -> None:
+    """Each shard key journaled its own window rows, and a resume on another worker count is refused, naming
+    both counts, before the flow starts."""
+    with sqlite3.connect(recovery_dir / JOURNAL_FILE) as db:
+        journaled = {key for (key,) in db.execute("SELECT DISTINCT key FROM chunks WHERE step = 'compute_features'")}
+    assert journaled == {*shard_keys("user_id", workers), *shard_keys("merchant_id", workers)}, journaled
+    result = _run_guarded(env, recovery_dir)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"resumed {workers} workers' state on one:\n{output[-3000:]}"
+    assert f"by a flow of {workers} worker(s) in all; this run has 1 worker(s)" in output, output[-3000:]
+    assert "Traceback" not in output, f"a clear message, not a traceback:\n{output[-3000:]}"
 
 
 # --- the recovery guard ---

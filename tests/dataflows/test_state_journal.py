@@ -7,6 +7,7 @@ its epoch changed: its bytes do not grow with the history held.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import pickle
 import sqlite3
@@ -17,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataflows.config import load_config
-from dataflows.messages import Event, Origin, Scored
+from dataflows.messages import Event, Origin, Release, Scored, ShardBatch
 from dataflows.state_journal import FILE, KEEP_POSITIONS, JournalError, StateJournal, snapshot_log
 from dataflows.steps import ComputeFeatures, OrderByEventTime, unpack
+from features import FeatureEngine
 
 T0 = 1_767_225_600_000
 PARTITIONS = ["events:0"]
@@ -87,12 +89,22 @@ def test_a_fresh_start_forgets_what_an_earlier_run_left(tmp_path):
     assert StateJournal(tmp_path, "s", "k", ("a",)).open(position) == {"a": [b"new"]}
 
 
+@functools.cache
+def features_version() -> str:
+    return FeatureEngine(config().sql_dir, config().fields).features_version
+
+
+def shard_batch(events: list[Event], seq: int = 0) -> list[ShardBatch]:
+    """Events as the ordering step hands them to a feature shard (here one engine over every group)."""
+    return [ShardBatch(seq, "all:0", None, [e.as_row() for e in events], features_version())]
+
+
 def features_run(batches, state_dir, resume=None):
     step = ComputeFeatures(config(), resume, state_dir, "eddy")
     outs, blobs = [], []
     for batch in batches:
-        out, _ = step.on_batch(batch)
-        outs.append([(o.event.event_id, o.features) for o in out if isinstance(o, Scored)])
+        out, _ = step.on_batch(shard_batch(batch))
+        outs.append([(event_id, features) for part in out for event_id, features in part.features.items()])
         blobs.append(step.snapshot() if state_dir is not None else None)
     return outs, blobs
 
@@ -128,7 +140,7 @@ def test_feature_snapshots_cost_what_the_epoch_changed_not_the_history(tmp_path)
     events = dense_events(60_000)
     step = ComputeFeatures(config(), None, tmp_path, "eddy")
     for start in range(0, len(events), 1_200):
-        step.on_batch(events[start : start + 1_200])
+        step.on_batch(shard_batch(events[start : start + 1_200]))
         step.snapshot()
     sizes = [row["bytes"] for row in snapshot_log(tmp_path)]
     assert len(sizes) == 50
@@ -146,7 +158,7 @@ def test_features_resumed_after_eviction_hold_only_the_horizon(tmp_path):
     step = ComputeFeatures(config(), None, tmp_path, "eddy")
     blob = None
     for start in range(0, len(events), 60):
-        step.on_batch(events[start : start + 60])
+        step.on_batch(shard_batch(events[start : start + 60]))
         blob = step.snapshot()
     resumed = ComputeFeatures(config(), blob, tmp_path, "eddy")
     assert resumed.engine.buffer.table.equals(step.engine.buffer.table)
@@ -163,7 +175,8 @@ def ordering_run(items_batches, state_dir, resume=None, horizon_ms=60_000):
     released, blobs = [], []
     for batch in items_batches:
         out, _ = step.on_batch(batch)
-        released.append([(type(o).__name__, getattr(o, "event_id", None) or o.origin.offset) for o in out])
+        items = [o for _, message in out if isinstance(message, Release) for o in message.items]
+        released.append([(type(o).__name__, getattr(o, "event_id", None) or o.origin.offset) for o in items])
         blobs.append(step.snapshot() if state_dir is not None else None)
     return released, blobs, step
 
