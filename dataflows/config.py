@@ -46,6 +46,8 @@ class FlowSettings:
     batch_size: int = 1_000
     prometheus_port: int = 0
     feature_shards: int = 0
+    broker_wait_s: float = 120.0
+    start_over: bool = False
 
 
 MODES = {"event_time", "arrival"}
@@ -147,6 +149,18 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         if not text.strip().isdigit():
             raise ConfigError(f"EDDY_FEATURE_SHARDS={text!r} is not a whole number >= 0 (0: the worker count)")
         overrides["flow"] = replace(overrides.get("flow", config.flow), feature_shards=int(text))
+    if "EDDY_BROKER_WAIT_S" in env:
+        text = env["EDDY_BROKER_WAIT_S"]
+        try:
+            wait_s = float(text)
+        except ValueError:
+            wait_s = -1.0
+        if not wait_s > 0:
+            raise ConfigError(f"EDDY_BROKER_WAIT_S={text!r} is not a number of seconds > 0")
+        overrides["flow"] = replace(overrides.get("flow", config.flow), broker_wait_s=wait_s)
+    if "EDDY_START_OVER" in env:
+        start_over = parse_bool(env["EDDY_START_OVER"], "EDDY_START_OVER")
+        overrides["flow"] = replace(overrides.get("flow", config.flow), start_over=start_over)
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
     if topic_overrides:
         overrides["topics"] = replace(config.topics, **topic_overrides)
@@ -172,7 +186,11 @@ def _flow_settings(table: dict, path: Path) -> FlowSettings:
         if name == "tail":
             continue
         default = getattr(FlowSettings, name)
-        if isinstance(default, str):
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: [flow] {name} must be true or false, got {value!r}")
+            values[name] = value
+        elif isinstance(default, str):
             values[name] = str(value)
         elif isinstance(default, int) and not isinstance(default, bool):
             if not isinstance(value, int) or value < 0:

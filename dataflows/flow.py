@@ -96,7 +96,9 @@ def build_flow(
         }
 
         def outputs(name: str, stream: Stream) -> None:
-            kafka_sink.write(f"write_{name}", stream, brokers=brokers, topic=destinations[name])
+            kafka_sink.write(
+                f"write_{name}", stream, brokers=brokers, topic=destinations[name], wait_s=config.flow.broker_wait_s
+            )
 
     flow = Dataflow(FLOW_ID)
     messages, errors = inputs(flow)

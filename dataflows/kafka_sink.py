@@ -7,10 +7,19 @@ from its own thread within `linger.ms`; the flush happens in `snapshot()`, which
 epoch before it commits the epoch. So a crash can still lose no output of a committed epoch: at-least-once, as
 before. A message the broker refuses (after librdkafka's retries) stops the flow with the topic and the reason,
 where Bytewax's sink drops it unreported; a resume then writes the epoch again.
+
+A broker that goes away holds the epoch's end for at most `wait_s` seconds (`[flow] broker_wait_s`): the
+flush waits in steps, logs that the broker is unreachable once and then every `LOG_EVERY_S`, and returns as
+soon as the broker has taken every message, so a broker back within the bound costs a pause and nothing
+else. Past the bound it raises `BrokerUnreachable`, whose message says how to resume; the epoch is then not
+committed, so a resume from the recovery directory writes it again. librdkafka's own message timeout is off
+(`message.timeout.ms = 0`): the bound here is the only one, and a message never expires in the queue.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import bytewax.operators as op
@@ -19,18 +28,80 @@ from bytewax.dataflow import Stream
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, Producer
 
+log = logging.getLogger("eddy")
+
 LINGER_MS = 1
 """How long librdkafka gathers messages before it sends them: short, since the worker no longer waits for them."""
+WAIT_S = 120.0
+"""How long an epoch's end waits for an unreachable broker by default (`[flow] broker_wait_s`)."""
+STEP_S = 1.0
+"""A flush waits in steps this long, so that it can report the wait and give up on time."""
+LOG_EVERY_S = 30.0
+"""While the broker stays unreachable, a line every this many seconds (the first one after `STEP_S`)."""
 
 
 class DeliveryError(RuntimeError):
     """The broker refused a message for good (after librdkafka's retries)."""
 
 
+class BrokerUnreachable(RuntimeError):
+    """The broker did not take an epoch's messages within the configured bound."""
+
+
+class _BrokerWait:
+    """One wait for the broker, bounded by `wait_s`: logs when it starts to matter, and periodically after."""
+
+    def __init__(self, topic: str, brokers: str, wait_s: float, what: str):
+        self.topic, self.brokers, self.wait_s, self.what = topic, brokers, wait_s, what
+        self.started = time.monotonic()
+        self.logged_at: float | None = None
+
+    def left_s(self) -> float:
+        return self.wait_s - (time.monotonic() - self.started)
+
+    def still_waiting(self, pending: int) -> None:
+        """Called after each step without success: a log line now and then, `BrokerUnreachable` past the bound."""
+        waited = time.monotonic() - self.started
+        if waited >= self.wait_s:
+            raise BrokerUnreachable(
+                f"the Kafka broker at {self.brokers} has not taken {pending} message(s) for topic '{self.topic}' "
+                f"within {self.wait_s:g} s ([flow] broker_wait_s, EDDY_BROKER_WAIT_S); eddy stops here rather than "
+                "lose them. Once the broker is back, start the flow again with the same recovery directory "
+                "(`-r DIR`, as `task run:recover` does): it resumes from its last snapshot and writes again "
+                "what this epoch had not delivered. A run without a recovery directory cannot resume "
+                "(README, Operating eddy)."
+            )
+        if waited < STEP_S:
+            return
+        if self.logged_at is None or time.monotonic() - self.logged_at >= LOG_EVERY_S:
+            log.warning(
+                "Kafka broker at %s unreachable: %d message(s) for '%s' %s for %.0f s; the flow keeps its state "
+                "and carries on when the broker is back (gives up after %g s, [flow] broker_wait_s)",
+                self.brokers,
+                pending,
+                self.topic,
+                self.what,
+                waited,
+                self.wait_s,
+            )
+            self.logged_at = time.monotonic()
+
+    def done(self) -> None:
+        if self.logged_at is not None:
+            log.info(
+                "Kafka broker at %s reachable again: '%s' delivered after %.0f s",
+                self.brokers,
+                self.topic,
+                time.monotonic() - self.started,
+            )
+
+
 class _EpochFlushPartition(StatefulSinkPartition[KafkaSinkMessage, None]):
-    def __init__(self, config: dict[str, Any], topic: str):
+    def __init__(self, config: dict[str, Any], topic: str, wait_s: float = WAIT_S):
         self._producer = Producer({**config, "on_delivery": self._delivered})
         self._topic = topic
+        self._brokers = str(config.get("bootstrap.servers", ""))
+        self._wait_s = wait_s
         self._failures: list[str] = []
 
     def _delivered(self, error: KafkaError | None, _message: Any) -> None:
@@ -41,18 +112,28 @@ class _EpochFlushPartition(StatefulSinkPartition[KafkaSinkMessage, None]):
         produce, poll = self._producer.produce, self._producer.poll
         for message in values:
             kwargs = {"timestamp": message.timestamp} if message.timestamp else {}
+            wait: _BrokerWait | None = None
             while True:
                 try:
                     produce(message.topic or self._topic, message.value, message.key, headers=message.headers, **kwargs)
                     break
                 except BufferError:  # librdkafka's queue is full: wait for the broker to take some
+                    wait = wait or _BrokerWait(self._topic, self._brokers, self._wait_s, "queued (the queue is full)")
                     poll(0.05)
+                    self._raise_failures()
+                    wait.still_waiting(len(self._producer))
+            if wait is not None:
+                wait.done()
         poll(0)  # serve delivery reports, so failures surface and the queue drains
         self._raise_failures()
 
     def snapshot(self) -> None:
-        self._producer.flush()
+        wait = _BrokerWait(self._topic, self._brokers, self._wait_s, "not acknowledged")
+        while pending := self._producer.flush(min(STEP_S, max(0.0, wait.left_s()))):
+            self._raise_failures()
+            wait.still_waiting(pending)
         self._raise_failures()
+        wait.done()
 
     def close(self) -> None:
         self.snapshot()
@@ -72,10 +153,13 @@ class EpochFlushKafkaSink(FixedPartitionedSink[KafkaSinkMessage, None]):
     Every worker can reach the broker, so each lists the partition; Bytewax writes it on one of them.
     """
 
-    def __init__(self, brokers: list[str], topic: str, add_config: dict[str, Any] | None = None):
+    def __init__(
+        self, brokers: list[str], topic: str, add_config: dict[str, Any] | None = None, wait_s: float = WAIT_S
+    ):
         self._brokers = brokers
         self._topic = topic
         self._add_config = add_config or {}
+        self._wait_s = wait_s
 
     def list_parts(self) -> list[str]:
         return [self._topic]
@@ -84,14 +168,22 @@ class EpochFlushKafkaSink(FixedPartitionedSink[KafkaSinkMessage, None]):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _EpochFlushPartition:
-        config = {"bootstrap.servers": ",".join(self._brokers), "linger.ms": LINGER_MS, **self._add_config}
-        return _EpochFlushPartition(config, self._topic)
+        config = {
+            "bootstrap.servers": ",".join(self._brokers),
+            "linger.ms": LINGER_MS,
+            "message.timeout.ms": 0,
+            **self._add_config,
+        }
+        return _EpochFlushPartition(config, self._topic, self._wait_s)
 
 
-def write(step_id: str, up: Stream[KafkaSinkMessage], *, brokers: list[str], topic: str) -> None:
-    """Write encoded messages to `topic`, flushing at epoch ends (see module docstring)."""
+def write(
+    step_id: str, up: Stream[KafkaSinkMessage], *, brokers: list[str], topic: str, wait_s: float = WAIT_S
+) -> None:
+    """Write encoded messages to `topic`, flushing at epoch ends, waiting at most `wait_s` for the broker (see
+    module docstring)."""
     keyed = op.key_on(f"{step_id}_as_one_partition", up, _same_key)
-    op.output(step_id, keyed, EpochFlushKafkaSink(brokers, topic))
+    op.output(step_id, keyed, EpochFlushKafkaSink(brokers, topic, wait_s=wait_s))
 
 
 def _same_key(_message: KafkaSinkMessage) -> str:
