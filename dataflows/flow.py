@@ -28,6 +28,7 @@ from dataflows import kafka_sink, kafka_source
 from dataflows.codec import Codec, encode_dead_letter, encode_metrics, encode_prediction
 from dataflows.config import Config
 from dataflows.kafka_admin import require_topics
+from dataflows.kafka_logs import client_logger
 from dataflows.messages import DeadLetter, Metrics, Origin, Prediction, Release
 from dataflows.steps import ComputeFeatures, OrderByEventTime, ScoreAndLearn
 from features import FeatureEngine
@@ -166,7 +167,9 @@ def _consumer_error(error: KafkaError) -> DeadLetter:
 
 def end_offsets(bootstrap_servers: str, partitions: dict[str, int], topics: list[str]) -> dict[str, int]:
     """Each input partition's end offset now: where a run that does not tail will stop reading it."""
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "eddy-end-offsets"})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap_servers, "group.id": "eddy-end-offsets", "logger": client_logger()}
+    )
     try:
         return {
             f"{topic}:{p}": consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
@@ -244,8 +247,14 @@ class LagProbe:
     def _end_offsets(self) -> dict[tuple[str, int], int]:
         if self._consumer is None:
             self._consumer = Consumer(
-                {"bootstrap.servers": self.bootstrap_servers, "group.id": "eddy-lag-probe", "enable.auto.commit": False}
+                {
+                    "bootstrap.servers": self.bootstrap_servers,
+                    "group.id": "eddy-lag-probe",
+                    "enable.auto.commit": False,
+                    "logger": client_logger(),
+                }
             )
+        self._consumer.poll(0)  # serves the client's log lines (`dataflows.kafka_logs`); it has no assignment
         return {
             (topic, p): self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=1.0)[1]
             for topic in self.topics

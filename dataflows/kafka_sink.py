@@ -28,6 +28,8 @@ from bytewax.dataflow import Stream
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, Producer
 
+from dataflows.kafka_logs import client_logger
+
 log = logging.getLogger("eddy")
 
 LINGER_MS = 1
@@ -172,6 +174,7 @@ class EpochFlushKafkaSink(FixedPartitionedSink[KafkaSinkMessage, None]):
             "bootstrap.servers": ",".join(self._brokers),
             "linger.ms": LINGER_MS,
             "message.timeout.ms": 0,
+            "logger": client_logger(),
             **self._add_config,
         }
         return _EpochFlushPartition(config, self._topic, self._wait_s)

@@ -18,6 +18,8 @@ from bytewax.connectors.kafka import KafkaSource
 from bytewax.connectors.kafka.operators import KafkaOpOut, _kafka_error_split
 from bytewax.dataflow import Dataflow, operator
 
+from dataflows.kafka_logs import client_logger
+
 
 class _NoWaitConsumer:
     """A confluent-kafka `Consumer` whose `consume` returns at once; everything else passes through."""
@@ -47,5 +49,12 @@ def read(
 ) -> KafkaOpOut:
     """`bytewax.connectors.kafka.operators.input` on `NoWaitKafkaSource`, with the same inner step ids, so
     recovery directories written by either resume with the other."""
-    source = NoWaitKafkaSource(brokers, topics, tail=tail, batch_size=batch_size, raise_on_errors=False)
+    source = NoWaitKafkaSource(
+        brokers,
+        topics,
+        tail=tail,
+        batch_size=batch_size,
+        raise_on_errors=False,
+        add_config={"logger": client_logger()},
+    )
     return op.input("kafka_input", flow, source).then(_kafka_error_split, "split_err")

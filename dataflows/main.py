@@ -12,6 +12,7 @@ import sys
 
 from dataflows.config import ConfigError, load_config
 from dataflows.flow import build_flow, check_inputs
+from dataflows.fresh_start import StartOverError, check_fresh_start
 from dataflows.kafka_admin import BrokerError
 from dataflows.logs import configure_logging
 from dataflows.recovery import RecoveryError, guard_recovery_dir, recovery_dir_from_argv
@@ -30,7 +31,8 @@ def _build():
         workers = workers_from_argv(sys.argv)
         shards = shard_count(config.flow.feature_shards, workers)
         guard_recovery_dir(sys.argv, shards)
-    except (ConfigError, BrokerError, FeatureFileError, RecoveryError) as exc:
+        check_fresh_start(config, partitions, recovery_dir_from_argv(sys.argv))
+    except (ConfigError, BrokerError, FeatureFileError, RecoveryError, StartOverError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
     t = config.topics

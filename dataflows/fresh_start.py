@@ -1,0 +1,61 @@
+"""Refuse a start from nothing over outputs that already hold predictions: it would publish them all again.
+
+A run without saved state (no recovery directory, or one with no snapshot yet) reads its input topics from
+the beginning. If the predictions topic already holds predictions, an earlier run scored that input, and
+another pass would append a second prediction for every event it read. eddy stops instead and says how to
+continue that run (its recovery directory) or to start over on purpose (`[flow] start_over`,
+EDDY_START_OVER=true). It does not skip ahead to where the outputs stop: without the state of the run that
+wrote them, the model would start cold mid-stream and its predictions would silently differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from dataflows.config import Config
+from dataflows.kafka_logs import client_logger
+from dataflows.recovery import saved_steps
+
+
+class StartOverError(RuntimeError):
+    """This run would publish again predictions that its outputs already hold."""
+
+
+def has_saved_state(recovery_dir: Path | None) -> bool:
+    return recovery_dir is not None and any(recovery_dir.glob("part-*.sqlite3")) and bool(saved_steps(recovery_dir))
+
+
+def message_count(bootstrap_servers: str, topic: str, partitions: int, timeout_s: float = 10.0) -> int:
+    """Messages the topic holds now (end minus start offset, over its partitions)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap_servers, "group.id": "eddy-fresh-start", "logger": client_logger()}
+    )
+    try:
+        total = 0
+        for p in range(partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            total += max(0, high - low)
+        return total
+    finally:
+        consumer.close()
+
+
+def check_fresh_start(config: Config, partitions: dict[str, int], recovery_dir: Path | None) -> None:
+    """StartOverError if this run has no state to resume from and the predictions topic is not empty."""
+    if config.flow.start_over or has_saved_state(recovery_dir):
+        return
+    t = config.topics
+    held = message_count(config.bootstrap_servers, t.predictions, partitions[t.predictions])
+    if not held:
+        return
+    where = f"recovery directory {recovery_dir} holds no snapshot yet" if recovery_dir else "no recovery directory"
+    raise StartOverError(
+        f"topic '{t.predictions}' already holds {held:,} predictions, and this run has no state to resume "
+        f"from ({where}): it would read '{t.events}' from its beginning and publish every prediction again. "
+        "To continue the run that wrote them, start it with its recovery directory (`-r DIR -s 10 -b 0`, as "
+        "`task run:recover` does). To score the input again from the start and append a new set of "
+        "predictions, set EDDY_START_OVER=true (or `start_over = true` in eddy.toml's [flow]); to start clean, "
+        "empty the topics first with `python -m dataflows.topics --reset`."
+    )
