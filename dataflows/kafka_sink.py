@@ -14,11 +14,18 @@ soon as the broker has taken every message, so a broker back within the bound co
 else. Past the bound it raises `BrokerUnreachable`, whose message says how to resume; the epoch is then not
 committed, so a resume from the recovery directory writes it again. librdkafka's own message timeout is off
 (`message.timeout.ms = 0`): the bound here is the only one, and a message never expires in the queue.
+
+In the flow (`write`), giving up logs that message and ends the process with `EXIT_BROKER_UNREACHABLE`
+rather than raising: Bytewax 0.21 turns an exception in a sink's snapshot into a Rust panic whose clean-up
+calls the sink's `close()`, which waits for the broker once more, then aborts (SIGABRT) under a long
+backtrace that buries the message. Ending there is what a kill does, which the recovery directory survives.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from typing import Any
 
@@ -40,6 +47,8 @@ STEP_S = 1.0
 """A flush waits in steps this long, so that it can report the wait and give up on time."""
 LOG_EVERY_S = 30.0
 """While the broker stays unreachable, a line every this many seconds (the first one after `STEP_S`)."""
+EXIT_BROKER_UNREACHABLE = 3
+"""The flow's exit status when it gave up waiting for the broker."""
 
 
 class DeliveryError(RuntimeError):
@@ -53,8 +62,9 @@ class BrokerUnreachable(RuntimeError):
 class _BrokerWait:
     """One wait for the broker, bounded by `wait_s`: logs when it starts to matter, and periodically after."""
 
-    def __init__(self, topic: str, brokers: str, wait_s: float, what: str):
+    def __init__(self, topic: str, brokers: str, wait_s: float, what: str, exit_on_give_up: bool = False):
         self.topic, self.brokers, self.wait_s, self.what = topic, brokers, wait_s, what
+        self.exit_on_give_up = exit_on_give_up
         self.started = time.monotonic()
         self.logged_at: float | None = None
 
@@ -65,7 +75,7 @@ class _BrokerWait:
         """Called after each step without success: a log line now and then, `BrokerUnreachable` past the bound."""
         waited = time.monotonic() - self.started
         if waited >= self.wait_s:
-            raise BrokerUnreachable(
+            error = BrokerUnreachable(
                 f"the Kafka broker at {self.brokers} has not taken {pending} message(s) for topic '{self.topic}' "
                 f"within {self.wait_s:g} s ([flow] broker_wait_s, EDDY_BROKER_WAIT_S); eddy stops here rather than "
                 "lose them. Once the broker is back, start the flow again with the same recovery directory "
@@ -73,6 +83,12 @@ class _BrokerWait:
                 "what this epoch had not delivered. A run without a recovery directory cannot resume "
                 "(README, Operating eddy)."
             )
+            if self.exit_on_give_up:
+                log.error("%s", error)
+                logging.shutdown()
+                sys.stderr.flush()
+                os._exit(EXIT_BROKER_UNREACHABLE)
+            raise error
         if waited < STEP_S:
             return
         if self.logged_at is None or time.monotonic() - self.logged_at >= LOG_EVERY_S:
@@ -99,11 +115,12 @@ class _BrokerWait:
 
 
 class _EpochFlushPartition(StatefulSinkPartition[KafkaSinkMessage, None]):
-    def __init__(self, config: dict[str, Any], topic: str, wait_s: float = WAIT_S):
+    def __init__(self, config: dict[str, Any], topic: str, wait_s: float = WAIT_S, exit_on_give_up: bool = False):
         self._producer = Producer({**config, "on_delivery": self._delivered})
         self._topic = topic
         self._brokers = str(config.get("bootstrap.servers", ""))
         self._wait_s = wait_s
+        self._exit_on_give_up = exit_on_give_up
         self._failures: list[str] = []
 
     def _delivered(self, error: KafkaError | None, _message: Any) -> None:
@@ -120,7 +137,7 @@ class _EpochFlushPartition(StatefulSinkPartition[KafkaSinkMessage, None]):
                     produce(message.topic or self._topic, message.value, message.key, headers=message.headers, **kwargs)
                     break
                 except BufferError:  # librdkafka's queue is full: wait for the broker to take some
-                    wait = wait or _BrokerWait(self._topic, self._brokers, self._wait_s, "queued (the queue is full)")
+                    wait = wait or self._wait("queued (the queue is full)")
                     poll(0.05)
                     self._raise_failures()
                     wait.still_waiting(len(self._producer))
@@ -130,7 +147,7 @@ class _EpochFlushPartition(StatefulSinkPartition[KafkaSinkMessage, None]):
         self._raise_failures()
 
     def snapshot(self) -> None:
-        wait = _BrokerWait(self._topic, self._brokers, self._wait_s, "not acknowledged")
+        wait = self._wait("not acknowledged")
         while pending := self._producer.flush(min(STEP_S, max(0.0, wait.left_s()))):
             self._raise_failures()
             wait.still_waiting(pending)
@@ -139,6 +156,9 @@ class _EpochFlushPartition(StatefulSinkPartition[KafkaSinkMessage, None]):
 
     def close(self) -> None:
         self.snapshot()
+
+    def _wait(self, what: str) -> _BrokerWait:
+        return _BrokerWait(self._topic, self._brokers, self._wait_s, what, self._exit_on_give_up)
 
     def _raise_failures(self) -> None:
         if self._failures:
@@ -156,12 +176,18 @@ class EpochFlushKafkaSink(FixedPartitionedSink[KafkaSinkMessage, None]):
     """
 
     def __init__(
-        self, brokers: list[str], topic: str, add_config: dict[str, Any] | None = None, wait_s: float = WAIT_S
+        self,
+        brokers: list[str],
+        topic: str,
+        add_config: dict[str, Any] | None = None,
+        wait_s: float = WAIT_S,
+        exit_on_give_up: bool = False,
     ):
         self._brokers = brokers
         self._topic = topic
         self._add_config = add_config or {}
         self._wait_s = wait_s
+        self._exit_on_give_up = exit_on_give_up
 
     def list_parts(self) -> list[str]:
         return [self._topic]
@@ -177,16 +203,16 @@ class EpochFlushKafkaSink(FixedPartitionedSink[KafkaSinkMessage, None]):
             "logger": client_logger(),
             **self._add_config,
         }
-        return _EpochFlushPartition(config, self._topic, self._wait_s)
+        return _EpochFlushPartition(config, self._topic, self._wait_s, self._exit_on_give_up)
 
 
 def write(
     step_id: str, up: Stream[KafkaSinkMessage], *, brokers: list[str], topic: str, wait_s: float = WAIT_S
 ) -> None:
-    """Write encoded messages to `topic`, flushing at epoch ends, waiting at most `wait_s` for the broker (see
-    module docstring)."""
+    """Write encoded messages to `topic`, flushing at epoch ends, waiting at most `wait_s` for the broker and
+    ending the process past it (see module docstring)."""
     keyed = op.key_on(f"{step_id}_as_one_partition", up, _same_key)
-    op.output(step_id, keyed, EpochFlushKafkaSink(brokers, topic, wait_s=wait_s))
+    op.output(step_id, keyed, EpochFlushKafkaSink(brokers, topic, wait_s=wait_s, exit_on_give_up=True))
 
 
 def _same_key(_message: KafkaSinkMessage) -> str:

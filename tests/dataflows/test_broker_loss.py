@@ -24,6 +24,7 @@ import pytest
 
 from dataflows.config import Topics
 from dataflows.kafka_admin import ensure_topics
+from dataflows.kafka_sink import EXIT_BROKER_UNREACHABLE
 from tests.flowkit import (
     REPO,
     TopicTail,
@@ -203,7 +204,8 @@ def test_broker_away_past_the_bound_stops_the_flow_with_advice_and_a_resume_lose
             proc.kill()
         broker.up()
     text = log.read_text()
-    assert returncode != 0, f"the flow went on without its broker:\n{text[-4000:]}"
+    assert returncode == EXIT_BROKER_UNREACHABLE, f"the flow exited with {returncode}:\n{text[-4000:]}"
+    assert "panicked" not in text, f"a clear message, not a panic:\n{text[-4000:]}"
     assert "within 3 s ([flow] broker_wait_s, EDDY_BROKER_WAIT_S)" in text, text[-4000:]
     assert "start the flow again with the same recovery directory" in text, text[-4000:]
 
