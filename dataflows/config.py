@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from dataflows.kafka_security import KafkaSecurity, SecurityConfigError, security_from
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIELD_TYPES = {"string", "double", "bigint", "boolean"}
 
@@ -64,6 +66,7 @@ class Config:
     flow: FlowSettings = field(default_factory=FlowSettings)
     ensemble: dict = field(default_factory=dict)
     source: str = "built-in defaults"
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 _ENV_TOPICS = {
@@ -115,6 +118,10 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         ensemble=_ensemble_settings(raw.get("ensemble", {}), base),
         source=str(path) if path.exists() else "built-in defaults",
     )
+    try:
+        config = replace(config, kafka_security=security_from(kafka, env, config.source, base))
+    except SecurityConfigError as exc:
+        raise ConfigError(str(exc)) from None
     unknown_topics = set(raw.get("topics", {})) - set(Topics.__annotations__)
     if unknown_topics:
         raise ConfigError(

@@ -88,10 +88,18 @@ class EpochFlushKafkaSink(FixedPartitionedSink[KafkaSinkMessage, None]):
         return _EpochFlushPartition(config, self._topic)
 
 
-def write(step_id: str, up: Stream[KafkaSinkMessage], *, brokers: list[str], topic: str) -> None:
-    """Write encoded messages to `topic`, flushing at epoch ends (see module docstring)."""
+def write(
+    step_id: str,
+    up: Stream[KafkaSinkMessage],
+    *,
+    brokers: list[str],
+    topic: str,
+    add_config: dict[str, Any] | None = None,
+) -> None:
+    """Write encoded messages to `topic`, flushing at epoch ends (see module docstring); `add_config` is
+    librdkafka settings (TLS, SASL) for its producer."""
     keyed = op.key_on(f"{step_id}_as_one_partition", up, _same_key)
-    op.output(step_id, keyed, EpochFlushKafkaSink(brokers, topic))
+    op.output(step_id, keyed, EpochFlushKafkaSink(brokers, topic, add_config))
 
 
 def _same_key(_message: KafkaSinkMessage) -> str:

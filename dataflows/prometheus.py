@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
 from dataflows.logs import configure_logging
 
 log = logging.getLogger("eddy.prometheus")
@@ -209,12 +210,20 @@ def _versions(figures: dict) -> dict[str, float]:
     return {}
 
 
-def follow(exporter: PrometheusExporter, bootstrap_servers: str, topic: str, stop: threading.Event) -> None:
+def follow(
+    exporter: PrometheusExporter,
+    bootstrap_servers: str,
+    topic: str,
+    stop: threading.Event,
+    security: KafkaSecurity | None = None,
+) -> None:
     """Feed every metrics message of `topic` (from its end on, after the latest one) to the exporter."""
     import orjson
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **kafka_python_settings(security)
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(partitions)
@@ -250,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config()
         bootstrap = args.bootstrap_servers or config.bootstrap_servers
         topic = args.topic or config.topics.metrics
-        require_topics(bootstrap, [topic])
+        require_topics(bootstrap, [topic], security=config.kafka_security)
     except (ConfigError, BrokerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -262,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     exporter.watch_registry(args.registry_dir or config.ensemble.get("registry_dir"))
     print(f"eddy Prometheus exporter: {exporter.url} (following '{topic}' on {bootstrap}; Ctrl-C stops it)")
     with contextlib.suppress(KeyboardInterrupt):
-        follow(exporter, bootstrap, topic, threading.Event())
+        follow(exporter, bootstrap, topic, threading.Event(), config.kafka_security)
     return 0
 
 

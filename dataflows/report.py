@@ -22,6 +22,7 @@ import orjson
 
 from dataflows.codec import Invalid, parse_ts
 from dataflows.config import ConfigError, load_config
+from dataflows.kafka_security import KafkaSecurity
 from dataflows.logs import configure_logging
 
 log = logging.getLogger("eddy.report")
@@ -57,14 +58,16 @@ def read_metrics_file(path: str | Path) -> list[dict]:
     return messages
 
 
-def read_metrics_topic(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> list[dict]:
+def read_metrics_topic(
+    bootstrap_servers: str, topic: str, timeout_s: float = 10.0, security: KafkaSecurity | None = None
+) -> list[dict]:
     """Every metrics message on `topic`, from the beginning to its current end."""
     from dataflows.kafka_admin import require_topics
     from dataflows.kafka_io import read_to_end
 
-    require_topics(bootstrap_servers, [topic])
+    require_topics(bootstrap_servers, [topic], security=security)
     try:
-        records = read_to_end(bootstrap_servers, topic, timeout_s)
+        records = read_to_end(bootstrap_servers, topic, timeout_s, security)
     except TimeoutError as exc:
         raise ReportError(str(exc)) from exc
     records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
@@ -439,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap = args.bootstrap_servers or config.bootstrap_servers
             topic = args.topic or config.topics.metrics
             log.info("reading metrics topic '%s' from %s", topic, bootstrap)
-            messages = read_metrics_topic(bootstrap, topic)
+            messages = read_metrics_topic(bootstrap, topic, security=config.kafka_security)
             source = f"topic '{topic}'"
         registry_dir = args.registry_dir or config.ensemble.get("registry_dir")
         paths = write_report(messages, args.out, args.drift_at, read_registry(registry_dir), args.title)
