@@ -47,6 +47,7 @@ class FlowSettings:
     max_message_bytes: int = 65_536
     batch_size: int = 1_000
     prometheus_port: int = 0
+    prometheus_host: str = "127.0.0.1"
     feature_shards: int = 0
 
 
@@ -147,6 +148,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         overrides["flow"] = replace(
             overrides.get("flow", config.flow), prometheus_port=int(env["EDDY_PROMETHEUS_PORT"])
         )
+    if "EDDY_PROMETHEUS_HOST" in env:
+        overrides["flow"] = replace(overrides.get("flow", config.flow), prometheus_host=env["EDDY_PROMETHEUS_HOST"])
     if "EDDY_MODE" in env:
         overrides["flow"] = replace(overrides.get("flow", config.flow), mode=env["EDDY_MODE"])
     if "EDDY_FEATURE_SHARDS" in env:

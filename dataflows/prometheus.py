@@ -42,7 +42,7 @@ _servers_lock = threading.Lock()
 class PrometheusExporter:
     """eddy's Prometheus metrics, served on `port` (started once per process and port)."""
 
-    def __init__(self, port: int | None = None, addr: str = "0.0.0.0", registry: CollectorRegistry | None = None):
+    def __init__(self, port: int | None = None, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None):
         self.port = port
         self.addr = addr
         self.enabled = bool(port)
@@ -249,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m dataflows.prometheus", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=9108, help="HTTP port of /metrics (default: %(default)s)")
-    parser.add_argument("--addr", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--addr",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every interface)",
+    )
     parser.add_argument("--topic", help="metrics topic (default: from eddy.toml / EDDY_METRICS_TOPIC)")
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: from eddy.toml)")
     parser.add_argument("--registry-dir", help="model registry to follow (default: [ensemble] registry_dir)")
