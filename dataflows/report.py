@@ -213,6 +213,7 @@ def _throughput(messages: list[dict]) -> list[float | None]:
             rate = out[-1]
         else:
             rate = msg.get("events_per_s") or msg.get("events_per_s_run")
+            rate = rate if isinstance(rate, int | float) else None
         out.append(None if rate is None else round(rate, 1))
         if at is not None:
             if stamps and stamps[-1][0] == at:
@@ -279,15 +280,15 @@ def summary(messages: list[dict], drift_x: int | None, xs: list[int], registry: 
     dead = last.get("dead_letters") or {}
     accepted = sum(1 for r in registry if r.get("accepted"))
     run = [
-        ("events", f"{last.get('events', 0):,}"),
-        ("labels received (delayed)", f"{last.get('labels_received', 0):,}"),
+        ("events", _thousands(last.get("events", 0))),
+        ("labels received (delayed)", _thousands(last.get("labels_received", 0))),
         ("event time", f"{messages[0].get('event_time')} → {last.get('event_time')}"),
         (
             "dead letters",
-            f"{last.get('dead_letters_total', 0):,}"
-            + (" (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dead.items())) + ")" if dead else ""),
+            _thousands(last.get("dead_letters_total", 0))
+            + (" (" + ", ".join(f"{k} {_thousands(v)}" for k, v in sorted(dead.items())) + ")" if dead else ""),
         ),
-        ("throughput (whole run)", f"{last.get('events_per_s_run') or 0:,.0f} events/s"),
+        ("throughput (whole run)", f"{_thousands(last.get('events_per_s_run') or 0)} events/s"),
         (
             "latency p50 / p99",
             f"{last.get('latency_ms_p50')} / {last.get('latency_ms_p99')} ms (from the Kafka timestamp, most recent"
@@ -305,13 +306,25 @@ def summary(messages: list[dict], drift_x: int | None, xs: list[int], registry: 
     return {"members": rows, "run": [list(r) for r in run], "final": last.get("type") == "final"}
 
 
+def _thousands(value: Any) -> str:
+    """A count with thousands separators; anything else a metrics message may carry, as its text.
+
+    >>> _thousands(12345.6), _thousands("<b>x</b>")
+    ('12,346', '<b>x</b>')
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:,.0f}"
+    return str(value)
+
+
 # ---------------------------------------------------------------- writing the report
 
 
 def render_html(data: dict, title: str = "eddy run report") -> str:
     """The dashboard page with the data inlined: one self-contained file, no network, no server."""
     page = PAGE.read_text()
-    inline = json.dumps(data, default=str).replace("</", "<\\/")
+    # No "<" at all in the inlined script: topic data such as "</script>" or "<!--" cannot end or bend it.
+    inline = json.dumps(data, default=str).replace("<", "\\u003c")
     safe = html.escape(title)
     page = page.replace("<title>eddy dashboard</title>", f"<title>{safe}</title>")
     page = page.replace("<h1>eddy — watching it learn</h1>", f"<h1>{safe}</h1>")
