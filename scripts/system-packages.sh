@@ -18,6 +18,7 @@ venv="${EDDY_VENV:-$repo/.venv}"
 
 case "${1:-}" in
   -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --) shift ;;  # what follows is a task command line (scripts/task's arguments), --help included
 esac
 [ "${EDDY_SYSTEM_PACKAGES:-}" = "skip" ] && exit 0
 

@@ -166,3 +166,9 @@ def test_skipping_the_check_is_a_choice(user: Machine):
 
 def test_the_script_is_executable():
     assert os.access(SCRIPT, os.X_OK)
+
+
+def test_the_task_runners_help_is_not_taken_for_the_checks(root: Machine):
+    """`scripts/task --help` passes `-- --help` on: a task command line, not a request for this script's help."""
+    result = root.run("--", "--help")
+    assert (result.returncode, result.stdout, root.apt_calls()) == (0, "", [])
