@@ -88,14 +88,17 @@ def _check_credentials(bootstrap_servers: str, security: KafkaSecurity, timeout_
             client.poll(0)  # serves error_cb
             if time.monotonic() > deadline:
                 break
-    if refusals:
-        what = "SASL login" if security.sasl and "SASL" in refusals[0] else "TLS handshake"
-        advice = (
+    if refusals and security.sasl and "SASL" in refusals[0]:
+        raise BrokerError(
+            f"the Kafka broker at {bootstrap_servers} refused eddy's SASL login: {refusals[0]}; "
             "check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
-            if what == "SASL login"
-            else "check KAFKA_SSL_CA_LOCATION (and the client certificate and key, if the broker wants one)"
         )
-        raise BrokerError(f"the Kafka broker at {bootstrap_servers} refused eddy's {what}: {refusals[0]}; {advice}")
+    if refusals:
+        raise BrokerError(
+            f"the TLS handshake with the Kafka broker at {bootstrap_servers} failed: {refusals[0]}; check "
+            "KAFKA_SSL_CA_LOCATION (the CA that signed the broker's certificate) and, if the broker asks for "
+            "one, the client certificate and key"
+        )
     raise BrokerError(
         f"no Kafka broker answered at {bootstrap_servers} over {security.describe()} within {timeout_s:g}s; "
         "check KAFKA_SECURITY_PROTOCOL matches the broker's listener on that port"

@@ -11,7 +11,9 @@
 # and pid; default .eddy/kafka in the repository, git-ignored), EDDY_CACHE (jar cache; default
 # ~/.cache/eddy), KAFKA_START_TIMEOUT (seconds, default 60), KAFKA_SASL_PORT (unset: none; set: a second
 # listener, SASL_PLAINTEXT with the PLAIN mechanism, on localhost:PORT) with KAFKA_SASL_USERS (its accounts,
-# "user:password,user:password"; needed with KAFKA_SASL_PORT). The PLAINTEXT listener stays on KAFKA_PORT.
+# "user:password,user:password"; needed with KAFKA_SASL_PORT), KAFKA_SSL_PORT (unset: none; set: a TLS
+# listener on localhost:PORT) with KAFKA_SSL_KEYSTORE (a PEM file: the broker's private key, PKCS#8 and
+# encrypted, then its certificate chain) and KAFKA_SSL_KEYSTORE_PASSWORD. The PLAINTEXT listener stays on KAFKA_PORT.
 set -euo pipefail
 
 KAFKA_VERSION=4.1.1
@@ -27,6 +29,7 @@ log="$home/logs/broker.log"
 timeout="${KAFKA_START_TIMEOUT:-60}"
 sasl_port="${KAFKA_SASL_PORT:-}"
 sasl_users="${KAFKA_SASL_USERS:-}"
+ssl_port="${KAFKA_SSL_PORT:-}"
 
 say() { echo "kafka: $*"; }
 die() { echo "kafka: error: $*" >&2; exit 1; }
@@ -88,6 +91,17 @@ write_config() {
 listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=$(sasl_jaas)"
   fi
+  local tls=""
+  if [ -n "$ssl_port" ]; then
+    [ -f "${KAFKA_SSL_KEYSTORE:-}" ] || die "KAFKA_SSL_PORT is set but KAFKA_SSL_KEYSTORE ('${KAFKA_SSL_KEYSTORE:-}') is not a PEM file"
+    [ -n "${KAFKA_SSL_KEYSTORE_PASSWORD:-}" ] || die "KAFKA_SSL_PORT is set but KAFKA_SSL_KEYSTORE_PASSWORD (the password of its key) is empty"
+    listeners="$listeners,SSL://localhost:$ssl_port"
+    advertised="$advertised,SSL://localhost:$ssl_port"
+    protocols="$protocols,SSL:SSL"
+    tls="listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$KAFKA_SSL_KEYSTORE
+listener.name.ssl.ssl.key.password=$KAFKA_SSL_KEYSTORE_PASSWORD"
+  fi
   cat > "$home/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
@@ -98,6 +112,7 @@ controller.listener.names=CONTROLLER
 listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 $sasl
+$tls
 log.dirs=$home/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -176,6 +191,14 @@ up() {
     done
     say "SASL_PLAINTEXT (PLAIN) listener on localhost:$sasl_port"
   fi
+  if [ -n "$ssl_port" ]; then
+    until port_open "$ssl_port"; do
+      [ "$waited" -lt "$((timeout * 5))" ] || die "the broker's TLS listener did not open on localhost:$ssl_port within ${timeout}s; its log is $log"
+      sleep 0.2
+      waited=$((waited + 1))
+    done
+    say "SSL listener on localhost:$ssl_port"
+  fi
   say "ready on localhost:$port (pid $pid); log: $log"
 }
 
@@ -215,6 +238,6 @@ case "${1:-}" in
   status) status ;;
   logs) tail -n "${2:-50}" "$log" ;;
   reset) down; rm -rf "$home"; say "data removed ($home)" ;;
-  -h|--help|help|"") sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help|"") sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$1' (use up, down, status, logs or reset)" ;;
 esac

@@ -6,7 +6,8 @@
 #
 # What needs what: every task needs Python's venv module (.venv), unless .venv exists; the tasks that start
 # the local broker (demo, test, kafka:up, bench, bench:flow, bench:replay, bench:soak) need Java 17+, and
-# Maven until the Kafka jars are cached; test needs Chromium (the browser tests of the dashboard and report).
+# Maven until the Kafka jars are cached; test needs Chromium (the browser tests of the dashboard and report)
+# and OpenSSL (the TLS tests make their certificates).
 # Environment: EDDY_SYSTEM_PACKAGES=skip skips the check; EDDY_PYTHON, EDDY_CACHE as for scripts/task and
 # scripts/kafka.sh; EDDY_VENV (default .venv in the repository).
 set -euo pipefail
@@ -17,7 +18,7 @@ cache="${EDDY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/eddy}"
 venv="${EDDY_VENV:-$repo/.venv}"
 
 case "${1:-}" in
-  -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   --) shift ;;  # what follows is a task command line (scripts/task's arguments), --help included
 esac
 [ "${EDDY_SYSTEM_PACKAGES:-}" = "skip" ] && exit 0
@@ -56,6 +57,10 @@ fi
 if $browser && ! command -v chromium >/dev/null 2>&1; then
   packages+=(chromium)
   needs+=("Chromium (the dashboard's browser tests)")
+fi
+if $browser && ! command -v openssl >/dev/null 2>&1; then
+  packages+=(openssl)
+  needs+=("OpenSSL (the TLS tests' certificates)")
 fi
 [ ${#packages[@]} -eq 0 ] && exit 0
 

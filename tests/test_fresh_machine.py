@@ -78,9 +78,9 @@ def test_as_root_a_bare_machine_gets_everything_the_tests_need(root: Machine):
     assert result.returncode == 0, result.stderr
     assert root.apt_calls() == [
         "apt-get update -qq",
-        "apt-get install -y -qq python3-venv default-jre-headless maven chromium",
+        "apt-get install -y -qq python3-venv default-jre-headless maven chromium openssl",
     ]
-    assert result.stdout.startswith("eddy: installing python3-venv default-jre-headless maven chromium with apt-get")
+    assert result.stdout.startswith("eddy: installing python3-venv default-jre-headless maven chromium openssl with")
 
 
 def test_as_a_user_one_command_is_printed_and_nothing_is_run(user: Machine):
@@ -90,15 +90,19 @@ def test_as_a_user_one_command_is_printed_and_nothing_is_run(user: Machine):
     lines = result.stderr.splitlines()
     assert lines[0] == (
         "eddy: error: 'test' needs Java 17 or newer, Maven (once, to fetch Kafka from Maven Central), "
-        "Chromium (the dashboard's browser tests); install them with this command, then run it again:"
+        "Chromium (the dashboard's browser tests), OpenSSL (the TLS tests' certificates); install them with this "
+        "command, then run it again:"
     )
-    assert lines[1:] == ["  sudo sh -c 'apt-get update && apt-get install -y default-jre-headless maven chromium'"]
+    assert lines[1:] == [
+        "  sudo sh -c 'apt-get update && apt-get install -y default-jre-headless maven chromium openssl'"
+    ]
 
 
 def test_a_machine_with_everything_installs_nothing(root: Machine):
     root.java(21)
     root.stub("mvn", "exit 0")
     root.stub("chromium", "exit 0")
+    root.stub("openssl", "exit 0")
     result = root.run("test")
     assert (result.returncode, result.stdout, result.stderr, root.apt_calls()) == (0, "", "", [])
 
@@ -141,7 +145,7 @@ def test_the_readme_commands_check_first(user: Machine):
     existed = venv.exists()
     result = user.run("test", command=REPO / "scripts" / "task")
     assert result.returncode == 1
-    assert "sudo sh -c 'apt-get update && apt-get install -y default-jre-headless maven chromium'" in result.stderr
+    assert "apt-get install -y default-jre-headless maven chromium openssl'" in result.stderr
     assert venv.exists() == existed
     assert "creating the virtualenv" not in result.stdout
 

@@ -1,16 +1,18 @@
 """Kafka TLS/SASL settings: read once from eddy.toml and the environment, passed to every client eddy makes.
 
 The integration tests start their own broker (scripts/kafka.sh on free ports, in a temporary home) with a
-SASL_PLAINTEXT listener using the PLAIN mechanism, and talk to that listener only: a client without the
-settings cannot use it at all.
+SASL_PLAINTEXT listener using the PLAIN mechanism and a TLS listener whose certificate a CA made here with
+openssl signed, and talk to those listeners only: a client without the settings cannot use them at all.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -26,6 +28,7 @@ from tests.flowkit import flow_env, start_flow_process
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kafka.sh"
 USER, PASSWORD = "eddy-test", "right-horse-battery"
+KEYSTORE_PASSWORD = "broker-key-password"
 
 SASL_ENV = {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": USER}
 
@@ -106,7 +109,7 @@ def test_settings_that_cannot_work_fail_with_what_to_do(tmp_path: Path, toml: st
     assert "oops" not in str(error.value)
 
 
-# ---------------------------------------------------------------- against a broker with a SASL listener
+# ---------------------------------------------------------------- against a broker with SASL and TLS listeners
 
 
 def _free_port() -> int:
@@ -115,16 +118,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _openssl(*args: str, cwd: Path) -> None:
+    assert shutil.which("openssl"), "openssl is missing: `apt-get install -y openssl` (scripts/task test installs it)"
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def _certificates(directory: Path) -> None:
+    """ca.pem (the CA), other-ca.pem (a CA that signed nothing here), server.pem (the broker's key, encrypted
+    PKCS#8 with a cipher Java reads, then its certificate for localhost, signed by ca.pem)."""
+    (directory / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name, subject in (("ca", "/CN=eddy test CA"), ("other-ca", "/CN=someone else")):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+                 "-days", "2", "-subj", subject, cwd=directory)  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=localhost", cwd=directory)  # fmt: skip
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", "2", "-extfile", "san.cnf", cwd=directory)  # fmt: skip
+    _openssl("pkcs8", "-topk8", "-in", "server.key", "-out", "server.p8", "-v1", "PBE-SHA1-3DES",
+             "-passout", f"pass:{KEYSTORE_PASSWORD}", cwd=directory)  # fmt: skip
+    (directory / "server.pem").write_text(
+        (directory / "server.p8").read_text() + (directory / "server.crt").read_text()
+    )
+
+
+@dataclass(frozen=True)
+class SecureBroker:
+    sasl: str  # localhost:PORT of the SASL_PLAINTEXT listener
+    tls: str  # localhost:PORT of the SSL listener
+    certs: Path
+
+
 @pytest.fixture(scope="module")
-def sasl_broker(tmp_path_factory):
-    """`localhost:PORT` of a SASL_PLAINTEXT (PLAIN) listener of a broker of its own, stopped afterwards."""
+def secure_broker(tmp_path_factory) -> SecureBroker:
+    """A broker of its own with a SASL_PLAINTEXT (PLAIN) and a TLS listener, stopped afterwards."""
+    certs = tmp_path_factory.mktemp("certs")
+    _certificates(certs)
     env = {
         **os.environ,
-        "EDDY_KAFKA_HOME": str(tmp_path_factory.mktemp("sasl-kafka")),
+        "EDDY_KAFKA_HOME": str(tmp_path_factory.mktemp("secure-kafka")),
         "KAFKA_PORT": str(_free_port()),
         "KAFKA_CONTROLLER_PORT": str(_free_port()),
         "KAFKA_SASL_PORT": str(_free_port()),
         "KAFKA_SASL_USERS": f"{USER}:{PASSWORD},someone-else:other",
+        "KAFKA_SSL_PORT": str(_free_port()),
+        "KAFKA_SSL_KEYSTORE": str(certs / "server.pem"),
+        "KAFKA_SSL_KEYSTORE_PASSWORD": KEYSTORE_PASSWORD,
     }
 
     def script(command: str) -> subprocess.CompletedProcess:
@@ -134,68 +173,82 @@ def sasl_broker(tmp_path_factory):
         started = script("up")
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"SASL_PLAINTEXT (PLAIN) listener on localhost:{env['KAFKA_SASL_PORT']}" in started.stdout
-        yield f"localhost:{env['KAFKA_SASL_PORT']}"
+        assert f"SSL listener on localhost:{env['KAFKA_SSL_PORT']}" in started.stdout
+        yield SecureBroker(f"localhost:{env['KAFKA_SASL_PORT']}", f"localhost:{env['KAFKA_SSL_PORT']}", certs)
     finally:
         script("down")
 
 
-def _security(password: str) -> KafkaSecurity:
+def _sasl(password: str) -> KafkaSecurity:
     return KafkaSecurity(protocol="SASL_PLAINTEXT", sasl_username=USER, sasl_password=password)
 
 
-@pytest.mark.kafka
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_right_credentials_run_the_flow_end_to_end(sasl_broker):
-    security = _security(PASSWORD)
+def _tls(ca: Path) -> KafkaSecurity:
+    return KafkaSecurity(protocol="SSL", ssl_ca_location=str(ca))
+
+
+def _run_flow_through(bootstrap: str, security: KafkaSecurity, env: dict[str, str]) -> str:
+    """Events published, the flow run to their end as `python -m bytewax.run dataflows.main` configured by
+    `env` alone, and every output read back, all through `bootstrap`; returns the flow's log."""
     suffix = uuid.uuid4().hex[:8]
-    topics = Topics(*(f"sasl-{name}-{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq")))
-    ensure_topics(sasl_broker, topics.all(), 2, security=security)
+    topics = Topics(*(f"secure-{name}-{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq")))
+    ensure_topics(bootstrap, topics.all(), 2, security=security)
     try:
         events = list(datasets.transactions(300, seed=5))
-        producer = make_producer(sasl_broker, security=security)
+        producer = make_producer(bootstrap, security=security)
         for event in events:
             producer.send(topics.events, orjson.dumps(event))
         producer.send(topics.events, b"not json")
         producer.flush()
         producer.close()
 
-        env = flow_env(
-            topics,
-            sasl_broker,
-            **SASL_ENV,
-            KAFKA_SASL_PASSWORD=PASSWORD,
-            EDDY_ENSEMBLE="false",
-            EDDY_PROMETHEUS_PORT="0",
-        )
-        flow = start_flow_process(env)
+        flow = start_flow_process(flow_env(topics, bootstrap, **env, EDDY_ENSEMBLE="false", EDDY_PROMETHEUS_PORT="0"))
         out, _ = flow.communicate(timeout=240)
         assert flow.returncode == 0, out[-4000:]
-        assert "Kafka clients connect with SASL_PLAINTEXT, PLAIN as 'eddy-test'" in out
-        assert PASSWORD not in out
 
-        predictions = [orjson.loads(r.value) for r in read_to_end(sasl_broker, topics.predictions, security=security)]
+        predictions = [orjson.loads(r.value) for r in read_to_end(bootstrap, topics.predictions, security=security)]
         assert sorted(p["event_id"] for p in predictions) == sorted(e["event_id"] for e in events)
-        assert len(read_to_end(sasl_broker, topics.dead_letters, security=security)) == 1
-        assert read_to_end(sasl_broker, topics.metrics, security=security)
+        assert len(read_to_end(bootstrap, topics.dead_letters, security=security)) == 1
+        assert read_to_end(bootstrap, topics.metrics, security=security)
+        return out
     finally:
-        delete_topics(sasl_broker, topics.all(), security=security)
+        delete_topics(bootstrap, topics.all(), security=security)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_right_sasl_credentials_run_the_flow_end_to_end(secure_broker):
+    out = _run_flow_through(secure_broker.sasl, _sasl(PASSWORD), {**SASL_ENV, "KAFKA_SASL_PASSWORD": PASSWORD})
+    assert "Kafka clients connect with SASL_PLAINTEXT, PLAIN as 'eddy-test'" in out
+    assert PASSWORD not in out
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_tls_with_the_brokers_ca_runs_the_flow_end_to_end(secure_broker):
+    ca = secure_broker.certs / "ca.pem"
+    out = _run_flow_through(
+        secure_broker.tls, _tls(ca), {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_LOCATION": str(ca)}
+    )
+    assert f"Kafka clients connect with SSL, CA {ca}" in out
 
 
 @pytest.mark.kafka
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_wrong_credentials_fail_at_once_with_a_clear_message(sasl_broker):
+def test_wrong_credentials_fail_at_once_with_a_clear_message(secure_broker):
     with pytest.raises(BrokerError) as error:
-        require_topics(sasl_broker, ["events"], security=_security("wrong-password"))
+        require_topics(secure_broker.sasl, ["events"], security=_sasl("wrong-password"))
     message = str(error.value)
-    assert f"the Kafka broker at {sasl_broker} refused eddy's SASL login" in message
+    assert f"the Kafka broker at {secure_broker.sasl} refused eddy's SASL login" in message
     assert "Invalid username or password" in message
     assert "check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD" in message
     assert "wrong-password" not in message
 
     # The job itself: it stops before building the flow, with the same sentence and exit status 2.
-    env = flow_env(Topics(), sasl_broker, **SASL_ENV, KAFKA_SASL_PASSWORD="wrong-password")
+    env = flow_env(Topics(), secure_broker.sasl, **SASL_ENV, KAFKA_SASL_PASSWORD="wrong-password")
     flow = start_flow_process(env)
     out, _ = flow.communicate(timeout=90)
     assert flow.returncode == 2, out[-4000:]
@@ -206,9 +259,21 @@ def test_wrong_credentials_fail_at_once_with_a_clear_message(sasl_broker):
 @pytest.mark.kafka
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_a_client_without_credentials_cannot_use_the_sasl_listener(sasl_broker):
-    """The listener really asks for a login: what the flow did above needed the settings passed through."""
+def test_a_broker_certificate_from_another_ca_is_refused_with_a_clear_message(secure_broker):
     with pytest.raises(BrokerError) as error:
-        require_topics(sasl_broker, ["events"], timeout_s=3)
-    assert "does not answer as a Kafka broker over PLAINTEXT" in str(error.value)
-    assert "set KAFKA_SECURITY_PROTOCOL" in str(error.value)
+        require_topics(secure_broker.tls, ["events"], security=_tls(secure_broker.certs / "other-ca.pem"))
+    message = str(error.value)
+    assert f"the TLS handshake with the Kafka broker at {secure_broker.tls} failed" in message
+    assert "certificate verify failed" in message and "check KAFKA_SSL_CA_LOCATION" in message
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_client_without_settings_cannot_use_either_listener(secure_broker):
+    """The listeners really ask for a login and TLS: what the flow did above needed the settings passed on."""
+    for bootstrap in (secure_broker.sasl, secure_broker.tls):
+        with pytest.raises(BrokerError) as error:
+            require_topics(bootstrap, ["events"], timeout_s=3)
+        assert "does not answer as a Kafka broker over PLAINTEXT" in str(error.value)
+        assert "set KAFKA_SECURITY_PROTOCOL" in str(error.value)
