@@ -10,10 +10,14 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from dataflows.kafka_security import KafkaSecurity, SecurityConfigError, security_from
+from dataflows.kafka_security import SECRET_ENV, SETTING_ENV, KafkaSecurity, SecurityConfigError, security_from
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIELD_TYPES = {"string", "double", "bigint", "boolean"}
+
+
+KAFKA_KEYS = {"bootstrap_servers", "partitions", *SETTING_ENV}
+"""The keys `[kafka]` may hold; any other is a typo that would quietly leave a setting (TLS, say) off."""
 
 
 class ConfigError(ValueError):
@@ -119,6 +123,9 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         ensemble=_ensemble_settings(raw.get("ensemble", {}), base),
         source=str(path) if path.exists() else "built-in defaults",
     )
+    unknown_kafka = set(kafka) - KAFKA_KEYS - set(SECRET_ENV)  # secrets get their own message below
+    if unknown_kafka:
+        raise ConfigError(f"{path}: unknown [kafka] key(s) {sorted(unknown_kafka)}; known: {sorted(KAFKA_KEYS)}")
     try:
         config = replace(config, kafka_security=security_from(kafka, env, config.source, base))
     except SecurityConfigError as exc:

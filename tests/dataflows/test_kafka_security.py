@@ -92,6 +92,7 @@ def test_file_settings_tls_paths_relative_to_the_file(tmp_path: Path):
     [
         ('[kafka]\nsasl_password = "oops"\n', {}, "set the environment variable KAFKA_SASL_PASSWORD instead"),
         ('[kafka]\nssl_key_password = "oops"\n', {}, "KAFKA_SSL_KEY_PASSWORD instead"),
+        ('[kafka]\nsecurity_protocl = "SSL"\n', {}, "unknown [kafka] key(s) ['security_protocl']"),
         ("", {"KAFKA_SECURITY_PROTOCOL": "SASL"}, "is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
         ("", SASL_ENV, "SASL_PLAINTEXT needs KAFKA_SASL_PASSWORD"),
         ("", {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs KAFKA_SASL_USERNAME (or [kafka] sasl_username) and"),
