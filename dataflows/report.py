@@ -142,7 +142,7 @@ def drift_event(messages: list[dict], drift_at: str | float | None) -> int | Non
     last = messages[-1]
     lag = _lag(last)
     events_lag = next((v for k, v in lag.items() if "label" not in k), 0) if lag else 0
-    return int(value * ((last.get("events") or 0) + events_lag))
+    return int(value * (_events(last) + events_lag))
 
 
 def _time_at(points: list[tuple[float, int]], target: float) -> int | None:
@@ -178,7 +178,7 @@ def chart_data(
 
     marks = _refit_marks(messages, xs, registry or [])
     drift = drift_event(messages, drift_at)
-    drift_x = _time_at([(m.get("events") or 0, x) for m, x in zip(messages, xs, strict=True)], drift) if drift else None
+    drift_x = _time_at([(_events(m), x) for m, x in zip(messages, xs, strict=True)], drift) if drift else None
     if drift_x is not None:
         marks.append({"x": drift_x, "kind": "drift", "label": f"drift (event {drift:,})"})
     return {
@@ -205,7 +205,7 @@ def _throughput(messages: list[dict]) -> list[float | None]:
     out: list[float | None] = []
     stamps: list[tuple[int, int]] = []  # (at, events) of the last message at each distinct stamp
     for msg in messages:
-        at, events = to_ms(msg.get("at")), msg.get("events") or 0
+        at, events = to_ms(msg.get("at")), _events(msg)
         earlier = [s for s in stamps if at is not None and s[0] < at]
         if earlier and events > earlier[-1][1]:
             rate = (events - earlier[-1][1]) * 1000 / (at - earlier[-1][0])
@@ -304,6 +304,12 @@ def summary(messages: list[dict], drift_x: int | None, xs: list[int], registry: 
             )
         )
     return {"members": rows, "run": [list(r) for r in run], "final": last.get("type") == "final"}
+
+
+def _events(message: dict) -> int | float:
+    """The message's event count, 0 if it carries none or something else (a hostile or broken producer)."""
+    value = message.get("events")
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
 def _thousands(value: Any) -> str:
