@@ -75,8 +75,9 @@ class KafkaSecurity:
 
 
 def security_from(table: dict, env: dict[str, str], source: str, base: Path) -> KafkaSecurity:
-    """The settings of the `[kafka]` table `table` (of the file `source`, relative paths against `base`) with
-    the environment's overrides; a setting that cannot work raises `SecurityConfigError`."""
+    """The settings of the `[kafka]` table `table` (of the file `source`, its relative paths against `base`)
+    with the environment's overrides (relative paths against the working directory); a setting that cannot
+    work raises `SecurityConfigError`."""
     for name, variable in SECRET_ENV.items():
         if name in table:
             raise SecurityConfigError(
@@ -84,8 +85,9 @@ def security_from(table: dict, env: dict[str, str], source: str, base: Path) -> 
                 f"variable {variable} instead (and remove the key from the file)"
             )
     values: dict[str, Any] = {}
+    directories: dict[str, Path] = {}
     for key, variable in SETTING_ENV.items():
-        value = env.get(variable) or table.get(key)
+        value, directories[key] = (env[variable], Path.cwd()) if env.get(variable) else (table.get(key), base)
         if value is not None and value != "":
             if not isinstance(value, str):
                 raise SecurityConfigError(f"{source}: [kafka] {key} must be a string, got {value!r}")
@@ -98,7 +100,7 @@ def security_from(table: dict, env: dict[str, str], source: str, base: Path) -> 
         )
     for key in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location"):
         if key in values:
-            path = (base / values[key]).resolve()
+            path = (directories[key] / values[key]).resolve()
             if not path.is_file():
                 raise SecurityConfigError(
                     f"Kafka {key} {values[key]!r} ({SETTING_ENV[key]} or [kafka] in {source}) is not a file"

@@ -87,6 +87,13 @@ def test_file_settings_tls_paths_relative_to_the_file(tmp_path: Path):
     assert "key-secret" not in repr(security)
 
 
+def test_a_relative_path_in_the_environment_is_from_the_working_directory(tmp_path: Path, monkeypatch):
+    (tmp_path / "ca.pem").write_text("not checked here")
+    monkeypatch.chdir(tmp_path)
+    env = {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_LOCATION": "ca.pem"}
+    assert load_config(env=env).kafka_security.ssl_ca_location == str(tmp_path / "ca.pem")
+
+
 @pytest.mark.parametrize(
     ("toml", "env", "message"),
     [
