@@ -10,8 +10,14 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from dataflows.kafka_security import SECRET_ENV, SETTING_ENV, KafkaSecurity, SecurityConfigError, security_from
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIELD_TYPES = {"string", "double", "bigint", "boolean"}
+
+
+KAFKA_KEYS = {"bootstrap_servers", "partitions", *SETTING_ENV}
+"""The keys `[kafka]` may hold; any other is a typo that would quietly leave a setting (TLS, say) off."""
 
 
 class ConfigError(ValueError):
@@ -45,6 +51,7 @@ class FlowSettings:
     max_message_bytes: int = 65_536
     batch_size: int = 1_000
     prometheus_port: int = 0
+    prometheus_host: str = "127.0.0.1"
     feature_shards: int = 0
     broker_wait_s: float = 120.0
     start_over: bool = False
@@ -66,6 +73,7 @@ class Config:
     flow: FlowSettings = field(default_factory=FlowSettings)
     ensemble: dict = field(default_factory=dict)
     source: str = "built-in defaults"
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 _ENV_TOPICS = {
@@ -117,6 +125,13 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         ensemble=_ensemble_settings(raw.get("ensemble", {}), base),
         source=str(path) if path.exists() else "built-in defaults",
     )
+    unknown_kafka = set(kafka) - KAFKA_KEYS - set(SECRET_ENV)  # secrets get their own message below
+    if unknown_kafka:
+        raise ConfigError(f"{path}: unknown [kafka] key(s) {sorted(unknown_kafka)}; known: {sorted(KAFKA_KEYS)}")
+    try:
+        config = replace(config, kafka_security=security_from(kafka, env, config.source, base))
+    except SecurityConfigError as exc:
+        raise ConfigError(str(exc)) from None
     unknown_topics = set(raw.get("topics", {})) - set(Topics.__annotations__)
     if unknown_topics:
         raise ConfigError(
@@ -142,6 +157,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         overrides["flow"] = replace(
             overrides.get("flow", config.flow), prometheus_port=int(env["EDDY_PROMETHEUS_PORT"])
         )
+    if "EDDY_PROMETHEUS_HOST" in env:
+        overrides["flow"] = replace(overrides.get("flow", config.flow), prometheus_host=env["EDDY_PROMETHEUS_HOST"])
     if "EDDY_MODE" in env:
         overrides["flow"] = replace(overrides.get("flow", config.flow), mode=env["EDDY_MODE"])
     if "EDDY_FEATURE_SHARDS" in env:

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from dataflows.config import ConfigError, load_config
+from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
 from dataflows.logs import configure_logging
 from dataflows.report import DEFAULT_DRIFT_AT, PAGE, chart_data, read_registry
 
@@ -30,8 +31,9 @@ log = logging.getLogger("eddy.dashboard")
 class MetricsFeed:
     """The newest `keep` metrics messages of a topic, read by a daemon thread from the beginning on."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, keep: int = 5_000):
+    def __init__(self, bootstrap_servers: str, topic: str, keep: int = 5_000, security: KafkaSecurity | None = None):
         self.bootstrap_servers = bootstrap_servers
+        self.security = security
         self.topic = topic
         self.messages: deque[dict] = deque(maxlen=keep)
         self.error: str | None = None
@@ -64,7 +66,11 @@ class MetricsFeed:
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+                    consumer = KafkaConsumer(
+                        bootstrap_servers=self.bootstrap_servers,
+                        enable_auto_commit=False,
+                        **kafka_python_settings(self.security),
+                    )
                     partitions = [
                         TopicPartition(self.topic, p) for p in consumer.partitions_for_topic(self.topic) or []
                     ]
@@ -168,11 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     from dataflows.kafka_admin import BrokerError, check_broker
 
     try:
-        check_broker(bootstrap, timeout_s=5)
+        check_broker(bootstrap, timeout_s=5, security=config.kafka_security)
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    feed = MetricsFeed(bootstrap, topic, args.keep).start()
+    feed = MetricsFeed(bootstrap, topic, args.keep, config.kafka_security).start()
     try:
         server = make_server(
             feed, args.host, args.port, args.drift_at, args.registry_dir or config.ensemble.get("registry_dir")

@@ -39,9 +39,10 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 def show_results(config, events: list[dict], run_s: float) -> None:
     t = config.topics
-    predictions = [orjson.loads(r.value) for r in read_to_end(config.bootstrap_servers, t.predictions)]
-    reports = [orjson.loads(r.value) for r in read_to_end(config.bootstrap_servers, t.metrics)]
-    dead = read_to_end(config.bootstrap_servers, t.dead_letters)
+    kafka, security = config.bootstrap_servers, config.kafka_security
+    predictions = [orjson.loads(r.value) for r in read_to_end(kafka, t.predictions, security=security)]
+    reports = [orjson.loads(r.value) for r in read_to_end(kafka, t.metrics, security=security)]
+    dead = read_to_end(kafka, t.dead_letters, security=security)
     final = reports[-1] if reports else {}
     print(f"\n4. results ({run_s:.1f}s for the flow, start-up included)")
     print(f"   {len(predictions):,} predictions on '{t.predictions}', {len(reports)} metrics messages on '{t.metrics}'")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t = config.topics
     try:
-        require_topics(config.bootstrap_servers, t.all())
+        require_topics(config.bootstrap_servers, t.all(), security=config.kafka_security)
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         f"1. replaying {len(events):,} synthetic card payments to '{t.events}' (fraud pattern changes halfway)"
         + (f"; labels on '{t.labels}', {args.label_delay:g}s later in event time" if delayed else "")
     )
-    producer = make_producer(config.bootstrap_servers)
+    producer = make_producer(config.bootstrap_servers, security=config.kafka_security)
     result = replay(
         iter(events), producer, t.events, t.labels, 0.0 if delayed else None, label_event_delay_s=args.label_delay
     )

@@ -29,6 +29,7 @@ from dataflows.codec import Codec, encode_dead_letter, encode_metrics, encode_pr
 from dataflows.config import Config
 from dataflows.kafka_admin import require_topics
 from dataflows.kafka_logs import client_logger
+from dataflows.kafka_security import KafkaSecurity, librdkafka_settings
 from dataflows.messages import DeadLetter, Metrics, Origin, Prediction, Release
 from dataflows.steps import ComputeFeatures, OrderByEventTime, ScoreAndLearn
 from features import FeatureEngine
@@ -44,7 +45,11 @@ STATEFUL_STEPS = (OrderByEventTime.STEP, ComputeFeatures.STEP, ScoreAndLearn.STE
 def check_inputs(config: Config) -> dict[str, int]:
     """Fail within seconds, with advice, when the broker or a topic is missing (Bytewax alone would hang)."""
     t = config.topics
-    return require_topics(config.bootstrap_servers, [t.events, t.labels, t.predictions, t.metrics, t.dead_letters])
+    return require_topics(
+        config.bootstrap_servers,
+        [t.events, t.labels, t.predictions, t.metrics, t.dead_letters],
+        security=config.kafka_security,
+    )
 
 
 Inputs = Callable[[Dataflow], tuple[Stream, Stream]]
@@ -80,12 +85,19 @@ def build_flow(
     names = [topics.events, topics.labels]
     input_partitions = [f"{topic}:{p}" for topic in names for p in range(partitions[topic])]
     brokers = config.bootstrap_servers.split(",")
+    client_settings = librdkafka_settings(config.kafka_security)
     codec = Codec(topics.events, topics.labels, config.fields, config.flow.max_message_bytes)
     if inputs is None:
 
         def inputs(flow: Dataflow) -> tuple[Stream, Stream]:
             consumed = kafka_source.read(
-                "read_kafka", flow, brokers=brokers, topics=names, tail=config.tail, batch_size=config.flow.batch_size
+                "read_kafka",
+                flow,
+                brokers=brokers,
+                topics=names,
+                tail=config.tail,
+                batch_size=config.flow.batch_size,
+                add_config=client_settings,
             )
             return consumed.oks, consumed.errs
 
@@ -98,7 +110,12 @@ def build_flow(
 
         def outputs(name: str, stream: Stream) -> None:
             kafka_sink.write(
-                f"write_{name}", stream, brokers=brokers, topic=destinations[name], wait_s=config.flow.broker_wait_s
+                f"write_{name}",
+                stream,
+                brokers=brokers,
+                topic=destinations[name],
+                wait_s=config.flow.broker_wait_s,
+                add_config=client_settings,
             )
 
     flow = Dataflow(FLOW_ID)
@@ -107,7 +124,8 @@ def build_flow(
     valid = op.branch("split_off_invalid", decoded, lambda m: not isinstance(m, DeadLetter))
     consumer_errors = op.map("describe_consumer_errors", errors, _consumer_error)
 
-    ends = end_offsets(config.bootstrap_servers, partitions, names) if config.bootstrap_servers else None
+    kafka, security = config.bootstrap_servers, config.kafka_security
+    ends = end_offsets(kafka, partitions, names, security) if kafka else None
     ordered = op.stateful_batch(
         OrderByEventTime.STEP,
         op.key_on("key_by_shard", valid.trues, _shard),
@@ -121,7 +139,7 @@ def build_flow(
         ComputeFeatures.STEP, routed.falses, lambda resume: ComputeFeatures(config, resume, state_dir)
     )
     rejected = op.key_on("key_dead_letters", op.merge("gather_dead_letters", valid.falses, consumer_errors), _shard)
-    probe = LagProbe(config.bootstrap_servers, names, partitions) if config.bootstrap_servers else None
+    probe = LagProbe(kafka, names, partitions, security=security) if kafka else None
     learned = op.stateful_batch(
         ScoreAndLearn.STEP,
         op.merge("join_features", routed.trues, op.map("key_parts", features, _to_learner), rejected),
@@ -165,10 +183,17 @@ def _consumer_error(error: KafkaError) -> DeadLetter:
     return DeadLetter(msg.value, msg.key, f"Kafka consumer error: {error.err}", "read", origin, "kafka_error")
 
 
-def end_offsets(bootstrap_servers: str, partitions: dict[str, int], topics: list[str]) -> dict[str, int]:
+def end_offsets(
+    bootstrap_servers: str, partitions: dict[str, int], topics: list[str], security: KafkaSecurity | None = None
+) -> dict[str, int]:
     """Each input partition's end offset now: where a run that does not tail will stop reading it."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap_servers, "group.id": "eddy-end-offsets", "logger": client_logger()}
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "eddy-end-offsets",
+            "logger": client_logger(),
+            **librdkafka_settings(security),
+        }
     )
     try:
         return {
@@ -189,8 +214,16 @@ class LagProbe:
     thread, never waits for the broker. The positions are always the latest. `refresh_s=0` asks at every call.
     """
 
-    def __init__(self, bootstrap_servers: str, topics: list[str], partitions: dict[str, int], refresh_s: float = 1.0):
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: list[str],
+        partitions: dict[str, int],
+        refresh_s: float = 1.0,
+        security: KafkaSecurity | None = None,
+    ):
         self.bootstrap_servers = bootstrap_servers
+        self.security = security
         self.topics = topics
         self.partitions = partitions
         self.refresh_s = refresh_s
@@ -252,6 +285,7 @@ class LagProbe:
                     "group.id": "eddy-lag-probe",
                     "enable.auto.commit": False,
                     "logger": client_logger(),
+                    **librdkafka_settings(self.security),
                 }
             )
         self._consumer.poll(0)  # serves the client's log lines (`dataflows.kafka_logs`); it has no assignment

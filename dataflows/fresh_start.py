@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from dataflows.config import Config
 from dataflows.kafka_logs import client_logger
+from dataflows.kafka_security import KafkaSecurity, librdkafka_settings
 from dataflows.recovery import saved_steps
 
 
@@ -27,10 +28,21 @@ def has_saved_state(recovery_dir: Path | None) -> bool:
     return recovery_dir is not None and any(recovery_dir.glob("part-*.sqlite3")) and bool(saved_steps(recovery_dir))
 
 
-def message_count(bootstrap_servers: str, topic: str, partitions: int, timeout_s: float = 10.0) -> int:
+def message_count(
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int,
+    timeout_s: float = 10.0,
+    security: KafkaSecurity | None = None,
+) -> int:
     """Messages the topic holds now (end minus start offset, over its partitions)."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap_servers, "group.id": "eddy-fresh-start", "logger": client_logger()}
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "eddy-fresh-start",
+            "logger": client_logger(),
+            **librdkafka_settings(security),
+        }
     )
     try:
         total = 0
@@ -47,7 +59,9 @@ def check_fresh_start(config: Config, partitions: dict[str, int], recovery_dir: 
     if config.flow.start_over or has_saved_state(recovery_dir):
         return
     t = config.topics
-    held = message_count(config.bootstrap_servers, t.predictions, partitions[t.predictions])
+    held = message_count(
+        config.bootstrap_servers, t.predictions, partitions[t.predictions], security=config.kafka_security
+    )
     if not held:
         return
     where = f"recovery directory {recovery_dir} holds no snapshot yet" if recovery_dir else "no recovery directory"

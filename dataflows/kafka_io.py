@@ -6,10 +6,16 @@ import time
 
 from kafka import KafkaConsumer, TopicPartition
 
+from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
 
-def read_to_end(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> list:
+
+def read_to_end(
+    bootstrap_servers: str, topic: str, timeout_s: float = 30.0, security: KafkaSecurity | None = None
+) -> list:
     """Every record of `topic` (all partitions) up to the end it has now; TimeoutError past `timeout_s`."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **kafka_python_settings(security)
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(partitions)

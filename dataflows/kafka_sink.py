@@ -207,12 +207,20 @@ class EpochFlushKafkaSink(FixedPartitionedSink[KafkaSinkMessage, None]):
 
 
 def write(
-    step_id: str, up: Stream[KafkaSinkMessage], *, brokers: list[str], topic: str, wait_s: float = WAIT_S
+    step_id: str,
+    up: Stream[KafkaSinkMessage],
+    *,
+    brokers: list[str],
+    topic: str,
+    wait_s: float = WAIT_S,
+    add_config: dict[str, Any] | None = None,
 ) -> None:
     """Write encoded messages to `topic`, flushing at epoch ends, waiting at most `wait_s` for the broker and
-    ending the process past it (see module docstring)."""
+    ending the process past it (see module docstring); `add_config` is librdkafka settings (TLS, SASL) for its
+    producer."""
     keyed = op.key_on(f"{step_id}_as_one_partition", up, _same_key)
-    op.output(step_id, keyed, EpochFlushKafkaSink(brokers, topic, wait_s=wait_s, exit_on_give_up=True))
+    sink = EpochFlushKafkaSink(brokers, topic, add_config, wait_s=wait_s, exit_on_give_up=True)
+    op.output(step_id, keyed, sink)
 
 
 def _same_key(_message: KafkaSinkMessage) -> str:

@@ -45,16 +45,24 @@ class NoWaitKafkaSource(KafkaSource):
 
 @operator
 def read(
-    step_id: str, flow: Dataflow, *, brokers: list[str], topics: list[str], tail: bool, batch_size: int
+    step_id: str,
+    flow: Dataflow,
+    *,
+    brokers: list[str],
+    topics: list[str],
+    tail: bool,
+    batch_size: int,
+    add_config: dict[str, Any] | None = None,
 ) -> KafkaOpOut:
     """`bytewax.connectors.kafka.operators.input` on `NoWaitKafkaSource`, with the same inner step ids, so
-    recovery directories written by either resume with the other."""
+    recovery directories written by either resume with the other. `add_config` is librdkafka settings (TLS,
+    SASL) for its consumers."""
     source = NoWaitKafkaSource(
         brokers,
         topics,
         tail=tail,
         batch_size=batch_size,
         raise_on_errors=False,
-        add_config={"logger": client_logger()},
+        add_config={"logger": client_logger(), **(add_config or {})},
     )
     return op.input("kafka_input", flow, source).then(_kafka_error_split, "split_err")

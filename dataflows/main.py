@@ -49,6 +49,7 @@ def _build():
         t.metrics,
         t.dead_letters,
     )
+    log.info("Kafka clients connect with %s", config.kafka_security.describe())
     log.info(
         "features: %s, version %s (%d features); model: %s; %s",
         config.sql_dir,

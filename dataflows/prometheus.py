@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
 from dataflows.logs import configure_logging
 
 log = logging.getLogger("eddy.prometheus")
@@ -41,7 +42,7 @@ _servers_lock = threading.Lock()
 class PrometheusExporter:
     """eddy's Prometheus metrics, served on `port` (started once per process and port)."""
 
-    def __init__(self, port: int | None = None, addr: str = "0.0.0.0", registry: CollectorRegistry | None = None):
+    def __init__(self, port: int | None = None, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None):
         self.port = port
         self.addr = addr
         self.enabled = bool(port)
@@ -209,12 +210,20 @@ def _versions(figures: dict) -> dict[str, float]:
     return {}
 
 
-def follow(exporter: PrometheusExporter, bootstrap_servers: str, topic: str, stop: threading.Event) -> None:
+def follow(
+    exporter: PrometheusExporter,
+    bootstrap_servers: str,
+    topic: str,
+    stop: threading.Event,
+    security: KafkaSecurity | None = None,
+) -> None:
     """Feed every metrics message of `topic` (from its end on, after the latest one) to the exporter."""
     import orjson
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **kafka_python_settings(security)
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(partitions)
@@ -240,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m dataflows.prometheus", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=9108, help="HTTP port of /metrics (default: %(default)s)")
-    parser.add_argument("--addr", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--addr",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every interface)",
+    )
     parser.add_argument("--topic", help="metrics topic (default: from eddy.toml / EDDY_METRICS_TOPIC)")
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: from eddy.toml)")
     parser.add_argument("--registry-dir", help="model registry to follow (default: [ensemble] registry_dir)")
@@ -250,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config()
         bootstrap = args.bootstrap_servers or config.bootstrap_servers
         topic = args.topic or config.topics.metrics
-        require_topics(bootstrap, [topic])
+        require_topics(bootstrap, [topic], security=config.kafka_security)
     except (ConfigError, BrokerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -262,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     exporter.watch_registry(args.registry_dir or config.ensemble.get("registry_dir"))
     print(f"eddy Prometheus exporter: {exporter.url} (following '{topic}' on {bootstrap}; Ctrl-C stops it)")
     with contextlib.suppress(KeyboardInterrupt):
-        follow(exporter, bootstrap, topic, threading.Event())
+        follow(exporter, bootstrap, topic, threading.Event(), config.kafka_security)
     return 0
 
 

@@ -25,6 +25,7 @@ from dataflows import datasets
 from dataflows.codec import Invalid, parse_ts
 from dataflows.config import ConfigError, load_config
 from dataflows.kafka_admin import BrokerError, require_topics
+from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
 
 log = logging.getLogger("eddy.replay")
 
@@ -125,9 +126,10 @@ def _send_due(producer: KafkaProducer, topic: str | None, delayed: list, now: fl
     return sent
 
 
-def make_producer(bootstrap_servers: str, linger_ms: int = 20) -> KafkaProducer:
+def make_producer(bootstrap_servers: str, linger_ms: int = 20, security: KafkaSecurity | None = None) -> KafkaProducer:
     """`linger_ms` batches sends for throughput; a message's timestamp is taken before it lingers."""
     return KafkaProducer(
+        **kafka_python_settings(security),
         bootstrap_servers=bootstrap_servers,
         client_id="eddy-replay",
         acks="all",
@@ -208,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         events = load_dataset(args.dataset, args.limit, args.seed, drift_at, args.events_per_second)
         topics = [args.events_topic] + ([args.labels_topic] if args.label_delay is not None else [])
-        require_topics(args.bootstrap_servers, topics)
-        producer = make_producer(args.bootstrap_servers)
+        security = load_config().kafka_security
+        require_topics(args.bootstrap_servers, topics, security=security)
+        producer = make_producer(args.bootstrap_servers, security=security)
         total = args.limit if args.limit is not None else (100_000 if args.dataset == "transactions" else None)
         with tqdm(
             total=total, unit="ev", disable=args.quiet, desc=f"replay {args.dataset}", file=sys.stderr, mininterval=0.5

@@ -22,6 +22,7 @@ import orjson
 
 from dataflows.codec import Invalid, parse_ts
 from dataflows.config import ConfigError, load_config
+from dataflows.kafka_security import KafkaSecurity
 from dataflows.logs import configure_logging
 
 log = logging.getLogger("eddy.report")
@@ -57,14 +58,16 @@ def read_metrics_file(path: str | Path) -> list[dict]:
     return messages
 
 
-def read_metrics_topic(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> list[dict]:
+def read_metrics_topic(
+    bootstrap_servers: str, topic: str, timeout_s: float = 10.0, security: KafkaSecurity | None = None
+) -> list[dict]:
     """Every metrics message on `topic`, from the beginning to its current end."""
     from dataflows.kafka_admin import require_topics
     from dataflows.kafka_io import read_to_end
 
-    require_topics(bootstrap_servers, [topic])
+    require_topics(bootstrap_servers, [topic], security=security)
     try:
-        records = read_to_end(bootstrap_servers, topic, timeout_s)
+        records = read_to_end(bootstrap_servers, topic, timeout_s, security)
     except TimeoutError as exc:
         raise ReportError(str(exc)) from exc
     records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
@@ -139,7 +142,7 @@ def drift_event(messages: list[dict], drift_at: str | float | None) -> int | Non
     last = messages[-1]
     lag = _lag(last)
     events_lag = next((v for k, v in lag.items() if "label" not in k), 0) if lag else 0
-    return int(value * ((last.get("events") or 0) + events_lag))
+    return int(value * (_events(last) + events_lag))
 
 
 def _time_at(points: list[tuple[float, int]], target: float) -> int | None:
@@ -175,7 +178,7 @@ def chart_data(
 
     marks = _refit_marks(messages, xs, registry or [])
     drift = drift_event(messages, drift_at)
-    drift_x = _time_at([(m.get("events") or 0, x) for m, x in zip(messages, xs, strict=True)], drift) if drift else None
+    drift_x = _time_at([(_events(m), x) for m, x in zip(messages, xs, strict=True)], drift) if drift else None
     if drift_x is not None:
         marks.append({"x": drift_x, "kind": "drift", "label": f"drift (event {drift:,})"})
     return {
@@ -202,7 +205,7 @@ def _throughput(messages: list[dict]) -> list[float | None]:
     out: list[float | None] = []
     stamps: list[tuple[int, int]] = []  # (at, events) of the last message at each distinct stamp
     for msg in messages:
-        at, events = to_ms(msg.get("at")), msg.get("events") or 0
+        at, events = to_ms(msg.get("at")), _events(msg)
         earlier = [s for s in stamps if at is not None and s[0] < at]
         if earlier and events > earlier[-1][1]:
             rate = (events - earlier[-1][1]) * 1000 / (at - earlier[-1][0])
@@ -210,6 +213,7 @@ def _throughput(messages: list[dict]) -> list[float | None]:
             rate = out[-1]
         else:
             rate = msg.get("events_per_s") or msg.get("events_per_s_run")
+            rate = rate if isinstance(rate, int | float) else None
         out.append(None if rate is None else round(rate, 1))
         if at is not None:
             if stamps and stamps[-1][0] == at:
@@ -276,15 +280,15 @@ def summary(messages: list[dict], drift_x: int | None, xs: list[int], registry: 
     dead = last.get("dead_letters") or {}
     accepted = sum(1 for r in registry if r.get("accepted"))
     run = [
-        ("events", f"{last.get('events', 0):,}"),
-        ("labels received (delayed)", f"{last.get('labels_received', 0):,}"),
+        ("events", _thousands(last.get("events", 0))),
+        ("labels received (delayed)", _thousands(last.get("labels_received", 0))),
         ("event time", f"{messages[0].get('event_time')} → {last.get('event_time')}"),
         (
             "dead letters",
-            f"{last.get('dead_letters_total', 0):,}"
-            + (" (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dead.items())) + ")" if dead else ""),
+            _thousands(last.get("dead_letters_total", 0))
+            + (" (" + ", ".join(f"{k} {_thousands(v)}" for k, v in sorted(dead.items())) + ")" if dead else ""),
         ),
-        ("throughput (whole run)", f"{last.get('events_per_s_run') or 0:,.0f} events/s"),
+        ("throughput (whole run)", f"{_thousands(last.get('events_per_s_run') or 0)} events/s"),
         (
             "latency p50 / p99",
             f"{last.get('latency_ms_p50')} / {last.get('latency_ms_p99')} ms (from the Kafka timestamp, most recent"
@@ -302,13 +306,31 @@ def summary(messages: list[dict], drift_x: int | None, xs: list[int], registry: 
     return {"members": rows, "run": [list(r) for r in run], "final": last.get("type") == "final"}
 
 
+def _events(message: dict) -> int | float:
+    """The message's event count, 0 if it carries none or something else (a hostile or broken producer)."""
+    value = message.get("events")
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _thousands(value: Any) -> str:
+    """A count with thousands separators; anything else a metrics message may carry, as its text.
+
+    >>> _thousands(12345.6), _thousands("<b>x</b>")
+    ('12,346', '<b>x</b>')
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:,.0f}"
+    return str(value)
+
+
 # ---------------------------------------------------------------- writing the report
 
 
 def render_html(data: dict, title: str = "eddy run report") -> str:
     """The dashboard page with the data inlined: one self-contained file, no network, no server."""
     page = PAGE.read_text()
-    inline = json.dumps(data, default=str).replace("</", "<\\/")
+    # No "<" at all in the inlined script: topic data such as "</script>" or "<!--" cannot end or bend it.
+    inline = json.dumps(data, default=str).replace("<", "\\u003c")
     safe = html.escape(title)
     page = page.replace("<title>eddy dashboard</title>", f"<title>{safe}</title>")
     page = page.replace("<h1>eddy — watching it learn</h1>", f"<h1>{safe}</h1>")
@@ -439,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap = args.bootstrap_servers or config.bootstrap_servers
             topic = args.topic or config.topics.metrics
             log.info("reading metrics topic '%s' from %s", topic, bootstrap)
-            messages = read_metrics_topic(bootstrap, topic)
+            messages = read_metrics_topic(bootstrap, topic, security=config.kafka_security)
             source = f"topic '{topic}'"
         registry_dir = args.registry_dir or config.ensemble.get("registry_dir")
         paths = write_report(messages, args.out, args.drift_at, read_registry(registry_dir), args.title)

@@ -139,7 +139,7 @@ class OrderByEventTime(StatefulBatchLogic):
         self.order.ends = ends
         self.order.tail = tail
         self.order.quiet_topics = (config.topics.labels,)
-        self.exporter = PrometheusExporter(config.flow.prometheus_port)
+        self.exporter = PrometheusExporter(config.flow.prometheus_port, config.flow.prometheus_host)
 
     def on_batch(self, items: list[Event | Label]):
         started = time.perf_counter()
@@ -200,7 +200,7 @@ class ComputeFeatures(StatefulBatchLogic):
         self.fields = config.fields
         self.state_dir = state_dir
         self.arrival = config.flow.mode == "arrival"
-        self.exporter = PrometheusExporter(config.flow.prometheus_port)
+        self.exporter = PrometheusExporter(config.flow.prometheus_port, config.flow.prometheus_host)
         self.key: str | None = None
         self.family: str | None = None
         self.engine: FeatureEngine | None = None
@@ -343,7 +343,7 @@ class ScoreAndLearn(StatefulBatchLogic):
             self.state = SharedBlobs.load(saved["state"], blobs)
         self.lag_probe = lag_probe
         self.include_features = config.include_features
-        self.exporter = PrometheusExporter(config.flow.prometheus_port)
+        self.exporter = PrometheusExporter(config.flow.prometheus_port, config.flow.prometheus_host)
         registry_dir = config.ensemble.get("registry_dir") if config.ensemble.get("enabled", True) else None
         if self.exporter.enabled and registry_dir:
             self.exporter.watch_registry(registry_dir)

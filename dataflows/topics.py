@@ -34,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     names = config.topics.all()
     try:
         if args.reset:
-            delete_topics(args.bootstrap_servers, names)
+            delete_topics(args.bootstrap_servers, names, security=config.kafka_security)
             print(f"deleted: {', '.join(names)}")
-        for name, what in ensure_topics(args.bootstrap_servers, names, args.partitions).items():
+        for name, what in ensure_topics(
+            args.bootstrap_servers, names, args.partitions, security=config.kafka_security
+        ).items():
             print(f"{name:<14} {what}")
     except (BrokerError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,7 +9,11 @@
 #
 # Environment: KAFKA_PORT (default 9092), KAFKA_CONTROLLER_PORT (default 9093), EDDY_KAFKA_HOME (data, logs
 # and pid; default .eddy/kafka in the repository, git-ignored), EDDY_CACHE (jar cache; default
-# ~/.cache/eddy), KAFKA_START_TIMEOUT (seconds, default 60).
+# ~/.cache/eddy), KAFKA_START_TIMEOUT (seconds, default 60), KAFKA_SASL_PORT (unset: none; set: a second
+# listener, SASL_PLAINTEXT with the PLAIN mechanism, on localhost:PORT) with KAFKA_SASL_USERS (its accounts,
+# "user:password,user:password"; needed with KAFKA_SASL_PORT), KAFKA_SSL_PORT (unset: none; set: a TLS
+# listener on localhost:PORT) with KAFKA_SSL_KEYSTORE (a PEM file: the broker's private key, PKCS#8 and
+# encrypted, then its certificate chain) and KAFKA_SSL_KEYSTORE_PASSWORD. The PLAINTEXT listener stays on KAFKA_PORT.
 set -euo pipefail
 
 KAFKA_VERSION=4.1.1
@@ -23,6 +27,9 @@ libs="$cache/kafka-$KAFKA_VERSION/libs"
 pidfile="$home/broker.pid"
 log="$home/logs/broker.log"
 timeout="${KAFKA_START_TIMEOUT:-60}"
+sasl_port="${KAFKA_SASL_PORT:-}"
+sasl_users="${KAFKA_SASL_USERS:-}"
+ssl_port="${KAFKA_SSL_PORT:-}"
 
 say() { echo "kafka: $*"; }
 die() { echo "kafka: error: $*" >&2; exit 1; }
@@ -55,16 +62,57 @@ fetch_jars() {
   rm -rf "$libs" && mv "$libs.partial" "$libs"
 }
 
+# The JAAS line of the SASL listener: one user_NAME="PASSWORD" per account of KAFKA_SASL_USERS.
+sasl_jaas() {
+  local accounts=() entry user password
+  IFS=',' read -r -a entries <<<"$sasl_users"
+  for entry in "${entries[@]}"; do
+    user="${entry%%:*}"
+    password="${entry#*:}"
+    [ -n "$user" ] && [ "$user" != "$entry" ] && [[ "$user$password" != *[\"\ \;]* ]] \
+      || die "KAFKA_SASL_USERS entry '${entry%%:*}:...' is not user:password (no spaces, quotes or semicolons)"
+    accounts+=("user_$user=\"$password\"")
+  done
+  echo "org.apache.kafka.common.security.plain.PlainLoginModule required ${accounts[*]};"
+}
+
 write_config() {
   mkdir -p "$home/data" "$home/logs"
+  local listeners="PLAINTEXT://localhost:$port,CONTROLLER://localhost:$controller_port"
+  local advertised="PLAINTEXT://localhost:$port"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  local sasl=""
+  if [ -n "$sasl_port" ]; then
+    [ -n "$sasl_users" ] || die "KAFKA_SASL_PORT is set but KAFKA_SASL_USERS is empty; give the accounts as user:password,..."
+    listeners="$listeners,SASL_PLAINTEXT://localhost:$sasl_port"
+    advertised="$advertised,SASL_PLAINTEXT://localhost:$sasl_port"
+    protocols="$protocols,SASL_PLAINTEXT:SASL_PLAINTEXT"
+    sasl="sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=$(sasl_jaas)"
+  fi
+  local tls=""
+  if [ -n "$ssl_port" ]; then
+    [ -f "${KAFKA_SSL_KEYSTORE:-}" ] || die "KAFKA_SSL_PORT is set but KAFKA_SSL_KEYSTORE ('${KAFKA_SSL_KEYSTORE:-}') is not a PEM file"
+    [ -n "${KAFKA_SSL_KEYSTORE_PASSWORD:-}" ] || die "KAFKA_SSL_PORT is set but KAFKA_SSL_KEYSTORE_PASSWORD (the password of its key) is empty"
+    listeners="$listeners,SSL://localhost:$ssl_port"
+    advertised="$advertised,SSL://localhost:$ssl_port"
+    protocols="$protocols,SSL:SSL"
+    tls="listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$KAFKA_SSL_KEYSTORE
+listener.name.ssl.ssl.key.password=$KAFKA_SSL_KEYSTORE_PASSWORD"
+  fi
   cat > "$home/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=localhost:$controller_port
-listeners=PLAINTEXT://localhost:$port,CONTROLLER://localhost:$controller_port
-advertised.listeners=PLAINTEXT://localhost:$port
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
+inter.broker.listener.name=PLAINTEXT
+$sasl
+$tls
 log.dirs=$home/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -79,6 +127,7 @@ auto.create.topics.enable=false
 message.max.bytes=2097152
 log.retention.hours=168
 EOF
+  chmod 600 "$home/server.properties"  # it may hold the SASL accounts' passwords
   cat > "$home/log4j2.properties" <<EOF
 status = error
 appender.file.type = File
@@ -134,6 +183,22 @@ up() {
     sleep 0.2
     waited=$((waited + 1))
   done
+  if [ -n "$sasl_port" ]; then
+    until port_open "$sasl_port"; do
+      [ "$waited" -lt "$((timeout * 5))" ] || die "the broker's SASL listener did not open on localhost:$sasl_port within ${timeout}s; its log is $log"
+      sleep 0.2
+      waited=$((waited + 1))
+    done
+    say "SASL_PLAINTEXT (PLAIN) listener on localhost:$sasl_port"
+  fi
+  if [ -n "$ssl_port" ]; then
+    until port_open "$ssl_port"; do
+      [ "$waited" -lt "$((timeout * 5))" ] || die "the broker's TLS listener did not open on localhost:$ssl_port within ${timeout}s; its log is $log"
+      sleep 0.2
+      waited=$((waited + 1))
+    done
+    say "SSL listener on localhost:$ssl_port"
+  fi
   say "ready on localhost:$port (pid $pid); log: $log"
 }
 
@@ -173,6 +238,6 @@ case "${1:-}" in
   status) status ;;
   logs) tail -n "${2:-50}" "$log" ;;
   reset) down; rm -rf "$home"; say "data removed ($home)" ;;
-  -h|--help|help|"") sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help|"") sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$1' (use up, down, status, logs or reset)" ;;
 esac

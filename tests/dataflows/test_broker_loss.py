@@ -40,7 +40,7 @@ from tests.flowkit import (
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-N_EVENTS = 12_000
+N_EVENTS = 30_000  # enough that the flow is still running when the broker goes, on a fast machine too
 PARTITIONS = 3
 TOLERANCE = 1e-12
 RUN_TIMEOUT_S = 240
