@@ -25,10 +25,10 @@ from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import Consumer, TopicPartition
 
 from dataflows import kafka_sink, kafka_source
-from dataflows.codec import Codec, encode_dead_letter, encode_metrics, encode_prediction
+from dataflows.codec import Codec, encode_alert, encode_dead_letter, encode_metrics, encode_prediction
 from dataflows.config import Config
 from dataflows.kafka_admin import require_topics
-from dataflows.messages import DeadLetter, Metrics, Origin, Prediction, Release
+from dataflows.messages import Alert, DeadLetter, Metrics, Origin, Prediction, Release
 from dataflows.steps import ComputeFeatures, OrderByEventTime, ScoreAndLearn
 from features import FeatureEngine
 
@@ -43,7 +43,9 @@ STATEFUL_STEPS = (OrderByEventTime.STEP, ComputeFeatures.STEP, ScoreAndLearn.STE
 def check_inputs(config: Config) -> dict[str, int]:
     """Fail within seconds, with advice, when the broker or a topic is missing (Bytewax alone would hang)."""
     t = config.topics
-    return require_topics(config.bootstrap_servers, [t.events, t.labels, t.predictions, t.metrics, t.dead_letters])
+    return require_topics(
+        config.bootstrap_servers, [t.events, t.labels, t.predictions, t.metrics, t.dead_letters, t.alerts]
+    )
 
 
 Inputs = Callable[[Dataflow], tuple[Stream, Stream]]
@@ -70,7 +72,7 @@ def build_flow(
 
     `inputs` and `outputs` replace Kafka (the backtest reads a file and writes files): `inputs(flow)` returns
     a stream of `KafkaSourceMessage`s and a stream of `KafkaError`s; `outputs(name, stream)` consumes the
-    encoded `KafkaSinkMessage`s of `predictions`, `metrics` and `dead_letters`.
+    encoded `KafkaSinkMessage`s of `predictions`, `metrics`, `dead_letters` and `alerts`.
     """
     if partitions is None:
         partitions = check_inputs(config)
@@ -93,6 +95,7 @@ def build_flow(
             "predictions": topics.predictions,
             "metrics": topics.metrics,
             "dead_letters": topics.dead_letters,
+            "alerts": topics.alerts,
         }
 
         def outputs(name: str, stream: Stream) -> None:
@@ -130,6 +133,7 @@ def build_flow(
         (Prediction, encode_prediction, "predictions"),
         (Metrics, encode_metrics, "metrics"),
         (DeadLetter, encode_dead_letter, "dead_letters"),
+        (Alert, encode_alert, "alerts"),
     ):
         chosen = op.filter(f"select_{name}", results, _is(kind))
         outputs(name, op.map(f"encode_{name}", chosen, encode))

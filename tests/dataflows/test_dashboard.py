@@ -30,7 +30,9 @@ def short_run(kafka_bootstrap, tmp_path_factory):
     from dataflows.kafka_admin import delete_topics, ensure_topics
 
     suffix = f"{time.time_ns() % 10**10}"
-    topics = Topics(*(f"test-{name}-dash{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq")))
+    topics = Topics(
+        *(f"test-{name}-dash{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq", "alerts"))
+    )
     ensure_topics(kafka_bootstrap, topics.all(), 1)
     events = list(datasets.transactions(3_000, seed=3))
     broken = [b"not json", b'{"event_id": "x"}', b'{"event_id": "y", "ts": "yesterday"}']
