@@ -127,7 +127,11 @@ def _write(directory: Path, keep: int, record: dict[str, Any], member: LightGBMM
     stem = directory / f"v{record['version']:06d}"
     if member is not None:
         _atomic_write(stem.with_suffix(".txt"), member.model_str)
-    _atomic_write(stem.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True, default=str))
+    try:
+        _atomic_write(stem.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True, default=str))
+    except BaseException:
+        stem.with_suffix(".txt").unlink(missing_ok=True)  # a version is on disk whole or not at all
+        raise
     oldest_kept = record["version"] - keep
     for path in directory.glob("v*.*"):
         if path.suffix in (".json", ".txt") and path.stem[1:].isdigit() and int(path.stem[1:]) <= oldest_kept:
