@@ -236,3 +236,43 @@ def test_the_command_has_help_and_lists_the_rules():
     ).stdout
     for rule in RULES:
         assert rule in listed
+
+
+@pytest.mark.kafka
+def test_the_flow_publishes_alerts_that_fire_and_clear_and_keeps_scoring(kafka_bootstrap, make_topics, tmp_path):
+    """A burst of broken messages fires the dead-letter rate, which clears once good events follow; a registry
+    that cannot be written (its parent is a regular file) fires its alert, which stays: nothing is written."""
+    from dataclasses import replace
+
+    import orjson
+
+    from dataflows import datasets
+    from tests.flowkit import config_for, outputs, publish, run_flow
+    from tests.kafka_io import read_topic
+
+    topics = make_topics(partitions=1)
+    events = list(datasets.transactions(3_000, seed=5))
+    broken = [b"not json %d" % i for i in range(300)]
+    publish(kafka_bootstrap, topics.events, [*events[:1_000], *broken, *events[1_000:]])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    config = config_for(topics, kafka_bootstrap, metrics_every_events=100)
+    ensemble = {"refit_every": 500, "window": 2_000, "lag": 100, "background": "none"}
+    config = replace(config, ensemble={**ensemble, "registry_dir": str(blocker / "registry")})
+
+    run_flow(config)
+
+    predictions, metrics, dead = outputs(kafka_bootstrap, topics)
+    assert len({p["event_id"] for p in predictions}) == len(events)
+    assert len(dead) == len(broken)
+    alerts = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, topics.alerts, timeout_s=10)]
+    states = {rule: [a["state"] for a in alerts if a["rule"] == rule] for rule in RULES}
+    assert states["dead_letter_rate"] == ["firing", "resolved"]
+    assert states["registry_write_failed"] == ["firing"]
+    fired = next(a for a in alerts if a["rule"] == "dead_letter_rate")
+    assert fired["value"] > 0.05 and fired["threshold"] == 0.05 and "dead-letter rate" in fired["summary"]
+    final = metrics[-1]
+    assert final["type"] == "final"
+    assert final["refits"]["registry_write_failures"] == final["refits"]["accepted"] + final["refits"]["rejected"] > 0
+    assert "registry_write_failed" in final["alerts_firing"]
+    assert "dead_letter_rate" not in final["alerts_firing"]
