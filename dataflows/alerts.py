@@ -240,6 +240,17 @@ def _summary(name: str, state: str, r: Reading) -> str:
     return f"{'FIRING' if state == 'firing' else 'resolved'}: {text}"
 
 
+def alert_view(messages: list[dict[str, Any]], recent: int = 20) -> dict[str, list[dict[str, Any]]]:
+    """What the alerts topic says now: the alerts firing (each rule's latest message, if it is a firing one),
+    and the `recent` latest messages, newest first."""
+    latest: dict[str, dict[str, Any]] = {}
+    alerts = [m for m in messages if m.get("type") == "alert" and isinstance(m.get("rule"), str)]
+    for message in alerts:
+        latest[message["rule"]] = message
+    active = [m for m in latest.values() if m.get("state") == "firing"]
+    return {"active": sorted(active, key=lambda m: str(m.get("at"))), "recent": alerts[-recent:][::-1]}
+
+
 # --- the same rules for Prometheus and Alertmanager ---
 
 PROMETHEUS_FOR = {"roc_auc_rolling": "5m", "log_loss_rolling": "5m", "dead_letter_rate": "2m", "consumer_lag": "5m"}
