@@ -42,7 +42,7 @@ RAW_FIELDS = ("amount", "category", "country")
 
 def fresh_topics(bootstrap: str, partitions: int) -> Topics:
     suffix = uuid.uuid4().hex[:8]
-    topics = Topics(*(f"bench-{n}-{suffix}" for n in ("events", "labels", "predictions", "metrics", "dlq")))
+    topics = Topics(*(f"bench-{n}-{suffix}" for n in ("events", "labels", "predictions", "metrics", "dlq", "alerts")))
     ensure_topics(bootstrap, topics.all(), partitions)
     return topics
 
@@ -56,6 +56,7 @@ def flow_env(topics: Topics, bootstrap: str, tail: bool, mode: str, ensemble: bo
         "EDDY_PREDICTIONS_TOPIC": topics.predictions,
         "EDDY_METRICS_TOPIC": topics.metrics,
         "EDDY_DEAD_LETTERS_TOPIC": topics.dead_letters,
+        "EDDY_ALERTS_TOPIC": topics.alerts,
         "EDDY_TAIL": "true" if tail else "false",
         "EDDY_MODE": mode,
         "EDDY_ENSEMBLE": "true" if ensemble else "false",

@@ -4,8 +4,8 @@ python -m dataflows.backtest events.jsonl [--label-delay 60] [--out artifacts/ba
 
 The same flow as the live job (`dataflows.flow.build_flow`: same decoding, event-time order, SQL features,
 River + LightGBM ensemble), with the file in place of the Kafka topics and files in place of the output
-topics: `predictions.jsonl`, `metrics.jsonl`, `dead_letters.jsonl`, the model registry under `registry/`,
-and `report.html` / `report.png`. Try an SQL edit or another model here before running it live.
+topics: `predictions.jsonl`, `metrics.jsonl`, `dead_letters.jsonl`, `alerts.jsonl`, the model registry under
+`registry/`, and `report.html` / `report.png`. Try an SQL edit or another model here before running it live.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from models.registry import flush_writes
 
 log = logging.getLogger("eddy.backtest")
 
-OUTPUTS = ("predictions", "metrics", "dead_letters")
+OUTPUTS = ("predictions", "metrics", "dead_letters", "alerts")
 
 
 class BacktestError(RuntimeError):

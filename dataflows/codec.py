@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 
-from dataflows.messages import DeadLetter, Event, Label, Metrics, Origin, Prediction
+from dataflows.messages import Alert, DeadLetter, Event, Label, Metrics, Origin, Prediction
 from features.schema import to_ms
 
 MIN_TS_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -246,6 +246,11 @@ def encode_prediction(prediction: Prediction) -> KafkaSinkMessage:
 
 def encode_metrics(metrics: Metrics) -> KafkaSinkMessage:
     return KafkaSinkMessage(key=b"eddy", value=orjson.dumps(metrics.figures, option=orjson.OPT_NON_STR_KEYS))
+
+
+def encode_alert(alert: Alert) -> KafkaSinkMessage:
+    """Keyed by rule, so that a rule's firing and clearing stay in order on one partition."""
+    return KafkaSinkMessage(key=str(alert.figures["rule"]).encode(), value=orjson.dumps(alert.figures))
 
 
 def encode_dead_letter(letter: DeadLetter) -> KafkaSinkMessage:

@@ -9,6 +9,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dataflows.alerts import AlertSettings
 
 from dataflows.kafka_security import SECRET_ENV, SETTING_ENV, KafkaSecurity, SecurityConfigError, security_from
 
@@ -31,6 +35,7 @@ class Topics:
     predictions: str = "predictions"
     metrics: str = "metrics"
     dead_letters: str = "dead-letters"
+    alerts: str = "alerts"
 
     def all(self) -> list[str]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -74,6 +79,8 @@ class Config:
     ensemble: dict = field(default_factory=dict)
     source: str = "built-in defaults"
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    alerts: AlertSettings | None = None
+    """`[alerts]` (`dataflows.alerts`); None: the built-in rules."""
 
 
 _ENV_TOPICS = {
@@ -82,6 +89,7 @@ _ENV_TOPICS = {
     "EDDY_PREDICTIONS_TOPIC": "predictions",
     "EDDY_METRICS_TOPIC": "metrics",
     "EDDY_DEAD_LETTERS_TOPIC": "dead_letters",
+    "EDDY_ALERTS_TOPIC": "alerts",
 }
 
 
@@ -124,6 +132,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         flow=_flow_settings(raw.get("flow", {}), path),
         ensemble=_ensemble_settings(raw.get("ensemble", {}), base),
         source=str(path) if path.exists() else "built-in defaults",
+        alerts=_alert_settings(raw.get("alerts", {}), path),
     )
     unknown_kafka = set(kafka) - KAFKA_KEYS - set(SECRET_ENV)  # secrets get their own message below
     if unknown_kafka:
@@ -218,6 +227,12 @@ def _flow_settings(table: dict, path: Path) -> FlowSettings:
                 raise ConfigError(f"{path}: [flow] {name} must be a number > 0, got {value!r}")
             values[name] = float(value)
     return FlowSettings(**values)
+
+
+def _alert_settings(table: dict, path: Path) -> AlertSettings:
+    from dataflows.alerts import AlertSettings  # imported here: `dataflows.alerts` raises this module's errors
+
+    return AlertSettings.from_table(table, str(path))
 
 
 ENSEMBLE_DEFAULTS = {

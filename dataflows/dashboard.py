@@ -2,8 +2,9 @@
 
 python -m dataflows.dashboard [--port 8050] [--topic metrics] [--bootstrap-servers localhost:9092]
 
-A background consumer keeps the newest `--keep` metrics messages; the page polls `/api/metrics` (the chart
-series, marks and summary, see `dataflows.report.chart_data`) every two seconds and draws them as SVG.
+A background consumer keeps the newest `--keep` metrics messages, another the alerts topic's messages; the
+page polls `/api/metrics` (the chart series, marks and summary, see `dataflows.report.chart_data`, and the
+alerts firing and recent, see `dataflows.alerts.alert_view`) every two seconds and draws them as SVG.
 `/api/messages` returns the raw messages. No network beyond the broker: the page has no external assets.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from dataflows.alerts import alert_view
 from dataflows.config import ConfigError, load_config
 from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
 from dataflows.logs import configure_logging
@@ -29,7 +31,8 @@ log = logging.getLogger("eddy.dashboard")
 
 
 class MetricsFeed:
-    """The newest `keep` metrics messages of a topic, read by a daemon thread from the beginning on."""
+    """The newest `keep` JSON messages of a topic (metrics, or alerts), read by a daemon thread from the
+    beginning on."""
 
     def __init__(self, bootstrap_servers: str, topic: str, keep: int = 5_000, security: KafkaSecurity | None = None):
         self.bootstrap_servers = bootstrap_servers
@@ -111,8 +114,10 @@ def make_server(
     port: int = 8050,
     drift_at: str | None = DEFAULT_DRIFT_AT,
     registry_dir: str | None = None,
+    alerts: MetricsFeed | None = None,
 ) -> ThreadingHTTPServer:
-    """An HTTP server for the page and its JSON; `port=0` picks a free port (see `server.server_address`)."""
+    """An HTTP server for the page and its JSON; `port=0` picks a free port (see `server.server_address`).
+    `alerts` follows the alerts topic (None: the page shows no alerts card)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -122,6 +127,8 @@ def make_server(
             elif path == "/api/metrics":
                 data: dict[str, Any] = chart_data(feed.snapshot(), drift_at, read_registry(registry_dir))
                 data["source"] = {"topic": feed.topic, "bootstrap_servers": feed.bootstrap_servers, "error": feed.error}
+                if alerts is not None:
+                    data["alerts"] = {**alert_view(alerts.snapshot()), "topic": alerts.topic, "error": alerts.error}
                 self._send(200, "application/json", json.dumps(data, default=str).encode())
             elif path == "/api/messages":
                 self._send(200, "application/json", orjson.dumps(feed.snapshot()))
@@ -149,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8050, help="HTTP port (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--topic", help="metrics topic (default: from eddy.toml / EDDY_METRICS_TOPIC)")
+    parser.add_argument("--alerts-topic", help="alerts topic (default: from eddy.toml / EDDY_ALERTS_TOPIC)")
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: from eddy.toml)")
     parser.add_argument("--registry-dir", help="model registry to mark refits from (default: [ensemble] registry_dir)")
     parser.add_argument(
@@ -179,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     feed = MetricsFeed(bootstrap, topic, args.keep, config.kafka_security).start()
+    alerts = MetricsFeed(bootstrap, args.alerts_topic or config.topics.alerts, args.keep, config.kafka_security).start()
     try:
         server = make_server(
-            feed, args.host, args.port, args.drift_at, args.registry_dir or config.ensemble.get("registry_dir")
+            feed, args.host, args.port, args.drift_at, args.registry_dir or config.ensemble.get("registry_dir"), alerts
         )
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc} (try --port)", file=sys.stderr)
@@ -197,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
         feed.stop()
+        alerts.stop()
     return 0
 
 

@@ -25,12 +25,12 @@ from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import Consumer, TopicPartition
 
 from dataflows import kafka_sink, kafka_source
-from dataflows.codec import Codec, encode_dead_letter, encode_metrics, encode_prediction
+from dataflows.codec import Codec, encode_alert, encode_dead_letter, encode_metrics, encode_prediction
 from dataflows.config import Config
 from dataflows.kafka_admin import require_topics
 from dataflows.kafka_logs import client_logger
 from dataflows.kafka_security import KafkaSecurity, librdkafka_settings
-from dataflows.messages import DeadLetter, Metrics, Origin, Prediction, Release
+from dataflows.messages import Alert, DeadLetter, Metrics, Origin, Prediction, Release
 from dataflows.steps import ComputeFeatures, OrderByEventTime, ScoreAndLearn
 from features import FeatureEngine
 
@@ -47,7 +47,7 @@ def check_inputs(config: Config) -> dict[str, int]:
     t = config.topics
     return require_topics(
         config.bootstrap_servers,
-        [t.events, t.labels, t.predictions, t.metrics, t.dead_letters],
+        [t.events, t.labels, t.predictions, t.metrics, t.dead_letters, t.alerts],
         security=config.kafka_security,
     )
 
@@ -76,7 +76,7 @@ def build_flow(
 
     `inputs` and `outputs` replace Kafka (the backtest reads a file and writes files): `inputs(flow)` returns
     a stream of `KafkaSourceMessage`s and a stream of `KafkaError`s; `outputs(name, stream)` consumes the
-    encoded `KafkaSinkMessage`s of `predictions`, `metrics` and `dead_letters`.
+    encoded `KafkaSinkMessage`s of `predictions`, `metrics`, `dead_letters` and `alerts`.
     """
     if partitions is None:
         partitions = check_inputs(config)
@@ -106,6 +106,7 @@ def build_flow(
             "predictions": topics.predictions,
             "metrics": topics.metrics,
             "dead_letters": topics.dead_letters,
+            "alerts": topics.alerts,
         }
 
         def outputs(name: str, stream: Stream) -> None:
@@ -151,6 +152,7 @@ def build_flow(
         (Prediction, encode_prediction, "predictions"),
         (Metrics, encode_metrics, "metrics"),
         (DeadLetter, encode_dead_letter, "dead_letters"),
+        (Alert, encode_alert, "alerts"),
     ):
         chosen = op.filter(f"select_{name}", results, _is(kind))
         outputs(name, op.map(f"encode_{name}", chosen, encode))

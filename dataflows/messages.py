@@ -121,3 +121,10 @@ class Metrics:
     """A metrics report: what the metrics topic carries every N events and every T seconds."""
 
     figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert rule firing or clearing (`dataflows.alerts`): what the alerts topic carries."""
+
+    figures: dict[str, Any] = field(default_factory=dict)

@@ -94,6 +94,7 @@ class MetricsReporter:
             "features_version": self.features_version,
             "roc_auc_method": ROC_AUC_METHOD,
             "model": _versions(learner),
+            "refits": _refits(learner),
             **_quality_and_counters(learner.report()),
         }
         self.reports += 1
@@ -127,6 +128,13 @@ def _quality_and_counters(report: dict) -> dict:
     quality = {"score": {k: report.get(k) for k in QUALITY_KEYS}, **members}
     counters = {k: v for k, v in report.items() if k not in QUALITY_KEYS and k != "members"}
     return {"quality": quality, "learner": counters}
+
+
+def _refits(learner: OnlineLearner) -> dict | None:
+    """How the ensemble's refits fare (`Ensemble.health`): gate decisions, the latest refit, refits the flow
+    fitted itself, registry write failures; None for a River model alone."""
+    health = getattr(learner.model, "health", None)
+    return health() if callable(health) else None
 
 
 def _versions(learner: OnlineLearner) -> dict:

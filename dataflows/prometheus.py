@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from dataflows.alerts import RULES as ALERT_RULES
 from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
 from dataflows.logs import configure_logging
 
@@ -99,6 +100,19 @@ class PrometheusExporter:
         if figures.get("features_version"):
             m["features_version"].clear()
             m["features_version"].labels(version=str(figures["features_version"])).set(1)
+        refits = figures.get("refits")
+        if isinstance(refits, dict):
+            last = refits.get("last")
+            if isinstance(last, dict):
+                _set(m["refit_last_accepted"], bool(last.get("accepted")))
+            _set(m["registry_write_failures"], refits.get("registry_write_failures"))
+            _set(m["registry_write_failing"], refits.get("registry_write_error") is not None)
+            for reason, count in (refits.get("fitted_by_flow") or {}).items():
+                _set(m["refits_fitted_by_flow"], count, reason=reason)
+        if isinstance(figures.get("alerts_firing"), list):
+            firing = set(figures["alerts_firing"])
+            for rule in ALERT_RULES:
+                _set(m["alert_firing"], rule in firing, rule=rule)
 
     def observe_batch(self, step: str, seconds: float, size: int) -> None:
         """One batch handled by a dataflow step: its duration and its number of items."""
@@ -191,6 +205,15 @@ def _define(registry: CollectorRegistry) -> dict[str, Any]:
         ),
         "refit_holdout": gauge("eddy_refit_holdout", "Holdout figures of the latest refit", ("metric",)),
         "refit_version": gauge("eddy_refit_version", "Version of the latest refit by decision", ("decision",)),
+        "refit_last_accepted": gauge("eddy_refit_last_accepted", "1 if the latest refit passed the gate, else 0"),
+        "refits_fitted_by_flow": gauge(
+            "eddy_refits_fitted_by_flow",
+            "Refits the flow fitted itself: its background fit timed out or its worker process died",
+            ("reason",),
+        ),
+        "registry_write_failures": gauge("eddy_registry_write_failures", "Refits the model registry failed to write"),
+        "registry_write_failing": gauge("eddy_registry_write_failing", "1 while the latest registry write failed"),
+        "alert_firing": gauge("eddy_alert_firing", "1 while an alert rule fires in the flow ([alerts])", ("rule",)),
     }
 
 

@@ -36,9 +36,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 
+from dataflows.alerts import AlertEvaluator
 from dataflows.config import Config
 from dataflows.learners import build_model
-from dataflows.messages import DeadLetter, Event, FeaturePart, Label, Metrics, Prediction, Release, Scored, ShardBatch
+from dataflows.messages import (
+    Alert,
+    DeadLetter,
+    Event,
+    FeaturePart,
+    Label,
+    Metrics,
+    Prediction,
+    Release,
+    Scored,
+    ShardBatch,
+)
 from dataflows.metrics import MetricsReporter
 from dataflows.ordering import EventTimeOrder
 from dataflows.prometheus import PrometheusExporter
@@ -315,6 +327,7 @@ class LearnerState:
     learner: OnlineLearner
     reporter: MetricsReporter
     join: FeatureJoin = field(default_factory=FeatureJoin)
+    alerts: AlertEvaluator = field(default_factory=AlertEvaluator)
 
 
 class ScoreAndLearn(StatefulBatchLogic):
@@ -333,6 +346,7 @@ class ScoreAndLearn(StatefulBatchLogic):
             self.state = LearnerState(
                 OnlineLearner(build_model(config), config.flow.label_horizon_ms, config.flow.rolling_window),
                 MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s),
+                alerts=AlertEvaluator(config.alerts),
             )
             if self.journal is not None:
                 self.journal.open(None)
@@ -341,6 +355,10 @@ class ScoreAndLearn(StatefulBatchLogic):
             chunks = self.journal.open(position)["blobs"] if self.journal is not None else []
             blobs = self.blobs.restore(chunks, position.first["blobs"])
             self.state = SharedBlobs.load(saved["state"], blobs)
+            # What fired is kept; the rules are the configuration's now. A snapshot from before alerts has none.
+            if getattr(self.state, "alerts", None) is None:
+                self.state.alerts = AlertEvaluator(config.alerts)
+            self.state.alerts.settings = AlertEvaluator(config.alerts).settings
         self.lag_probe = lag_probe
         self.include_features = config.include_features
         self.exporter = PrometheusExporter(config.flow.prometheus_port, config.flow.prometheus_host)
@@ -380,7 +398,7 @@ class ScoreAndLearn(StatefulBatchLogic):
                 now = time.time()
                 reporter.scored(event, item.features_version, now)
                 if reporter.due_by_count():
-                    out.append(self._report(now))
+                    out.extend(self._report(now))
             elif isinstance(item, Label):
                 if self.lag_probe is not None:
                     self.lag_probe.seen(item.origin)
@@ -393,20 +411,26 @@ class ScoreAndLearn(StatefulBatchLogic):
         return out, self.RETAIN
 
     def on_notify(self):
-        return [self._report(time.time())], self.RETAIN
+        return self._report(time.time()), self.RETAIN
 
     def on_eof(self):
         self._check_join("at the end of the input")
-        return [self._report(time.time(), final=True)], self.RETAIN
+        return self._report(time.time(), final=True), self.RETAIN
 
     def notify_at(self) -> datetime | None:
         return datetime.fromtimestamp(self.state.reporter.next_at(time.time()), tz=UTC)
 
-    def _report(self, now: float, final: bool = False) -> Metrics:
+    def _report(self, now: float, final: bool = False) -> list[Metrics | Alert]:
+        """A metrics message, after the alerts its figures fire or clear (`dataflows.alerts`); it names the
+        alerts firing."""
         lag = self.lag_probe() if self.lag_probe else None
         metrics = self.state.reporter.report(self.state.learner, now, lag, final)
+        alerts = [Alert(message) for message in self.state.alerts.evaluate(metrics.figures, int(now * 1000))]
+        for alert in alerts:
+            log.warning("alert %s", alert.figures["summary"])
+        metrics.figures["alerts_firing"] = sorted(self.state.alerts.active)
         self.exporter.observe_metrics(metrics.figures)
-        return metrics
+        return [*alerts, metrics]
 
     def _check_join(self, when: str) -> None:
         """Every part of an epoch's releases reaches the learner within the epoch (`FeatureJoin`): say so if not."""

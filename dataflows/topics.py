@@ -1,4 +1,4 @@
-"""Create eddy's topics (events, labels, predictions, metrics, dead-letters), idempotently.
+"""Create eddy's topics (events, labels, predictions, metrics, dead-letters, alerts), idempotently.
 
 python -m dataflows.topics [--partitions N] [--reset]
 """

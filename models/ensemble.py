@@ -159,6 +159,7 @@ class Ensemble(base.Classifier):
         self._counts = dict.fromkeys((*MEMBERS, "ensemble"), 0)
         self._last: tuple[dict, dict[str, float | None], float] | None = None
         self._slices: PickledSlices | None = None  # process refits: the window pickled as it is learned
+        self._fitted_by_flow = {"timeout": 0, "worker_died": 0}
         self._window_bounds = WindowBounds()  # a cache, not state
 
     @classmethod
@@ -226,6 +227,8 @@ class Ensemble(base.Classifier):
         if self._refit_is_due(seconds):
             self._start_refit(features_version)
         for job, result in self._queue.due(self._n_learned):
+            if result.fitted_by_flow:
+                self._fitted_by_flow[result.fitted_by_flow] = self._fitted_by_flow.get(result.fitted_by_flow, 0) + 1
             self.registry.save(result.record(job), result.member)
             if result.accepted:
                 self.lightgbm, self.lightgbm_version = result.member, result.version
@@ -234,6 +237,19 @@ class Ensemble(base.Classifier):
         """Prequential log loss of each member (over the events it scored) and of the ensemble."""
         return {
             name: {"log_loss": self._losses[name] / n if n else math.nan, "n": n} for name, n in self._counts.items()
+        }
+
+    def health(self) -> dict[str, Any]:
+        """How the refits fare: counts by gate decision, the latest refit, the refits the flow had to fit itself
+        (its background fit timed out or its worker process died) and the registry's write failures."""
+        latest = self.registry.versions()[-1:] or [None]
+        last = None if latest[0] is None else {k: latest[0][k] for k in ("version", "accepted", "reason")}
+        return {
+            "accepted": self.registry.accepted,
+            "rejected": self.registry.rejected,
+            "last": last,
+            "fitted_by_flow": dict(getattr(self, "_fitted_by_flow", {})),
+            **self.registry.write_health(),
         }
 
     @property

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,6 +57,9 @@ class RefitResult:
     metrics: Mapping[str, float]
     member: lightgbm_member.LightGBMMember | None
     fit_seconds: float | None = None
+    fitted_by_flow: str | None = None
+    """Why the flow fitted this refit itself instead of taking the background's result (None: it did not):
+    `"timeout"` or `"worker_died"`. The model is the same either way: fits are deterministic."""
 
     def record(self, job: RefitJob) -> dict[str, Any]:
         """The registry's metadata for this refit."""
@@ -193,7 +197,17 @@ def _result(job: RefitJob, future: Future | None, wait_s: float) -> RefitResult:
             job.version,
             wait_s,
         )
-        return run(job, yield_gil=False)
+        return replace(run(job, yield_gil=False), fitted_by_flow="timeout")
+    except BrokenProcessPool as error:
+        # The worker process died (killed, out of memory): the next refit gets a new one (`_pool`), and this
+        # one is fitted here, which gives the model the worker would have given.
+        log.error(
+            "refit v%d: the refit worker process died (%s); fitting it here instead (same model: fits are "
+            "deterministic) and starting a new worker for the next refits",
+            job.version,
+            error or "BrokenProcessPool",
+        )
+        return replace(run(job, yield_gil=False), fitted_by_flow="worker_died")
 
 
 def _first(job: RefitJob) -> int | None:
@@ -220,8 +234,13 @@ NICE = 10
 def _pool() -> ProcessPoolExecutor:
     """The one worker process this Python process shares (forkserver: safe beside threads), started and
     warmed up (LightGBM imported) as soon as a queue needs it, so that the first refit does not pay ~1 s
-    of start-up within its `lag`."""
+    of start-up within its `lag`. A pool whose worker died is broken for good: it is replaced here."""
     global _POOL
+    if _POOL is not None and _POOL._broken:
+        log.warning("refit worker: the worker process died; starting a new one")
+        atexit.unregister(_POOL.shutdown)
+        _POOL.shutdown(wait=False, cancel_futures=True)
+        _POOL = None
     if _POOL is None:
         _POOL = ProcessPoolExecutor(
             max_workers=1,

@@ -8,6 +8,10 @@ The files are written by one background thread, in the order the refits were sav
 the scoring thread at once and costs it no disk I/O (~10 ms a refit). `flush_writes()` waits for the files;
 a registry flushes before it is pickled (a recovery snapshot never runs ahead of the files it names) and
 the process flushes at exit.
+
+A write that fails (read-only or full disk, a path that is not a directory) removes its temporary file,
+keeps the refit in memory, logs, and is counted: `write_health()` says how many failed and the latest error
+while the latest write failed (an alert rule watches it).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class ModelRegistry:
         self.accepted = 0
         self.rejected = 0
         self._entries: deque[tuple[dict[str, Any], LightGBMMember | None]] = deque(maxlen=keep)
+        self.write_failures = 0
+        self.write_error: str | None = None
 
     def save(self, record: dict[str, Any], member: LightGBMMember | None) -> dict[str, Any]:
         """Record one refit; returns its metadata with the running counts."""
@@ -48,8 +54,22 @@ class ModelRegistry:
         record = {**record, "accepted_total": self.accepted, "rejected_total": self.rejected}
         self._entries.append((record, member))
         if self.directory is not None:
-            _WRITER.submit(functools.partial(_write_or_log, self.directory, self.keep, record, member))
+            _WRITER.submit(functools.partial(_write_or_log, self.directory, self.keep, record, member, self))
         return record
+
+    def write_health(self) -> dict[str, Any]:
+        """Files that could not be written: how many refits failed to write, and the error of the latest write
+        if it failed (None once a write succeeds again)."""
+        return {
+            "registry_write_failures": getattr(self, "write_failures", 0),
+            "registry_write_error": getattr(self, "write_error", None),
+        }
+
+    def _written(self, error: str | None) -> None:
+        """On the writer thread: the outcome of one refit's write."""
+        if error is not None:
+            self.write_failures = getattr(self, "write_failures", 0) + 1
+        self.write_error = error
 
     def versions(self) -> list[dict[str, Any]]:
         """Metadata of the kept versions, oldest first."""
@@ -84,11 +104,22 @@ def flush_writes() -> None:
 atexit.register(flush_writes)
 
 
-def _write_or_log(directory: Path, keep: int, record: dict[str, Any], member: LightGBMMember | None) -> None:
+def _write_or_log(
+    directory: Path, keep: int, record: dict[str, Any], member: LightGBMMember | None, owner: ModelRegistry
+) -> None:
     try:
         _write(directory, keep, record, member)
     except Exception as error:
-        log.error("model registry: could not write version %s to %s: %s", record["version"], directory, error)
+        log.error(
+            "model registry: could not write version %s to %s: %s (the refit is in effect and kept in memory; "
+            "free the disk or fix the directory's permissions, or set [ensemble] registry_dir)",
+            record["version"],
+            directory,
+            error,
+        )
+        owner._written(f"{type(error).__name__}: {error}")
+    else:
+        owner._written(None)
 
 
 def _write(directory: Path, keep: int, record: dict[str, Any], member: LightGBMMember | None) -> None:
@@ -96,7 +127,11 @@ def _write(directory: Path, keep: int, record: dict[str, Any], member: LightGBMM
     stem = directory / f"v{record['version']:06d}"
     if member is not None:
         _atomic_write(stem.with_suffix(".txt"), member.model_str)
-    _atomic_write(stem.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True, default=str))
+    try:
+        _atomic_write(stem.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True, default=str))
+    except BaseException:
+        stem.with_suffix(".txt").unlink(missing_ok=True)  # a version is on disk whole or not at all
+        raise
     oldest_kept = record["version"] - keep
     for path in directory.glob("v*.*"):
         if path.suffix in (".json", ".txt") and path.stem[1:].isdigit() and int(path.stem[1:]) <= oldest_kept:
@@ -105,5 +140,10 @@ def _write(directory: Path, keep: int, record: dict[str, Any], member: LightGBMM
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        # A failed write (disk full, the target a directory) must not leave a partial file behind.
+        tmp.unlink(missing_ok=True)
+        raise

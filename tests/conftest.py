@@ -36,7 +36,9 @@ def make_topics(kafka_bootstrap: str):
 
     def make(partitions: int = 1) -> Topics:
         suffix = uuid.uuid4().hex[:10]
-        topics = Topics(*(f"test-{name}-{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq")))
+        topics = Topics(
+            *(f"test-{name}-{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq", "alerts"))
+        )
         ensure_topics(kafka_bootstrap, topics.all(), partitions)
         created.extend(topics.all())
         return topics

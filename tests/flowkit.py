@@ -73,6 +73,7 @@ def flow_env(topics: Topics, bootstrap: str, config_path: Path | None = None, **
         "EDDY_PREDICTIONS_TOPIC": topics.predictions,
         "EDDY_METRICS_TOPIC": topics.metrics,
         "EDDY_DEAD_LETTERS_TOPIC": topics.dead_letters,
+        "EDDY_ALERTS_TOPIC": topics.alerts,
         "EDDY_TAIL": "false",
         **extra,
     }

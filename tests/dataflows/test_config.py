@@ -12,7 +12,7 @@ from dataflows.config import ENSEMBLE_DEFAULTS, REPO_ROOT, ConfigError, load_con
 def test_the_repository_config_holds_the_contract_defaults():
     config = load_config(env={})
     assert config.bootstrap_servers == "localhost:9092"
-    assert config.topics.all() == ["events", "labels", "predictions", "metrics", "dead-letters"]
+    assert config.topics.all() == ["events", "labels", "predictions", "metrics", "dead-letters", "alerts"]
     assert config.tail is True
     assert config.sql_dir.name == "transactions"
 

@@ -30,7 +30,9 @@ def short_run(kafka_bootstrap, tmp_path_factory):
     from dataflows.kafka_admin import delete_topics, ensure_topics
 
     suffix = f"{time.time_ns() % 10**10}"
-    topics = Topics(*(f"test-{name}-dash{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq")))
+    topics = Topics(
+        *(f"test-{name}-dash{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq", "alerts"))
+    )
     ensure_topics(kafka_bootstrap, topics.all(), 1)
     events = list(datasets.transactions(3_000, seed=3))
     broken = [b"not json", b'{"event_id": "x"}', b'{"event_id": "y", "ts": "yesterday"}']
@@ -134,3 +136,56 @@ def test_report_html_renders_offline_in_chromium(tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert re.search(r'<body[^>]*data-rendered="5"', dom.stdout), dom.stdout[:1500]
     assert "<h1>offline report</h1>" in dom.stdout and "mark-drift" in dom.stdout
+
+
+@pytest.mark.kafka
+def test_alerts_show_on_the_page_as_text(kafka_bootstrap, make_topics, tmp_path):
+    """Alerts the flow publishes show on the page: those firing, and the recent ones; a summary holding markup
+    (whoever can write the topic wrote it) is shown as text, never run."""
+    from dataflows.alerts import AlertEvaluator
+    from tests.dataflows.test_alerts import CASES
+
+    topics = make_topics(partitions=1)
+    evaluator = AlertEvaluator()
+    messages = []
+    for rule in ("dead_letter_rate", "consumer_lag"):
+        for i, report in enumerate(CASES[rule][:2] if rule == "consumer_lag" else CASES[rule]):
+            messages.extend(evaluator.evaluate(report, 1_767_225_600_000 + i))
+    hostile = "FIRING: <img src=x onerror=\"document.body.setAttribute('data-pwned','1')\"> disk full"
+    messages.append({**messages[0], "rule": "registry_write_failed", "severity": "critical", "summary": hostile})
+    publish(kafka_bootstrap, topics.alerts, messages)
+    feed = MetricsFeed(kafka_bootstrap, topics.metrics).start()
+    alerts = MetricsFeed(kafka_bootstrap, topics.alerts).start()
+    server = make_server(feed, "127.0.0.1", 0, "none", None, alerts)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        deadline = time.monotonic() + 30
+        while len(alerts.snapshot()) < len(messages):
+            assert time.monotonic() < deadline, f"the dashboard read {len(alerts.snapshot())} alerts ({alerts.error})"
+            time.sleep(0.2)
+        with urllib.request.urlopen(url + "api/metrics", timeout=10) as response:
+            view = json.load(response)["alerts"]
+        assert [a["rule"] for a in view["active"]] == ["consumer_lag", "registry_write_failed"]
+        assert [(a["rule"], a["state"]) for a in view["recent"]][-2:] == [
+            ("dead_letter_rate", "resolved"),
+            ("dead_letter_rate", "firing"),
+        ]
+        assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `apt-get install -y chromium`"
+        dom = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+             "--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=5000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert dom.returncode == 0, dom.stderr[-2000:]
+    finally:
+        server.shutdown()
+        server.server_close()
+        feed.stop()
+        alerts.stop()
+    body = re.search(r"<body[^>]*>", dom.stdout).group(0)
+    assert 'data-alerts="2"' in body and "data-pwned" not in body, body
+    card = dom.stdout[dom.stdout.index('id="alerts-card"') :]
+    assert "<img" not in card and "&lt;img src=x" in card
+    assert 'data-rule="consumer_lag"' in card and "messages behind the input topics" in card

@@ -139,7 +139,7 @@ def test_the_flow_refuses_to_start_without_its_topics(kafka_bootstrap):
 def make_fake_topics():
     from dataflows.config import Topics
 
-    return Topics("nope-events", "nope-labels", "nope-predictions", "nope-metrics", "nope-dlq")
+    return Topics("nope-events", "nope-labels", "nope-predictions", "nope-metrics", "nope-dlq", "nope-alerts")
 
 
 def test_the_flow_serves_prometheus_metrics(kafka_bootstrap, make_topics, tmp_path):
