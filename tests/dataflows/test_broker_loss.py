@@ -90,7 +90,9 @@ def broker(tmp_path_factory):
 
 def _topics(broker: OwnBroker) -> Topics:
     suffix = uuid.uuid4().hex[:10]
-    topics = Topics(*(f"loss-{name}-{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq", "alerts")))
+    topics = Topics(
+        *(f"loss-{name}-{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq", "alerts"))
+    )
     ensure_topics(broker.bootstrap, topics.all(), PARTITIONS)
     return topics
 

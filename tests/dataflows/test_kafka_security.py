@@ -199,7 +199,9 @@ def _run_flow_through(bootstrap: str, security: KafkaSecurity, env: dict[str, st
     """Events published, the flow run to their end as `python -m bytewax.run dataflows.main` configured by
     `env` alone, and every output read back, all through `bootstrap`; returns the flow's log."""
     suffix = uuid.uuid4().hex[:8]
-    topics = Topics(*(f"secure-{name}-{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq", "alerts")))
+    topics = Topics(
+        *(f"secure-{name}-{suffix}" for name in ("events", "labels", "predictions", "metrics", "dlq", "alerts"))
+    )
     ensure_topics(bootstrap, topics.all(), 2, security=security)
     try:
         events = list(datasets.transactions(300, seed=5))
