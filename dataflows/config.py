@@ -46,6 +46,7 @@ class FlowSettings:
     batch_size: int = 1_000
     prometheus_port: int = 0
     feature_shards: int = 0
+    max_clock_skew_ms: int = 1_800_000
 
 
 MODES = {"event_time", "arrival"}
@@ -147,6 +148,11 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         if not text.strip().isdigit():
             raise ConfigError(f"EDDY_FEATURE_SHARDS={text!r} is not a whole number >= 0 (0: the worker count)")
         overrides["flow"] = replace(overrides.get("flow", config.flow), feature_shards=int(text))
+    if "EDDY_MAX_CLOCK_SKEW_MS" in env:
+        text = env["EDDY_MAX_CLOCK_SKEW_MS"]
+        if not text.strip().isdigit():
+            raise ConfigError(f"EDDY_MAX_CLOCK_SKEW_MS={text!r} is not a whole number of milliseconds >= 0 (0: off)")
+        overrides["flow"] = replace(overrides.get("flow", config.flow), max_clock_skew_ms=int(text))
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
     if topic_overrides:
         overrides["topics"] = replace(config.topics, **topic_overrides)

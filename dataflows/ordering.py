@@ -157,13 +157,19 @@ class EventTimeOrder:
         self.seen_order = deque(ids[len(ids) - held :])
         self.seen = {event_id: ts for ts, event_id in self.seen_order}
 
-    def push(self, items: list[Item], now: float) -> Released:
-        """Take newly read items (in arrival order) at wall-clock time `now`; return what is released."""
+    def push(self, items: list[Item | DeadLetter], now: float) -> Released:
+        """Take newly read items (in arrival order) at wall-clock time `now`; return what is released.
+
+        A dead letter (a message the decoder refused) passes straight through, and counts as its partition
+        having been read: it spoke, and its read position moved past it."""
         if self._started is None:
             self._started = now
         out = Released()
         for item in items:
             if self.mode == "arrival":
+                if type(item) is DeadLetter:
+                    out.dead.append(item)
+                    continue
                 self._release(item, out)
                 self._forget()
                 continue
@@ -173,6 +179,9 @@ class EventTimeOrder:
             self.read_to[part] = max(self.read_to.get(part, 0), item.origin.offset + 1)
             if self.ends is not None and not self.tail and item.origin.offset + 1 >= self.ends.get(part, 0):
                 self.finished.add(part)
+            if type(item) is DeadLetter:  # refused by the decoder: it only tells that its partition was read
+                out.dead.append(item)
+                continue
             if self.watermark is not None and item.ts < self.watermark:
                 if isinstance(item, Label):
                     self.counters["labels_late"] += 1

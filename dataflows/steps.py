@@ -125,7 +125,12 @@ class OrderByEventTime(StatefulBatchLogic):
         self.journal = StateJournal(state_dir, self.STEP, key, ("ids",)) if state_dir is not None else None
         if saved is None:
             self.order = EventTimeOrder(
-                partitions, flow.lateness_ms, flow.idle_timeout_s, flow.dedupe_horizon_ms, flow.mode
+                partitions,
+                flow.lateness_ms,
+                flow.idle_timeout_s,
+                flow.dedupe_horizon_ms,
+                flow.mode,
+                max_clock_skew_ms=flow.max_clock_skew_ms,
             )
             if self.journal is not None:
                 self.journal.open(None)
@@ -139,6 +144,7 @@ class OrderByEventTime(StatefulBatchLogic):
         self.order.ends = ends
         self.order.tail = tail
         self.order.quiet_topics = (config.topics.labels,)
+        self.order.max_clock_skew_ms = flow.max_clock_skew_ms
         self.exporter = PrometheusExporter(config.flow.prometheus_port)
 
     def on_batch(self, items: list[Event | Label]):

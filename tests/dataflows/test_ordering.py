@@ -353,3 +353,17 @@ def test_a_pending_leap_survives_a_snapshot_and_old_snapshots_resume_without_one
     old.__setstate__(state)
     assert old.max_clock_skew_ms == 1_800_000 and old.leaps == {} and old.counters["future_ts"] == 0
     assert old.push([event(4, T0 + 20, 0, 2)], now=0.0).dead == []
+
+
+def test_a_message_the_decoder_refused_passes_through_and_counts_as_read():
+    # events:0 had 2 messages at start-up, the second of them not JSON: once it is read, the partition has
+    # no backlog left and goes idle like any other (it would otherwise hold the watermark for ever).
+    from dataflows.messages import DeadLetter
+
+    ends = {"events:0": 2}
+    order = EventTimeOrder(["events:0"], lateness_ms=0, idle_timeout_s=5, ends=ends, tail=True)
+    bad = DeadLetter(b"{not json", None, "not valid JSON", "decode", Origin("events", 0, 1), "not_json")
+    out = order.push([event(1, 100, 0, 0), bad], now=0.0)
+    assert out.dead == [bad] and out.items == []
+    assert [e.event_id for e in order.tick(now=5.0).items] == ["e0001"]
+    assert EventTimeOrder(["events:0"], mode="arrival").push([bad], now=0.0).dead == [bad]
