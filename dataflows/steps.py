@@ -42,6 +42,7 @@ from dataflows.messages import DeadLetter, Event, FeaturePart, Label, Metrics, P
 from dataflows.metrics import MetricsReporter
 from dataflows.ordering import EventTimeOrder
 from dataflows.prometheus import PrometheusExporter
+from dataflows.runs import new_run_id, run_registry_dir
 from dataflows.shards import FeatureJoin, Splitter, shard_count
 from dataflows.state_journal import SharedBlobs, StateJournal
 from features import FeatureEngine
@@ -336,9 +337,10 @@ class ScoreAndLearn(StatefulBatchLogic):
         self.journal = StateJournal(state_dir, self.STEP, key, ("blobs",)) if state_dir is not None else None
         self.blobs = SharedBlobs()
         if saved is None:
+            run = new_run_id()
             self.state = LearnerState(
-                OnlineLearner(build_model(config), config.flow.label_horizon_ms, config.flow.rolling_window),
-                MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s),
+                OnlineLearner(build_model(config, run), config.flow.label_horizon_ms, config.flow.rolling_window),
+                MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s, run),
             )
             if self.journal is not None:
                 self.journal.open(None)
@@ -352,7 +354,7 @@ class ScoreAndLearn(StatefulBatchLogic):
         self.exporter = PrometheusExporter(config.flow.prometheus_port)
         registry_dir = config.ensemble.get("registry_dir") if config.ensemble.get("enabled", True) else None
         if self.exporter.enabled and registry_dir:
-            self.exporter.watch_registry(registry_dir)
+            self.exporter.watch_registry(run_registry_dir(registry_dir, getattr(self.state.reporter, "run", None)))
 
     def on_batch(self, items: list[Release | FeaturePart | Scored | Label | DeadLetter]):
         started = time.perf_counter()

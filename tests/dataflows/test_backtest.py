@@ -60,7 +60,7 @@ def test_backtest_writes_outputs_and_report(events, tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     dead = orjson.loads((tmp_path / "out" / "dead_letters.jsonl").read_bytes())
     assert dead["value"] == '{"event_id":"broken"}' and dead["headers"]["stage"] == "decode"
-    assert sorted(p.name for p in (tmp_path / "out" / "registry").glob("v*.json")), "refits go to out/registry"
+    assert sorted(p.name for p in (tmp_path / "out" / "registry").glob("*/v*.json")), "refits go to out/registry/<run>"
     final = orjson.loads((tmp_path / "out" / "metrics.jsonl").read_bytes().splitlines()[-1])
     assert final["type"] == "final" and final["events"] == 1_500 and final["consumer_lag"] is None
 
