@@ -165,6 +165,7 @@ class EventTimeOrder:
         if self._started is None:
             self._started = now
         out = Released()
+        skew = self.max_clock_skew_ms or float("inf")
         for item in items:
             if self.mode == "arrival":
                 if type(item) is DeadLetter:
@@ -198,9 +199,11 @@ class EventTimeOrder:
                     )
                 continue
             key = sort_key(item)
-            if self._supported(part, item, out):
-                if item.ts > self.newest.get(part, -1):
-                    self.newest[part] = item.ts
+            ts, newest = item.ts, self.newest.get(part)
+            # The usual message, within the skew of its partition's newest with no leap pending, skips the rule.
+            if (newest is not None and not self.leaps and ts - newest <= skew) or self._supported(part, item, out):
+                if ts > self.newest.get(part, -1):
+                    self.newest[part] = ts
             else:
                 self.leaps.setdefault(part, []).append(key)
                 self.unsupported.add(key)
