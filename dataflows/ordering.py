@@ -22,7 +22,7 @@ Policies:
   that was empty at start-up holds nothing back until it speaks; events partitions wait for the idle timeout.
 - leap (an event or label more than `max_clock_skew_ms` ahead of where the stream stands: its partition's
   newest `ts`, or the watermark plus the allowed lateness when that is further; for a partition's first
-  message, the newest `ts` of any partition): held in order, but it neither moves its partition's newest
+  message and for a label, the newest `ts` of any partition): held in order, but it neither moves its partition's newest
   `ts` (so the watermark) nor is released by the idle rule until the next message read from its partition
   decides. A next message less than `max_clock_skew_ms` behind it confirms it (time did move on: a quiet
   night, a backlog) and both count; one further behind refutes it: a refuted event is a dead letter, reason
@@ -301,8 +301,10 @@ class EventTimeOrder:
             else:
                 self._refute(key, part, item, out)
         anchor = self.newest.get(part)
-        if anchor is None and self.newest:
-            anchor = max(self.newest.values())  # a partition's first message: the stream's newest
+        if (anchor is None or isinstance(item, Label)) and self.newest:
+            # A partition's first message, or a label (labels come in any order of `ts`, a late one and an
+            # early one side by side): against the newest `ts` of the whole stream.
+            anchor = max(self.newest.values())
         if self.watermark is not None:
             anchor = max(anchor if anchor is not None else self.watermark, self.watermark + self.lateness_ms)
         return anchor is None or item.ts <= anchor + skew

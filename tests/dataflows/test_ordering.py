@@ -367,3 +367,14 @@ def test_a_message_the_decoder_refused_passes_through_and_counts_as_read():
     assert out.dead == [bad] and out.items == []
     assert [e.event_id for e in order.tick(now=5.0).items] == ["e0001"]
     assert EventTimeOrder(["events:0"], mode="arrival").push([bad], now=0.0).dead == [bad]
+
+
+def test_labels_in_any_order_of_ts_within_the_stream_are_no_leaps():
+    # Labels stamped with their event's ts arrive in the order they became known: hours apart, back and forth.
+    # Within where the events stand none is a leap, so none holds the labels partition's newest ts back.
+    order = EventTimeOrder(["events:0", "labels:0"], lateness_ms=0, idle_timeout_s=5, max_clock_skew_ms=SKEW)
+    order.push([event(i, T0 + i * SKEW // 2, 0, i) for i in range(60)], now=0.0)
+    stamps = [T0, T0 + 24 * SKEW, T0 + 3 * SKEW, T0 + 21 * SKEW, T0 + SKEW]
+    labels = [Label(f"e{i:04d}", True, ts, Origin("labels", 0, i)) for i, ts in enumerate(stamps)]
+    order.push(labels, now=0.0)
+    assert order.unsupported == set() and order.newest["labels:0"] == T0 + 24 * SKEW
