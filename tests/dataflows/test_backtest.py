@@ -129,3 +129,11 @@ def test_one_event_hours_ahead_of_a_files_history_neither_stops_the_backtest_nor
     dead = [orjson.loads(line) for line in (tmp_path / "out" / "dead_letters.jsonl").read_bytes().splitlines()]
     assert [(d["headers"]["reason"], orjson.loads(d["value"])["event_id"]) for d in dead] == [("future_ts", "ahead")]
     assert result.dead_letters == 1
+
+
+def test_a_second_backtest_into_the_same_directory_keeps_only_its_own_refits(events, tmp_path):
+    config = replace(load_config(env={}), ensemble=ENSEMBLE)
+    path = write_jsonl(tmp_path / "events.jsonl", events[:1_200])
+    run_backtest(path, config, tmp_path / "out", report=False)
+    run_backtest(path, config, tmp_path / "out", report=False)
+    assert len([p for p in (tmp_path / "out" / "registry").iterdir() if p.is_dir()]) == 1
