@@ -20,6 +20,7 @@ from dataflows import datasets
 from dataflows.backtest import run_backtest
 from dataflows.config import load_config
 from dataflows.report import read_metrics_file, read_registry, write_report
+from dataflows.runs import runs_of
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
         result = run_backtest(path, load_config(), Path(tmp) / "out", args.label_delay, report=False)
         started = time.perf_counter()
         metrics = read_metrics_file(Path(tmp) / "out" / "metrics.jsonl")
-        write_report(metrics, Path(tmp) / "out", registry=read_registry(Path(tmp) / "out" / "registry"))
+        refits = read_registry(Path(tmp) / "out" / "registry", runs_of(metrics))
+        write_report(metrics, Path(tmp) / "out", registry=refits)
         report_s = time.perf_counter() - started
     figures = {
         "events": result.events,

@@ -14,6 +14,7 @@ import argparse
 import heapq
 import itertools
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from dataflows.config import Config, ConfigError, load_config
 from dataflows.flow import build_flow
 from dataflows.logs import configure_logging
 from dataflows.report import DEFAULT_DRIFT_AT, ReportError, format_summary, read_registry, write_report
+from dataflows.runs import is_run_id, runs_of
 from models.registry import flush_writes
 
 log = logging.getLogger("eddy.backtest")
@@ -139,8 +141,12 @@ def run_backtest(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     registry = out / "registry"
-    for old in registry.glob("v*.*") if registry.is_dir() else []:
-        old.unlink()  # a registry left by an earlier backtest would mark refits this run never made
+    # The refits earlier backtests into this directory left: their own runs', not this one's.
+    for old in registry.iterdir() if registry.is_dir() else []:
+        if old.is_dir() and is_run_id(old.name):
+            shutil.rmtree(old)
+        elif old.is_file() and old.name.startswith("v"):
+            old.unlink()
     config = backtest_config(config, out) if config.bootstrap_servers else config
     lines = list(read_lines(path))
     messages = list(source_messages(config, iter(lines), label_delay_s))
@@ -185,7 +191,8 @@ def run_backtest(
     paths = None
     if report:
         metrics = [orjson.loads(r.value) for r in sinks["metrics"]]
-        paths = write_report(metrics, out, drift_at, read_registry(registry), f"eddy backtest: {Path(path).name}")
+        refits = read_registry(registry, runs_of(metrics))
+        paths = write_report(metrics, out, drift_at, refits, f"eddy backtest: {Path(path).name}")
     return BacktestResult(
         out,
         counts[config.topics.events],

@@ -2,6 +2,12 @@
 
 Every way a message can be wrong has a reason code (the dead-letter counters are keyed by it) and a
 sentence that names the problem, so a person reading the dead-letters topic knows what to fix.
+
+A `ts` from a clock running ahead would move the event-time watermark past the rest of the stream and make
+every later event late, so a message whose `ts` is more than `max_clock_skew_ms` ahead of when it was
+produced is refused as `future_ts`. When it was produced is the earlier of its Kafka timestamp and this
+machine's clock: the Kafka timestamp is the producer's clock (CreateTime) or the broker's (LogAppendTime),
+and a producer whose clock is wrong may have stamped both; no clock, and so no message, is in the future.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ import functools
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +39,7 @@ REASONS = (
     "invalid_event_id",
     "invalid_ts",
     "absurd_ts",
+    "future_ts",
     "wrong_type",
     "not_finite",
     "invalid_label",
@@ -57,6 +65,8 @@ class Codec:
     labels_topic: str
     fields: dict[str, str]
     max_message_bytes: int = 65_536
+    max_clock_skew_ms: int = 1_800_000
+    clock: Callable[[], float] = time.time
 
     def decode(self, msg: KafkaSourceMessage) -> Event | Label | DeadLetter:
         origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0, _kafka_ts(msg))
@@ -83,7 +93,7 @@ class Codec:
 
     def _event(self, obj: dict, origin: Origin, raw: bytes, key: bytes | None) -> Event:
         event_id = _event_id(obj)
-        ts = parse_ts(obj, "ts")
+        ts = self._not_ahead(parse_ts(obj, "ts"), origin, "'ts'")
         values = {name: _field(obj, name, kind) for name, kind in self.fields.items()}
         return Event(event_id, ts, values, _label(obj, required=False), origin, raw, key, time.time())
 
@@ -91,10 +101,27 @@ class Codec:
         event_id = _event_id(obj)
         label = _label(obj, required=True)
         if "ts" in obj:
-            return Label(event_id, label, parse_ts(obj, "ts"), origin)
+            return Label(event_id, label, self._not_ahead(parse_ts(obj, "ts"), origin, "'ts'"), origin)
         if origin.kafka_ts_ms is None:
             raise Invalid("invalid_ts", "label has no 'ts' and its Kafka message has no timestamp")
-        return Label(event_id, label, origin.kafka_ts_ms, origin, ts_from_kafka=True)
+        ts = self._not_ahead(origin.kafka_ts_ms, replace(origin, kafka_ts_ms=None), "its Kafka timestamp")
+        return Label(event_id, label, ts, origin, ts_from_kafka=True)
+
+    def _not_ahead(self, ts: int, origin: Origin, what: str) -> int:
+        """`ts`, unless it is more than the allowed clock skew ahead of when its message was produced."""
+        skew = self.max_clock_skew_ms
+        if not skew:
+            return ts
+        now = int(self.clock() * 1000)
+        kafka = origin.kafka_ts_ms
+        produced, by = (kafka, "its Kafka timestamp") if kafka is not None and kafka <= now else (now, "this clock")
+        if ts - produced > skew:
+            raise Invalid(
+                "future_ts",
+                f"{what} {iso(ts)} is {_duration(ts - produced)} ahead of {by} ({iso(produced)}), more than "
+                f"[flow] max_clock_skew_ms ({skew} ms): the producer's clock is wrong, or its time zone",
+            )
+        return ts
 
 
 def parse_ts(obj: dict, name: str) -> int:
@@ -123,6 +150,18 @@ def parse_ts(obj: dict, name: str) -> int:
             f"'{name}' {value!r} is outside 2000-01-01 .. 2100-01-01 (epoch seconds instead of milliseconds?)",
         )
     return ms
+
+
+def _duration(ms: int) -> str:
+    """A rough, readable length of time: '3 h 12 min', '70 years'."""
+    minutes = ms // 60_000
+    if minutes >= 2 * 525_960:
+        return f"{minutes // 525_960} years"
+    if minutes >= 2 * 1_440:
+        return f"{minutes // 1_440} days"
+    if minutes >= 60:
+        return f"{minutes // 60} h {minutes % 60} min"
+    return f"{ms / 60_000:.1f} min"
 
 
 def _event_id(obj: dict) -> str:

@@ -60,6 +60,7 @@ class FlowSettings:
     feature_shards: int = 0
     broker_wait_s: float = 120.0
     start_over: bool = False
+    max_clock_skew_ms: int = 1_800_000
 
 
 MODES = {"event_time", "arrival"}
@@ -187,6 +188,11 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     if "EDDY_START_OVER" in env:
         start_over = parse_bool(env["EDDY_START_OVER"], "EDDY_START_OVER")
         overrides["flow"] = replace(overrides.get("flow", config.flow), start_over=start_over)
+    if "EDDY_MAX_CLOCK_SKEW_MS" in env:
+        text = env["EDDY_MAX_CLOCK_SKEW_MS"]
+        if not text.strip().isdigit():
+            raise ConfigError(f"EDDY_MAX_CLOCK_SKEW_MS={text!r} is not a whole number of milliseconds >= 0 (0: off)")
+        overrides["flow"] = replace(overrides.get("flow", config.flow), max_clock_skew_ms=int(text))
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
     if topic_overrides:
         overrides["topics"] = replace(config.topics, **topic_overrides)

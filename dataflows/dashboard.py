@@ -26,6 +26,7 @@ from dataflows.config import ConfigError, load_config
 from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
 from dataflows.logs import configure_logging
 from dataflows.report import DEFAULT_DRIFT_AT, PAGE, chart_data, read_registry
+from dataflows.runs import runs_of
 
 log = logging.getLogger("eddy.dashboard")
 
@@ -125,7 +126,9 @@ def make_server(
             if path in ("/", "/index.html"):
                 self._send(200, "text/html; charset=utf-8", PAGE.read_bytes())
             elif path == "/api/metrics":
-                data: dict[str, Any] = chart_data(feed.snapshot(), drift_at, read_registry(registry_dir))
+                messages = feed.snapshot()
+                registry = read_registry(registry_dir, runs_of(messages))
+                data: dict[str, Any] = chart_data(messages, drift_at, registry)
                 data["source"] = {"topic": feed.topic, "bootstrap_servers": feed.bootstrap_servers, "error": feed.error}
                 if alerts is not None:
                     data["alerts"] = {**alert_view(alerts.snapshot()), "topic": alerts.topic, "error": alerts.error}

@@ -86,7 +86,9 @@ def build_flow(
     input_partitions = [f"{topic}:{p}" for topic in names for p in range(partitions[topic])]
     brokers = config.bootstrap_servers.split(",")
     client_settings = librdkafka_settings(config.kafka_security)
-    codec = Codec(topics.events, topics.labels, config.fields, config.flow.max_message_bytes)
+    codec = Codec(
+        topics.events, topics.labels, config.fields, config.flow.max_message_bytes, config.flow.max_clock_skew_ms
+    )
     if inputs is None:
 
         def inputs(flow: Dataflow) -> tuple[Stream, Stream]:
@@ -122,14 +124,16 @@ def build_flow(
     flow = Dataflow(FLOW_ID)
     messages, errors = inputs(flow)
     decoded = op.map("decode", messages, codec.decode)
-    valid = op.branch("split_off_invalid", decoded, lambda m: not isinstance(m, DeadLetter))
     consumer_errors = op.map("describe_consumer_errors", errors, _consumer_error)
 
     kafka, security = config.bootstrap_servers, config.kafka_security
     ends = end_offsets(kafka, partitions, names, security) if kafka else None
     ordered = op.stateful_batch(
         OrderByEventTime.STEP,
-        op.key_on("key_by_shard", valid.trues, _shard),
+        # Messages refused by the decoder go through it too: they were read, so their partition spoke and
+        # its read position moved (a partition whose last start-up message is bad would otherwise seem to
+        # have a backlog forever, never go idle, and hold the watermark back).
+        op.key_on("key_by_shard", decoded, _shard),
         lambda resume: OrderByEventTime(
             config, input_partitions, ends, config.tail, resume, state_dir, SHARD, max(1, workers)
         ),
@@ -139,7 +143,7 @@ def build_flow(
     features = op.stateful_batch(
         ComputeFeatures.STEP, routed.falses, lambda resume: ComputeFeatures(config, resume, state_dir)
     )
-    rejected = op.key_on("key_dead_letters", op.merge("gather_dead_letters", valid.falses, consumer_errors), _shard)
+    rejected = op.key_on("key_dead_letters", consumer_errors, _shard)
     probe = LagProbe(kafka, names, partitions, security=security) if kafka else None
     learned = op.stateful_batch(
         ScoreAndLearn.STEP,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 from river import base
 
@@ -13,8 +14,9 @@ from models.ensemble import Ensemble
 _ENSEMBLE_PARAMS = set(inspect.signature(Ensemble.__init__).parameters) - {"self", "river_model"}
 
 
-def build_model(config: Config) -> base.Classifier:
-    """`[model] name` as a River pipeline; with `[ensemble] enabled` (the default), inside the Ensemble."""
+def build_model(config: Config, run: str | None = None) -> base.Classifier:
+    """`[model] name` as a River pipeline; with `[ensemble] enabled` (the default), inside the Ensemble, whose
+    refits go to the run's own directory of the registry (`dataflows.runs`) when `run` is given."""
     try:
         river = make_model(config.model)
     except ValueError as exc:
@@ -28,6 +30,8 @@ def build_model(config: Config) -> base.Classifier:
             f"{config.source}: unknown [ensemble] key(s) {sorted(unknown)}; "
             f"known: enabled, {', '.join(sorted(_ENSEMBLE_PARAMS))}"
         )
+    if run and settings.get("registry_dir"):
+        settings["registry_dir"] = str(Path(settings["registry_dir"]) / run)
     if settings.get("background") == "none":
         settings["background"] = None
     try:

@@ -26,8 +26,9 @@ class MetricsReporter:
     Wall-clock figures (events/s, lag, latency) describe this run only; the rest is part of the recoverable state.
     """
 
-    def __init__(self, every_events: int = 1_000, every_s: float = 10.0) -> None:
+    def __init__(self, every_events: int = 1_000, every_s: float = 10.0, run: str | None = None) -> None:
         self.every_events = every_events
+        self.run = run  # the run id every message carries (`dataflows.runs`)
         self.every_s = every_s
         self.events = 0
         self.labels = 0
@@ -80,6 +81,7 @@ class MetricsReporter:
         latencies = sorted(self._latencies)
         figures: dict[str, Any] = {
             "type": "final" if final else "metrics",
+            "run": getattr(self, "run", None),  # a reporter pickled before runs had ids has none
             "at": iso(int(now * 1000)),
             "event_time": None if self.event_time is None else iso(self.event_time),
             "events": self.events,

@@ -20,6 +20,18 @@ Policies:
   of its input (not tailing), a partition read to its end, or empty from the start, no longer holds the
   watermark. When tailing, a partition of `quiet_topics` (the labels topic: a late label is still learned)
   that was empty at start-up holds nothing back until it speaks; events partitions wait for the idle timeout.
+- leap (an event or label more than `max_clock_skew_ms` ahead of where the stream stands: its partition's
+  newest `ts`, or the watermark plus the allowed lateness when that is further; for a partition's first
+  message and for a label, the newest `ts` of any partition): held in order, but it neither moves its partition's newest
+  `ts` (so the watermark) nor is released by the idle rule until the next message read from its partition
+  decides. A next message less than `max_clock_skew_ms` behind it confirms it (time did move on: a quiet
+  night, a backlog) and both count; one further behind refutes it: a refuted event is a dead letter, reason
+  `future_ts`; a refuted label stays held, applied when the watermark reaches it (counted as
+  `labels_ahead`). So no single message, however far ahead, moves the watermark: it takes a second message
+  of its partition to agree. The very first message of a run, with nothing to compare it with, is taken as
+  it is (the codec's check against the Kafka timestamp covers it: `dataflows.codec`). The cost: after a
+  silence of the whole stream longer than the skew, a partition's first message waits for its second.
+  `max_clock_skew_ms = 0` turns the rule off.
 - `arrival` mode releases everything at once in arrival order (lowest latency, no order guarantee).
 """
 
@@ -70,6 +82,7 @@ class EventTimeOrder:
         ends: dict[str, int] | None = None,
         tail: bool = False,
         quiet_topics: tuple[str, ...] = (),
+        max_clock_skew_ms: int = 1_800_000,
     ) -> None:
         self.partitions = list(partitions)
         self.ends = ends
@@ -79,6 +92,9 @@ class EventTimeOrder:
         self.idle_timeout_s = idle_timeout_s
         self.dedupe_horizon_ms = dedupe_horizon_ms
         self.mode = mode
+        self.max_clock_skew_ms = max_clock_skew_ms
+        self.leaps: dict[str, list[tuple]] = {}  # per partition, the sort keys of leaps awaiting its next message
+        self.unsupported: set[tuple] = set()  # sort keys of held leaps: pending, or refuted labels
         self.newest: dict[str, int] = {}
         self.watermark: int | None = None
         self.held: list[tuple[tuple, Item]] = []
@@ -91,6 +107,7 @@ class EventTimeOrder:
         self.spoke: set[str] = set()
         self.read_to: dict[str, int] = {}
         self.counters = {"late_events": 0, "labels_late": 0, "duplicates": 0, "idle_releases": 0}
+        self.counters.update(future_ts=0, labels_ahead=0)
         self._heard: dict[str, float] = {}
         self._started: float | None = None
 
@@ -105,6 +122,10 @@ class EventTimeOrder:
         state.setdefault("remembered", len(state["seen_order"]))
         state.setdefault("forgotten", 0)
         state.setdefault("_new_ids", None)
+        state.setdefault("max_clock_skew_ms", 1_800_000)
+        state.setdefault("leaps", {})
+        state.setdefault("unsupported", set())
+        state["counters"] = {"future_ts": 0, "labels_ahead": 0, **state["counters"]}
         self.__dict__.update(state)
 
     # -- the dedupe memory as a journal: what a recovery snapshot writes instead of pickling it ----------
@@ -136,13 +157,20 @@ class EventTimeOrder:
         self.seen_order = deque(ids[len(ids) - held :])
         self.seen = {event_id: ts for ts, event_id in self.seen_order}
 
-    def push(self, items: list[Item], now: float) -> Released:
-        """Take newly read items (in arrival order) at wall-clock time `now`; return what is released."""
+    def push(self, items: list[Item | DeadLetter], now: float) -> Released:
+        """Take newly read items (in arrival order) at wall-clock time `now`; return what is released.
+
+        A dead letter (a message the decoder refused) passes straight through, and counts as its partition
+        having been read: it spoke, and its read position moved past it."""
         if self._started is None:
             self._started = now
         out = Released()
+        skew = self.max_clock_skew_ms or float("inf")
         for item in items:
             if self.mode == "arrival":
+                if type(item) is DeadLetter:
+                    out.dead.append(item)
+                    continue
                 self._release(item, out)
                 self._forget()
                 continue
@@ -152,6 +180,9 @@ class EventTimeOrder:
             self.read_to[part] = max(self.read_to.get(part, 0), item.origin.offset + 1)
             if self.ends is not None and not self.tail and item.origin.offset + 1 >= self.ends.get(part, 0):
                 self.finished.add(part)
+            if type(item) is DeadLetter:  # refused by the decoder: it only tells that its partition was read
+                out.dead.append(item)
+                continue
             if self.watermark is not None and item.ts < self.watermark:
                 if isinstance(item, Label):
                     self.counters["labels_late"] += 1
@@ -167,9 +198,16 @@ class EventTimeOrder:
                         )
                     )
                 continue
-            if item.ts > self.newest.get(part, -1):
-                self.newest[part] = item.ts
-            heapq.heappush(self.held, (sort_key(item), item))
+            key = sort_key(item)
+            ts, newest = item.ts, self.newest.get(part)
+            # The usual message, within the skew of its partition's newest with no leap pending, skips the rule.
+            if (newest is not None and not self.leaps and ts - newest <= skew) or self._supported(part, item, out):
+                if ts > self.newest.get(part, -1):
+                    self.newest[part] = ts
+            else:
+                self.leaps.setdefault(part, []).append(key)
+                self.unsupported.add(key)
+            heapq.heappush(self.held, (key, item))
         if self.mode != "arrival":
             self._advance(now, out)
         return out
@@ -225,9 +263,15 @@ class EventTimeOrder:
                 return
             mark = min(self.newest[p] for p in active) - self.lateness_ms
         elif self.held:
-            if not all(self._is_finished(p) for p in self.partitions):
+            if all(self._is_finished(p) for p in self.partitions):
+                mark = max(k[0] for k, _ in self.held) + 1
+            else:
+                # Every partition idle: release what the stream supports, not the leaps still unconfirmed.
+                supported = [k[0] for k, _ in self.held if k not in self.unsupported]
+                if not supported:
+                    return
                 self.counters["idle_releases"] += 1
-            mark = max(k[0] for k, _ in self.held) + 1
+                mark = max(supported) + 1
         else:
             return
         self._set_watermark(mark)
@@ -243,7 +287,56 @@ class EventTimeOrder:
             self._release(item, out)
         self._forget()
 
+    def _supported(self, part: str, item: Item, out: Released) -> bool:
+        """Settle `part`'s pending leaps with `item`, its next message; then whether `item` itself is not a leap."""
+        skew = self.max_clock_skew_ms
+        if not skew:
+            return True
+        for key in self.leaps.pop(part, ()) if self.leaps else ():
+            if key not in self.unsupported:
+                continue  # released meanwhile: the watermark reached it
+            if item.ts >= key[0] - skew:
+                self.unsupported.discard(key)
+                self.newest[part] = max(self.newest.get(part, key[0]), key[0])
+            else:
+                self._refute(key, part, item, out)
+        anchor = self.newest.get(part)
+        if (anchor is None or isinstance(item, Label)) and self.newest:
+            # A partition's first message, or a label (labels come in any order of `ts`, a late one and an
+            # early one side by side): against the newest `ts` of the whole stream.
+            anchor = max(self.newest.values())
+        if self.watermark is not None:
+            anchor = max(anchor if anchor is not None else self.watermark, self.watermark + self.lateness_ms)
+        return anchor is None or item.ts <= anchor + skew
+
+    def _refute(self, key: tuple, part: str, after: Item, out: Released) -> None:
+        """A leap its partition's next message does not follow: an event goes to the dead letters; a label
+        stays held (unsupported) until the watermark reaches it, as a label never spoils the order."""
+        index = next((i for i, (k, _) in enumerate(self.held) if k == key), None)
+        if index is None:
+            return
+        item = self.held[index][1]
+        if isinstance(item, Label):
+            self.counters["labels_ahead"] += 1
+            return
+        self.unsupported.discard(key)
+        self.held[index] = self.held[-1]
+        self.held.pop()
+        heapq.heapify(self.held)
+        self.counters["future_ts"] += 1
+        out.dead.append(
+            _dead(
+                item,
+                "future_ts",
+                f"future_ts: ts {item.ts} is more than max_clock_skew_ms {self.max_clock_skew_ms} ahead of "
+                f"partition {part}'s stream (newest ts before it {self.newest.get(part)}, the next message's "
+                f"{after.ts}): a producer clock ahead?",
+            )
+        )
+
     def _release(self, item: Item, out: Released) -> None:
+        if self.unsupported:
+            self.unsupported.discard(sort_key(item))
         if isinstance(item, Event):
             if item.event_id in self.seen:
                 self.counters["duplicates"] += 1

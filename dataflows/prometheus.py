@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from dataflows.alerts import RULES as ALERT_RULES
 from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
 from dataflows.logs import configure_logging
+from dataflows.runs import latest_run_dir
 
 log = logging.getLogger("eddy.prometheus")
 
@@ -142,14 +143,24 @@ class PrometheusExporter:
             if record.get("accepted"):
                 _set(m["model_version"], version, member="lightgbm")
 
-    def watch_registry(self, directory: str | Path, interval_s: float = 2.0) -> threading.Thread | None:
-        """Report every refit the registry directory records, now and as new ones appear (daemon thread)."""
+    def watch_registry(
+        self, directory: str | Path, interval_s: float = 2.0, follow_runs: bool = False
+    ) -> threading.Thread | None:
+        """Report every refit the registry directory records, now and as new ones appear (daemon thread).
+
+        `follow_runs`: `directory` is a whole registry, where each run keeps its refits in a directory of its
+        own (`dataflows.runs`): follow the newest run's, moving on when a newer run starts."""
         if not self.enabled or not directory:
             return None
 
         def loop() -> None:
+            followed = None
             while True:
-                self.scan_registry(directory)
+                target = (latest_run_dir(directory) or directory) if follow_runs else directory
+                if target != followed:
+                    followed = target
+                    self.refits_seen.clear()  # each run numbers its refits from 1
+                self.scan_registry(target)
                 time.sleep(interval_s)
 
         thread = threading.Thread(target=loop, name="eddy-prometheus-registry", daemon=True)
@@ -295,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot listen on {args.addr}:{args.port}: {exc} (try --port)", file=sys.stderr)
         return 1
-    exporter.watch_registry(args.registry_dir or config.ensemble.get("registry_dir"))
+    exporter.watch_registry(args.registry_dir or config.ensemble.get("registry_dir"), follow_runs=True)
     print(f"eddy Prometheus exporter: {exporter.url} (following '{topic}' on {bootstrap}; Ctrl-C stops it)")
     with contextlib.suppress(KeyboardInterrupt):
         follow(exporter, bootstrap, topic, threading.Event(), config.kafka_security)

@@ -24,6 +24,7 @@ from dataflows.codec import Invalid, parse_ts
 from dataflows.config import ConfigError, load_config
 from dataflows.kafka_security import KafkaSecurity
 from dataflows.logs import configure_logging
+from dataflows.runs import run_registry_dir, runs_of
 
 log = logging.getLogger("eddy.report")
 
@@ -74,9 +75,15 @@ def read_metrics_topic(
     return [m for m in (_loads(r.value) for r in records) if m is not None]
 
 
-def read_registry(directory: str | Path | None) -> list[dict]:
-    """The refit records (`v000012.json`) kept in a model registry directory, oldest first."""
-    if not directory or not Path(directory).is_dir():
+def read_registry(directory: str | Path | None, runs: list[str] | None = None) -> list[dict]:
+    """The refit records (`v000012.json`) kept in a model registry directory, oldest first: those of the
+    runs `runs` (each in its own subdirectory, `dataflows.runs`), run by run; with `runs` None or empty
+    (metrics from before runs had ids), those directly in `directory`."""
+    if not directory:
+        return []
+    if runs:
+        return [record for run in runs for record in read_registry(run_registry_dir(directory, run))]
+    if not Path(directory).is_dir():
         return []
     records = []
     for path in sorted(Path(directory).glob("v*.json")):
@@ -464,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
             messages = read_metrics_topic(bootstrap, topic, security=config.kafka_security)
             source = f"topic '{topic}'"
         registry_dir = args.registry_dir or config.ensemble.get("registry_dir")
-        paths = write_report(messages, args.out, args.drift_at, read_registry(registry_dir), args.title)
+        registry = read_registry(registry_dir, runs_of(messages))
+        paths = write_report(messages, args.out, args.drift_at, registry, args.title)
     except (ReportError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

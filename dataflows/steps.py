@@ -54,6 +54,7 @@ from dataflows.messages import (
 from dataflows.metrics import MetricsReporter
 from dataflows.ordering import EventTimeOrder
 from dataflows.prometheus import PrometheusExporter
+from dataflows.runs import new_run_id, run_registry_dir
 from dataflows.shards import FeatureJoin, Splitter, shard_count
 from dataflows.state_journal import SharedBlobs, StateJournal
 from features import FeatureEngine
@@ -137,7 +138,12 @@ class OrderByEventTime(StatefulBatchLogic):
         self.journal = StateJournal(state_dir, self.STEP, key, ("ids",)) if state_dir is not None else None
         if saved is None:
             self.order = EventTimeOrder(
-                partitions, flow.lateness_ms, flow.idle_timeout_s, flow.dedupe_horizon_ms, flow.mode
+                partitions,
+                flow.lateness_ms,
+                flow.idle_timeout_s,
+                flow.dedupe_horizon_ms,
+                flow.mode,
+                max_clock_skew_ms=flow.max_clock_skew_ms,
             )
             if self.journal is not None:
                 self.journal.open(None)
@@ -151,6 +157,7 @@ class OrderByEventTime(StatefulBatchLogic):
         self.order.ends = ends
         self.order.tail = tail
         self.order.quiet_topics = (config.topics.labels,)
+        self.order.max_clock_skew_ms = flow.max_clock_skew_ms
         self.exporter = PrometheusExporter(config.flow.prometheus_port, config.flow.prometheus_host)
 
     def on_batch(self, items: list[Event | Label]):
@@ -343,9 +350,10 @@ class ScoreAndLearn(StatefulBatchLogic):
         self.journal = StateJournal(state_dir, self.STEP, key, ("blobs",)) if state_dir is not None else None
         self.blobs = SharedBlobs()
         if saved is None:
+            run = new_run_id()
             self.state = LearnerState(
-                OnlineLearner(build_model(config), config.flow.label_horizon_ms, config.flow.rolling_window),
-                MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s),
+                OnlineLearner(build_model(config, run), config.flow.label_horizon_ms, config.flow.rolling_window),
+                MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s, run),
                 alerts=AlertEvaluator(config.alerts),
             )
             if self.journal is not None:
@@ -364,7 +372,7 @@ class ScoreAndLearn(StatefulBatchLogic):
         self.exporter = PrometheusExporter(config.flow.prometheus_port, config.flow.prometheus_host)
         registry_dir = config.ensemble.get("registry_dir") if config.ensemble.get("enabled", True) else None
         if self.exporter.enabled and registry_dir:
-            self.exporter.watch_registry(registry_dir)
+            self.exporter.watch_registry(run_registry_dir(registry_dir, getattr(self.state.reporter, "run", None)))
 
     def on_batch(self, items: list[Release | FeaturePart | Scored | Label | DeadLetter]):
         started = time.perf_counter()

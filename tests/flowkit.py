@@ -57,10 +57,12 @@ def run_flow(config: Config) -> None:
 
 
 def outputs(bootstrap: str, topics: Topics) -> tuple[list[dict], list[dict], list]:
-    """(predictions, metrics, dead-letter records) currently on the topics."""
-    predictions = [orjson.loads(r.value) for r in read_topic(bootstrap, topics.predictions, timeout_s=10)]
-    metrics = [orjson.loads(r.value) for r in read_topic(bootstrap, topics.metrics, timeout_s=10)]
-    dead = read_topic(bootstrap, topics.dead_letters, timeout_s=10)
+    """(predictions, metrics, dead-letter records) currently on the topics: each read to its end, the
+    deadline only a bound for a broker that stops answering (a loaded machine reads 80k records in more
+    than 10 s, and a cut-short read would look like lost predictions)."""
+    predictions = [orjson.loads(r.value) for r in read_topic(bootstrap, topics.predictions, timeout_s=180)]
+    metrics = [orjson.loads(r.value) for r in read_topic(bootstrap, topics.metrics, timeout_s=180)]
+    dead = read_topic(bootstrap, topics.dead_letters, timeout_s=180)
     return predictions, metrics, dead
 
 

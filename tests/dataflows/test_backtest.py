@@ -13,6 +13,7 @@ import pytest
 
 from dataflows import datasets
 from dataflows.backtest import BacktestError, main, read_lines, run_backtest, source_messages
+from dataflows.codec import parse_ts
 from dataflows.config import load_config
 from tests.flowkit import by_id, config_for, outputs, publish, run_flow
 
@@ -60,7 +61,7 @@ def test_backtest_writes_outputs_and_report(events, tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     dead = orjson.loads((tmp_path / "out" / "dead_letters.jsonl").read_bytes())
     assert dead["value"] == '{"event_id":"broken"}' and dead["headers"]["stage"] == "decode"
-    assert sorted(p.name for p in (tmp_path / "out" / "registry").glob("v*.json")), "refits go to out/registry"
+    assert sorted(p.name for p in (tmp_path / "out" / "registry").glob("*/v*.json")), "refits go to out/registry/<run>"
     final = orjson.loads((tmp_path / "out" / "metrics.jsonl").read_bytes().splitlines()[-1])
     assert final["type"] == "final" and final["events"] == 1_500 and final["consumer_lag"] is None
 
@@ -112,3 +113,27 @@ def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0 and "--label-delay" in capsys.readouterr().out
+
+
+def test_one_event_hours_ahead_of_a_files_history_neither_stops_the_backtest_nor_is_lost(events, tmp_path):
+    # Historical data: every `ts` is in the past, so no clock can tell the event that is 3 hours ahead of its
+    # neighbours; the ordering step does, because the event after it does not follow it.
+    config = replace(load_config(env={}), ensemble={"enabled": False})
+    ahead = {**events[500], "event_id": "ahead", "ts": parse_ts(events[500], "ts") + 3 * 3_600_000}
+    path = write_jsonl(tmp_path / "events.jsonl", [*events[:501], ahead, *events[501:1_500]])
+
+    result = run_backtest(path, config, tmp_path / "out", report=False)
+
+    predictions = [orjson.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_bytes().splitlines()]
+    assert sorted(p["event_id"] for p in predictions) == sorted(e["event_id"] for e in events[:1_500])
+    dead = [orjson.loads(line) for line in (tmp_path / "out" / "dead_letters.jsonl").read_bytes().splitlines()]
+    assert [(d["headers"]["reason"], orjson.loads(d["value"])["event_id"]) for d in dead] == [("future_ts", "ahead")]
+    assert result.dead_letters == 1
+
+
+def test_a_second_backtest_into_the_same_directory_keeps_only_its_own_refits(events, tmp_path):
+    config = replace(load_config(env={}), ensemble=ENSEMBLE)
+    path = write_jsonl(tmp_path / "events.jsonl", events[:1_200])
+    run_backtest(path, config, tmp_path / "out", report=False)
+    run_backtest(path, config, tmp_path / "out", report=False)
+    assert len([p for p in (tmp_path / "out" / "registry").iterdir() if p.is_dir()]) == 1

@@ -186,3 +186,43 @@ def test_every_json_object_is_either_a_valid_event_or_a_reasoned_dead_letter(obj
     else:
         assert isinstance(result.event_id, str) and result.event_id
         assert all(v is None or not isinstance(v, float) or math.isfinite(v) for v in result.fields.values())
+
+
+# --- a broken clock: a ts further ahead of when its message was produced than the allowed skew ---
+
+NOW_MS = 1_767_312_000_000  # 2026-01-02T00:00:00Z: this machine's clock in these tests
+SKEWED = Codec("events", "labels", FIELDS, max_clock_skew_ms=3_600_000, clock=lambda: NOW_MS / 1000)
+
+
+def test_an_event_stamped_2096_is_dead_lettered_future_ts_naming_the_clocks():
+    dead = SKEWED.decode(msg({**GOOD, "ts": "2096-02-29T12:00:00Z"}))
+    assert isinstance(dead, DeadLetter) and dead.reason == "future_ts"
+    assert dead.error.startswith("'ts' 2096-02-29T12:00:00.000+00:00 is 70 years ahead of its Kafka timestamp")
+    assert "max_clock_skew_ms (3600000 ms)" in dead.error
+
+
+@given(st.integers(-86_400_000, 86_400_000), st.integers(-86_400_000, 0))
+def test_a_ts_is_refused_exactly_when_it_is_more_than_the_skew_ahead_of_its_kafka_timestamp(ahead, kafka_behind):
+    kafka_ts = NOW_MS + kafka_behind
+    decoded = SKEWED.decode(msg({**GOOD, "ts": kafka_ts + ahead}, timestamp=(1, kafka_ts)))
+    assert isinstance(decoded, DeadLetter) == (ahead > 3_600_000)
+    if isinstance(decoded, DeadLetter):
+        assert decoded.reason == "future_ts"
+
+
+def test_a_kafka_timestamp_from_the_future_is_not_trusted_and_none_is_compared_with_this_clock():
+    # A producer with a broken clock stamps the record (CreateTime) as wrongly as the event.
+    both = SKEWED.decode(msg({**GOOD, "ts": NOW_MS + 10 * 3_600_000}, timestamp=(1, NOW_MS + 10 * 3_600_000)))
+    assert isinstance(both, DeadLetter) and both.reason == "future_ts" and "ahead of this clock" in both.error
+    none = SKEWED.decode(msg({**GOOD, "ts": NOW_MS + 2 * 3_600_000}, timestamp=(0, -1)))
+    assert isinstance(none, DeadLetter) and none.reason == "future_ts"
+    assert isinstance(SKEWED.decode(msg({**GOOD, "ts": NOW_MS}, timestamp=(0, -1))), Event)
+
+
+def test_labels_from_the_future_are_refused_too_and_a_skew_of_zero_turns_the_check_off():
+    label = SKEWED.decode(msg({"event_id": "e1", "label": 1, "ts": "2096-01-01T00:00:00Z"}, topic="labels"))
+    assert isinstance(label, DeadLetter) and label.reason == "future_ts"
+    stamped = SKEWED.decode(msg({"event_id": "e1", "label": 1}, topic="labels", timestamp=(1, NOW_MS + 86_400_000)))
+    assert isinstance(stamped, DeadLetter) and stamped.error.startswith("its Kafka timestamp")
+    off = Codec("events", "labels", FIELDS, max_clock_skew_ms=0, clock=lambda: NOW_MS / 1000)
+    assert isinstance(off.decode(msg({**GOOD, "ts": "2096-02-29T12:00:00Z"})), Event)

@@ -76,3 +76,16 @@ def test_bad_config_is_named(tmp_path: Path, text: str, message: str):
 def test_a_bad_boolean_is_named():
     with pytest.raises(ConfigError, match="EDDY_TAIL='maybe' is not a boolean"):
         load_config(env={"EDDY_TAIL": "maybe"})
+
+
+def test_the_clock_skew_defaults_to_half_an_hour_and_is_set_by_file_or_environment(tmp_path: Path):
+    assert load_config(env={}).flow.max_clock_skew_ms == 1_800_000
+    path = tmp_path / "eddy.toml"
+    path.write_text("[flow]\nmax_clock_skew_ms = 60000\n")
+    assert load_config(path, env={}).flow.max_clock_skew_ms == 60_000
+    assert load_config(path, env={"EDDY_MAX_CLOCK_SKEW_MS": "0"}).flow.max_clock_skew_ms == 0
+    with pytest.raises(ConfigError, match="EDDY_MAX_CLOCK_SKEW_MS='1h' is not a whole number of milliseconds"):
+        load_config(path, env={"EDDY_MAX_CLOCK_SKEW_MS": "1h"})
+    path.write_text("[flow]\nmax_clock_skew_ms = -1\n")
+    with pytest.raises(ConfigError, match=r"\[flow\] max_clock_skew_ms must be a whole number >= 0"):
+        load_config(path, env={})

@@ -143,3 +143,25 @@ def test_cli(capsys):
     assert exit_.value.code == 0 and "--port" in capsys.readouterr().out
     assert main(["--bootstrap-servers", "127.0.0.1:1", "--port", str(free_port())]) == 1
     assert "127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_the_exporter_follows_the_newest_runs_refits(exporter, tmp_path):
+    import time
+
+    from dataflows.runs import new_run_id
+
+    def refit(run: str, version: int, accepted: bool) -> None:
+        (tmp_path / run).mkdir(exist_ok=True)
+        (tmp_path / run / f"v{version:06d}.json").write_text(json.dumps({"version": version, "accepted": accepted}))
+
+    old, new = sorted(new_run_id() for _ in range(2))
+    refit(old, 1, False)
+    refit(old, 2, False)
+    refit(new, 1, True)
+    exporter.watch_registry(tmp_path, interval_s=0.05, follow_runs=True)
+    deadline = time.monotonic() + 30
+    while scrape(exporter).get(("eddy_refits_total", (("decision", "accepted"),))) != 1:
+        assert time.monotonic() < deadline, "the newest run's refit was not reported"
+        time.sleep(0.05)
+    # The older run's refits are not the newest run's: never reported.
+    assert ("eddy_refits_total", (("decision", "rejected"),)) not in scrape(exporter)
