@@ -11,8 +11,8 @@ Semantics (the contract the dataflow and the backfill rely on):
 - A released event's features are each group's SQL run over `events` = the buffered history of the batch's
   entities since (batch's first ts − the group's horizon), plus the released batch. Windows that end at the
   current row see every event with ts <= the event's own, equal ts included; order ties by `event_id`.
-  Groups of windowed aggregates run as an equivalent plan instead: segments of an index of the history
-  sorted by entity and time (`features.segments`), or a batch join (`features.joinplan`).
+  Groups of windowed aggregates run as an equivalent plan instead, when the planner (`features.planner`) chose
+  one: segments of an index of the history sorted by entity and time (`features.segments`).
 - `event_id` must be unique; the engine does not deduplicate.
 
 >>> import tempfile, pathlib
@@ -48,7 +48,6 @@ import pyarrow.compute as pc
 
 from features.buffer import EventBuffer
 from features.catalog import Catalog, load_catalog, require_catalog, signature
-from features.joinplan import with_row_numbers
 from features.schema import HIDDEN, arrow_schema, to_arrow, to_ms
 from features.segments import OutOfRange, Rows, WindowIndex, segment_features
 from features.spec import FeatureFileError, FeatureGroup
@@ -380,11 +379,9 @@ class FeatureEngine:
                 con = self._connection()
                 columns.update(segment_features(con, plan, index, batch, indexed[plan.entity], self._statements))
                 continue
-            # A batch-join plan matches entities in its join; a window plan needs them filtered here.
-            entity = () if group.batch_sql else group.entity
-            history = self.buffer.history(first_ts - group.horizon_ms, entity, batch)
+            history = self.buffer.history(first_ts - group.horizon_ms, group.entity, batch)
             relation = pa.concat_tables([history, batch]) if history.num_rows else batch
-            columns.update(run_group(self._connection(), group, relation, batch["event_id"], batch))
+            columns.update(run_group(self._connection(), group, relation, batch["event_id"]))
         features = _records(columns, len(events))
         self.buffer.insert(batch)
         if self._inserted is not None:
@@ -417,7 +414,7 @@ class FeatureEngine:
                 rows[entity] = index.insert(batch)
             except OutOfRange as exc:
                 if self._indexes.pop(entity, None) is not None:
-                    log.warning("window index on %s dropped, batch joins until it can be rebuilt: %s", entity, exc)
+                    log.warning("window index on %s dropped, SQL as written until it can be rebuilt: %s", entity, exc)
         return rows
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
@@ -428,37 +425,13 @@ class FeatureEngine:
 
 def connect(threads: int = 1) -> duckdb.DuckDBPyConnection:
     """A private in-memory DuckDB that feature SQL cannot use to read or write files."""
-    con = duckdb.connect(config={"threads": int(threads), "enable_external_access": False})
-    # Batch-join plans stream __history through a hash table of the batch, so each event's window rows
-    # are aggregated in history order whatever else the relation holds: floating-point sums come out
-    # bit-identical however the stream was cut into micro-batches (deterministic replays and recovery).
-    con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
-    return con
+    return duckdb.connect(config={"threads": int(threads), "enable_external_access": False})
 
 
 def run_group(
-    con: duckdb.DuckDBPyConnection,
-    group: FeatureGroup,
-    events: pa.Table,
-    event_ids: pa.ChunkedArray,
-    batch: pa.Table | None = None,
+    con: duckdb.DuckDBPyConnection, group: FeatureGroup, events: pa.Table, event_ids: pa.ChunkedArray
 ) -> dict[str, pa.ChunkedArray]:
-    """Run one group's SQL over `events` and return its feature columns aligned with `event_ids`.
-
-    With `batch`, the rows whose features are wanted, a group that has a batch-join plan runs it instead
-    (see `features.joinplan`): same results, computed for the batch's rows only.
-    """
-    joined = batch is not None and group.batch_sql is not None
-    if joined:
-        try:
-            result = _query(con, group.batch_sql, {"__history": events, "__batch": with_row_numbers(batch)})
-            return {name: result[name] for name in group.feature_names}
-        except duckdb.Error as exc:
-            # The exact fixed-point sums overflow past ~1e26 (~1e13 for variances): such a batch runs the
-            # file's own SQL instead, with the same values up to float rounding.
-            log.warning("feature group '%s': batch-join plan failed (%s); running its SQL as written", group.name, exc)
-            entity_rows = _entity_history(events, group.entity, batch)
-            events = entity_rows
+    """Run one group's SQL over `events` and return its feature columns aligned with `event_ids`."""
     try:
         result = _query(con, group.sql, {"events": events})
     except duckdb.Error as exc:
@@ -500,14 +473,3 @@ def _pylist(column: pa.Array | pa.ChunkedArray) -> list:
         for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)).tolist():
             values[i] = None
     return values
-
-
-def _entity_history(events: pa.Table, entity: tuple[str, ...], batch: pa.Table) -> pa.Table:
-    """The rows of `events` whose entity appears in `batch` (what a window plan needs)."""
-    if not entity:
-        return events
-    mask = None
-    for column in entity:
-        keep = pc.is_in(events[column], value_set=batch[column].combine_chunks())
-        mask = keep if mask is None else pc.and_(mask, keep)
-    return events.filter(mask)

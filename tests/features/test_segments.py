@@ -1,5 +1,5 @@
 """The segment plan: the shipped SQL runs on it, its features do not depend on how the stream is cut, it
-survives restores, forgets what it evicts, and gives way to the batch join where it cannot answer."""
+survives restores, forgets what it evicts, and gives way to the file's own SQL where it cannot answer."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from features import FeatureEngine
 from features.backfill import backfill
+from features.planner import plan_group
 from features.schema import to_arrow
 from features.segments import WindowIndex, _Segments
 from features.spec import load_group
@@ -45,8 +46,12 @@ def by_id(batches) -> dict:
     return {event["event_id"]: features for batch in batches for event, features in batch}
 
 
-def run(events: list[dict], cuts: list[int], sql_dir=TRANSACTIONS) -> dict:
-    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=0)
+def planned(path, fields=FIELDS):
+    return plan_group(load_group(path, fields), fields)
+
+
+def run(events: list[dict], cuts: list[int], sql_dir=TRANSACTIONS, fields=FIELDS) -> dict:
+    engine = FeatureEngine(sql_dir, fields, lateness_ms=0)
     bounds = [0, *cuts, len(events)]
     return by_id([*(engine.push(events[a:b]) for a, b in itertools.pairwise(bounds)), engine.flush()])
 
@@ -100,18 +105,22 @@ def test_a_restored_engine_rebuilds_its_indexes_and_gives_the_same_bits(how):
     assert got == whole
 
 
-def test_aggregates_the_plan_does_not_compute_keep_the_batch_join(tmp_path):
+def test_aggregates_the_plan_does_not_compute_run_the_files_sql_and_equal_the_backfill(tmp_path):
     path = tmp_path / "g.sql"
     window = "OVER (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW)"
     # DuckDB sums BIGINT into a HUGEINT, a type the segment plan does not produce.
     path.write_text(HEADER + f"SELECT event_id, sum(n) {window} AS n_1h FROM events\n")
-    group = load_group(path, {**FIELDS, "n": "bigint"})
-    assert group.batch_sql is not None and group.segments is None
+    fields = {**FIELDS, "n": "bigint"}
+    assert planned(path, fields).segments is None
+    events = [{**e, "n": None if e["amount"] is None else int(e["amount"] * 100)} for e in payments(200, seed=4)]
+    online = run(events, [1, 60, 61, 150], tmp_path, fields)
+    expected = backfill(tmp_path, to_arrow(events, fields), fields).to_pylist()
+    assert [online[row.pop("event_id")] for row in expected] == expected
     path.write_text(HEADER + f"SELECT event_id, max(n) {window} AS n_max, avg(n) {window} AS n_mean FROM events\n")
-    assert load_group(path, {**FIELDS, "n": "bigint"}).segments is not None
+    assert planned(path, {**FIELDS, "n": "bigint"}).segments is not None
 
 
-def test_events_years_apart_fall_back_to_the_batch_join_and_stay_exact(caplog):
+def test_events_years_apart_fall_back_to_the_files_sql_and_stay_exact(caplog):
     events = payments(40, seed=9)
     later = START + 3 * 365 * 86_400_000  # beyond the ~2 years one index key spans
     events += [{**e, "event_id": f"q{i:03d}", "ts": later + i * 20_000} for i, e in enumerate(payments(40, seed=10))]
@@ -217,7 +226,7 @@ def test_min_max_and_counts_over_nulls_and_ts_equal_the_backfill(tmp_path):
         + ", ".join(f"{name} AS ({spec})" for name, spec in windows.items())
         + "\n"
     )
-    assert load_group(sql_dir / "g.sql", FIELDS).segments is not None
+    assert planned(sql_dir / "g.sql").segments is not None
     events = payments(500, seed=17, gap_ms=30_000)
     online = run(events, [1, 2, 90, 250], sql_dir)
     expected = backfill(sql_dir, to_arrow(events, FIELDS), FIELDS).to_pylist()
@@ -234,7 +243,7 @@ def test_computed_items_are_given_exactly_the_columns_they_read(tmp_path):
         HEADER + f"SELECT event_id, CASE WHEN \"country\" = 'FR' THEN amount END / count(*) {window} AS share,\n"
         f"  sum(amount) {window} * 2 AS doubled FROM events\n"
     )
-    plan = load_group(path, FIELDS).segments
+    plan = planned(path).segments
     assert plan is not None and plan.residual_sql is not None
     # The `*` of `sum(...) * 2` could be a star: every column then goes to DuckDB.
     assert plan.residual_columns == ("event_id", "ts", *FIELDS)
@@ -242,7 +251,7 @@ def test_computed_items_are_given_exactly_the_columns_they_read(tmp_path):
         HEADER
         + f"SELECT event_id, CASE WHEN \"country\" = 'FR' THEN amount END / count(*) {window} AS share FROM events\n"
     )
-    plan = load_group(path, FIELDS).segments
+    plan = planned(path).segments
     assert plan.residual_columns == ("amount", "country")
     events = payments(300, seed=19)
     online = run(events, [50, 51, 200], tmp_path)
