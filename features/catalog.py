@@ -43,10 +43,6 @@ class Catalog:
         return max((g.horizon_ms for g in self.groups), default=0)
 
     @property
-    def lateness_ms(self) -> int:
-        return max((g.lateness_ms or 0 for g in self.groups), default=0)
-
-    @property
     def families(self) -> dict[str, tuple[str, ...]]:
         """Family name -> its entity columns (sorted), in the order of each family's first group."""
         out: dict[str, tuple[str, ...]] = {}

@@ -61,7 +61,11 @@ class FeatureFileError(ValueError):
 
 @dataclass(frozen=True)
 class FeatureGroup:
-    """One loaded, validated feature file; `segments` is its segment plan once the planner chose one."""
+    """One loaded, validated feature file; `segments` is its segment plan once the planner chose one.
+
+    `lateness_ms` is the header's, read and checked so that files that carry one load; how late an event may
+    arrive is the flow's setting (`[flow] lateness_ms`), whose ordering step feeds the engine in event time.
+    """
 
     name: str
     path: str

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from features import FeatureEngine
 from features.backfill import backfill
 from features.schema import to_arrow
-from tests.features.conftest import FIELDS, REPO, USER_COUNTS
+from tests.features.conftest import FIELDS, REPO, USER_COUNTS, RowOrder
 
 SHORT = """\
 -- group: short
@@ -115,17 +115,18 @@ def same(a, b) -> bool:
 
 
 def check(sql_dir, events, lateness, batches, plan="segments"):
-    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=lateness)
+    engine = FeatureEngine(sql_dir, FIELDS)
     if plan == "sql":
         groups = tuple(replace(g, segments=None) for g in engine.catalog.groups)
         engine.catalog = replace(engine.catalog, groups=groups)
-    online, order = {}, []
-    for batch in [*(engine.push(b) for b in batches), engine.flush()]:
-        assert not batch.late
+    online, released = {}, []
+    order = RowOrder(lateness)
+    for batch in [*(engine.push(order.push(b)) for b in batches), engine.push(order.flush())]:
         for event, features in batch:
             online[event["event_id"]] = features
-            order.append((event["ts"], event["event_id"]))
-    assert order == sorted(order)
+            released.append((event["ts"], event["event_id"]))
+    assert not order.late
+    assert released == sorted(released)
     expected = backfill(sql_dir, to_arrow(events, FIELDS), FIELDS).to_pylist()
     assert len(online) == len(expected) == len(events)
     for row in expected:

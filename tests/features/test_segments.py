@@ -18,7 +18,7 @@ from features.planner import plan_group
 from features.schema import to_arrow
 from features.segments import WindowIndex, _Segments
 from features.spec import load_group
-from tests.features.conftest import FIELDS, REPO, revive
+from tests.features.conftest import FIELDS, REPO, RowOrder, in_event_time, revive
 from tests.features.test_online_equals_backfill import same
 
 TRANSACTIONS = REPO / "sql" / "transactions"
@@ -51,9 +51,9 @@ def planned(path, fields=FIELDS):
 
 
 def run(events: list[dict], cuts: list[int], sql_dir=TRANSACTIONS, fields=FIELDS) -> dict:
-    engine = FeatureEngine(sql_dir, fields, lateness_ms=0)
+    engine = FeatureEngine(sql_dir, fields)
     bounds = [0, *cuts, len(events)]
-    return by_id([*(engine.push(events[a:b]) for a, b in itertools.pairwise(bounds)), engine.flush()])
+    return by_id([engine.push(batch) for batch in in_event_time([events[a:b] for a, b in itertools.pairwise(bounds)])])
 
 
 def test_the_shipped_transactions_sql_runs_on_segment_plans():
@@ -96,12 +96,13 @@ def test_the_segment_plan_equals_the_backfill_on_the_shipped_sql():
 def test_a_restored_engine_rebuilds_its_indexes_and_gives_the_same_bits(how):
     events = payments(400, seed=5)
     whole = run(events, list(range(50, 400, 50)))
-    engine = FeatureEngine(TRANSACTIONS, FIELDS, lateness_ms=0)
-    got = by_id([engine.push(events[i : i + 50]) for i in range(0, 200, 50)])
+    engine, order = FeatureEngine(TRANSACTIONS, FIELDS), RowOrder()
+    got = by_id([engine.push(order.push(events[i : i + 50])) for i in range(0, 200, 50)])
     assert engine._indexes
     engine = revive(engine, how, TRANSACTIONS)
     assert engine._indexes == {}
-    got |= by_id([*(engine.push(events[i : i + 50]) for i in range(200, 400, 50)), engine.flush()])
+    got |= by_id([*(engine.push(order.push(events[i : i + 50])) for i in range(200, 400, 50))])
+    got |= by_id([engine.push(order.flush())])
     assert got == whole
 
 
@@ -154,13 +155,13 @@ def test_an_edit_that_reads_a_new_column_rebuilds_the_index_from_history(tmp_pat
     path = sql_dir / "user.sql"
     path.write_text(HEADER + f"SELECT event_id, sum(amount) {window} AS total FROM events\n")
     events = payments(200, seed=11)
-    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=0)
-    engine.push(events[:120])
+    engine, order = FeatureEngine(sql_dir, FIELDS), RowOrder()
+    engine.push(order.push(events[:120]))
     assert engine._indexes[("user_id",)].columns == {"amount": "double"}
     path.write_text(
         HEADER + f"SELECT event_id, sum(amount) {window} AS total, count(country) {window} AS n FROM events\n"
     )
-    online = by_id([engine.push(events[120:]), engine.flush()])
+    online = by_id([engine.push(order.push(events[120:])), engine.push(order.flush())])
     assert engine._indexes[("user_id",)].columns == {"amount": "double", "country": "string"}
     expected = backfill(sql_dir, to_arrow(events, FIELDS), FIELDS).to_pylist()
     # The new count covers the hour before the edit at once: the index was rebuilt from the buffered events.
@@ -171,13 +172,14 @@ def test_an_edit_that_reads_a_new_column_rebuilds_the_index_from_history(tmp_pat
         assert all(same(got[k], v) for k, v in row.items()), (got, row)
 
 
-def test_push_with_flush_equals_push_then_flush_in_one_batch():
+def test_a_release_in_one_batch_equals_it_in_two():
     events = payments(300, seed=13)
-    two, one = FeatureEngine(TRANSACTIONS, FIELDS, lateness_ms=0), FeatureEngine(TRANSACTIONS, FIELDS, lateness_ms=0)
+    two, one = FeatureEngine(TRANSACTIONS, FIELDS), FeatureEngine(TRANSACTIONS, FIELDS)
     expected, got, batches = {}, {}, 0
     for i in range(0, 300, 70):
-        expected |= by_id([two.push(events[i : i + 70]), two.flush()])
-        batch = one.push(events[i : i + 70], flush=True)
+        order = RowOrder()  # the chunk as the ordering releases it: all but its newest ts, then the rest
+        expected |= by_id([two.push(order.push(events[i : i + 70])), two.push(order.flush())])
+        batch = one.push(events[i : i + 70])
         got |= by_id([batch])
         batches += 1
         assert len(batch) == len(events[i : i + 70])
