@@ -202,12 +202,11 @@ def river_bare_on_features(events: list[dict]) -> dict:
     from features import FeatureEngine
 
     config = load_config()
-    engine = FeatureEngine(config.sql_dir, config.fields, lateness_ms=0)
+    engine = FeatureEngine(config.sql_dir, config.fields)
     rows = [{**e, "ts": parse_ts(e, "ts")} for e in events]
     computed = {}
-    for start in range(0, len(rows), 10_000):
-        for batch in (engine.push(rows[start : start + 10_000]), engine.flush()):
-            computed.update({e["event_id"]: model_input(f) for e, f in batch})
+    for start in range(0, len(rows), 10_000):  # the data sets are in ts order, as the flow would order them
+        computed.update({e["event_id"]: model_input(f) for e, f in engine.push(rows[start : start + 10_000])})
     xs = [(computed[e["event_id"]], e["label"]) for e in events]
     model = make_model()
     started = time.perf_counter()

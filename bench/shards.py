@@ -57,7 +57,7 @@ def split_and_join(config, batches: list[list[Event]], shards: int) -> dict:
         for _, m in messages[1:]:
             template = feats[m.family]
             features = {row["event_id"]: template.copy() for row in m.rows}
-            arriving.append(FeaturePart(m.seq, m.key, m.family, features, {}, m.version))
+            arriving.append(FeaturePart(m.seq, m.key, m.family, features, m.version))
         started = time.perf_counter()
         out = join.push(arriving)
         join_s += time.perf_counter() - started
@@ -83,7 +83,7 @@ def before(batches: list[list[Event]], names: list[str]) -> float:
 def engines(config, warm: list[Event], batches: list[list[Event]], shards: int | None) -> dict:
     """CPU µs per event of the feature engines as `shards` workers run them (None: one worker with one
     engine per family, each fed every event, the layout one worker does not use)."""
-    options = {"lateness_ms": 0, "auto_reload": False}
+    options = {"auto_reload": False}
     splitter = Splitter(config.sql_dir, config.fields, shards or 1)
     if shards is None:
         families = FeatureEngine(config.sql_dir, config.fields).catalog.families
@@ -106,7 +106,7 @@ def engines(config, warm: list[Event], batches: list[list[Event]], shards: int |
                 work = {key: m.rows for key, m in messages[1:]}
             for key, rows in work.items():
                 started = time.process_time()
-                pool[key].push(rows, flush=True)
+                pool[key].push(rows)
                 if phase == "timed":
                     spent[key] += time.process_time() - started
             if phase == "timed":

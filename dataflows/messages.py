@@ -93,13 +93,12 @@ class ShardBatch:
 
 @dataclass(frozen=True, slots=True)
 class FeaturePart:
-    """One shard's features for its events of release `seq` (by event_id), and the ones it found late."""
+    """One shard's features for its events of release `seq` (by event_id)."""
 
     seq: int
     key: str
     family: str | None
     features: dict[str, dict[str, Any]]
-    late: dict[str, str]
     version: str
 
 

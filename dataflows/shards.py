@@ -229,11 +229,10 @@ class Splitter:
     stat), logs a reload or a refused edit, and stamps every message with the version, so all the shards of
     one micro-batch compute under one version (each reloads its own definitions when the stamp changes).
 
-    And it decides which events are late for the feature engine, as one engine over every event would:
-    with its lateness 0 and every push flushed, an event whose ts is below the newest ts released before it
-    (or, at a release's end, at or below) is dead-lettered `late` in its place, and no shard sees it. A
-    shard, which sees only its entities, would otherwise accept it. The ordering step releases in ts order,
-    so this refuses nothing there today; it keeps the rule whatever feeds the engine.
+    And it keeps the engines' contract, batches in event-time order, for the whole stream rather than a
+    shard's entities: an event whose ts is below the newest ts released before it (or, at a release's end,
+    at or below) is dead-lettered `late` in its place, and no shard sees it. The ordering step releases in ts
+    order, so this refuses nothing there; it keeps the rule whatever feeds the split.
 
     Plain state (`state()`): the release counter, the lateness marks and the shard count; the definitions
     are read from the folder again on resume, as the engines do.
@@ -481,7 +480,6 @@ class FeatureJoin:
                 f"got them from {sorted(p.key for p in parts)}"
             )
         version = release.version
-        late: dict[str, str] = {}
         by_family: dict[str, list[dict[str, dict]]] = {}
         for part in parts:
             if part.version != version and (part.version, version) not in self._warned:
@@ -493,8 +491,6 @@ class FeatureJoin:
                     part.version,
                     version,
                 )
-            if part.late:
-                late.update(part.late)
             by_family.setdefault(part.family, []).append(part.features)
         tables = [_merged(by_family.get(family, ())) for family in release.families]
         names = release.names
@@ -516,7 +512,7 @@ class FeatureJoin:
                     if names is not None:
                         features = {name: features[name] for name in names}
             except KeyError:
-                reason = late.get(event_id, "the feature engine returned no features for this event")
+                reason = "the feature engine returned no features for this event"
                 out.append(DeadLetter(item.raw, item.key, reason, "features", item.origin, "late"))
                 continue
             out.append(Scored(item, features, version))

@@ -218,7 +218,6 @@ class ComputeFeatures(StatefulBatchLogic):
         self.sql_dir = config.sql_dir
         self.fields = config.fields
         self.state_dir = state_dir
-        self.arrival = config.flow.mode == "arrival"
         self.exporter = PrometheusExporter(config.flow.prometheus_port, config.flow.prometheus_host)
         self.key: str | None = None
         self.family: str | None = None
@@ -237,7 +236,6 @@ class ComputeFeatures(StatefulBatchLogic):
         if self.state_dir is not None:
             self.journal = StateJournal(self.state_dir, self.STEP, key, ("rows",))
         options = {
-            "lateness_ms": 0,
             "auto_reload": False,
             "track_inserts": self.journal is not None,
             "family": family,
@@ -273,7 +271,7 @@ class ComputeFeatures(StatefulBatchLogic):
             log.info(
                 "feature shard %s: %d events in %d micro-batches, %d rows held; pid %d, thread %d",
                 self.key,
-                self.engine.counters["released"],
+                self.engine.counters["events"],
                 self.engine.counters["batches"],
                 len(self.engine.buffer),
                 os.getpid(),
@@ -286,10 +284,9 @@ class ComputeFeatures(StatefulBatchLogic):
         if batch.version != engine.features_version:
             self._reload(batch.version)
         rows = batch.rows
-        computed = engine.push_on_arrival(rows) if self.arrival else engine.push(rows, flush=True)
+        computed = engine.push(rows)
         features = {row["event_id"]: feats for row, feats in computed}
-        late = {le.event["event_id"]: le.reason for le in computed.late}
-        return FeaturePart(batch.seq, self.key, self.family, features, late, computed.features_version)
+        return FeaturePart(batch.seq, self.key, self.family, features, computed.features_version)
 
     def _reload(self, wanted: str) -> None:
         """The splitter found the definitions edited: load them too (it logged the change)."""

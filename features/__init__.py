@@ -4,7 +4,7 @@ Knows nothing of Kafka or Bytewax. The same SQL gives the same numbers live (`Fe
 (`features.backfill.backfill`), with no look into the future.
 """
 
-from features.engine import FeatureBatch, FeatureEngine, LateEvent, ReloadReport
+from features.engine import FeatureBatch, FeatureEngine, ReloadReport
 from features.spec import FeatureFileError, FeatureGroup
 
 __all__ = [
@@ -12,6 +12,5 @@ __all__ = [
     "FeatureEngine",
     "FeatureFileError",
     "FeatureGroup",
-    "LateEvent",
     "ReloadReport",
 ]

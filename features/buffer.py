@@ -1,7 +1,7 @@
-"""The history that windows run over: released events as one Arrow table, in (ts, event_id) order.
+"""The history that windows run over: pushed events as one Arrow table, in (ts, event_id) order.
 
-Events are released in non-decreasing ts (anything older than the watermark is late and never enters),
-so the buffer only ever appends at the end and evicts from the front: eviction is a slice, the lower
+The flow feeds the engine in event-time order (its ordering step refuses what comes too late), so the
+buffer appends at the end and evicts from the front: eviction is a slice, the lower
 bound of a window is a binary search, and memory is bounded by the horizon, not the stream's length.
 It holds no DuckDB connection, so it pickles, deep-copies and snapshots as plain Arrow data.
 
@@ -67,7 +67,7 @@ class EventBuffer:
         return self.table.nbytes
 
     def append(self, batch: pa.Table) -> None:
-        """Append released events; they must not be older than what is already buffered."""
+        """Append pushed events; they must not be older than what is already buffered."""
         if batch.num_rows == 0:
             return
         self.table = pa.concat_tables([self.table, self.conform(batch)])

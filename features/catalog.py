@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from features.planner import plan_group
 from features.spec import FeatureFileError, FeatureGroup, check_catalog, definitions_hash, load_group
 
 NO_ENTITY = "none"
@@ -42,10 +43,6 @@ class Catalog:
         return max((g.horizon_ms for g in self.groups), default=0)
 
     @property
-    def lateness_ms(self) -> int:
-        return max((g.lateness_ms or 0 for g in self.groups), default=0)
-
-    @property
     def families(self) -> dict[str, tuple[str, ...]]:
         """Family name -> its entity columns (sorted), in the order of each family's first group."""
         out: dict[str, tuple[str, ...]] = {}
@@ -68,7 +65,8 @@ def signature(sql_dir: str | Path) -> tuple[tuple[str, int, int], ...]:
 
 
 def load_catalog(sql_dir: str | Path, fields: dict[str, str]) -> tuple[Catalog | None, list[FeatureFileError]]:
-    """Load every `*.sql` file; returns the catalog (None if any file fails) and every error found."""
+    """Load every `*.sql` file, each with its plan; returns the catalog (None if any file fails) and every
+    error found."""
     sql_dir = Path(sql_dir)
     if not sql_dir.is_dir():
         error = FeatureFileError(sql_dir, None, "no such folder of feature files")
@@ -77,7 +75,7 @@ def load_catalog(sql_dir: str | Path, fields: dict[str, str]) -> tuple[Catalog |
     for path in sorted(sql_dir.glob("*.sql")):
         try:
             text = path.read_text(encoding="utf-8")
-            groups.append(load_group(path, fields, text))
+            groups.append(plan_group(load_group(path, fields, text), fields))
             texts[path.name] = text
         except FeatureFileError as exc:
             errors.append(exc)

@@ -1,7 +1,7 @@
 """The segment plan: windowed aggregates read off an index of the history sorted by entity and time.
 
-It serves the files the batch join (`features.joinplan`) serves, aggregates over `RANGE` windows partitioned
-by the header's entity and ordered by `ts`, with far less work. A `WindowIndex` keeps the buffered events
+It serves files of aggregates over `RANGE` windows partitioned by the header's entity and ordered by `ts`
+(`features.sql_analysis` recognises them). A `WindowIndex` keeps the buffered events
 sorted by (entity, ts, release order), so the rows of an event's window, its *segment*, are one contiguous
 piece of each of the index's few sorted runs, found by binary searches; numpy then reduces every segment of
 a batch in one call per aggregate. There is no join and no hash table, and DuckDB's fixed cost per
@@ -9,8 +9,8 @@ statement (a few milliseconds) is paid only for select items that are more than 
 
 A segment holds its window's rows in canonical order however the stream was cut into micro-batches, and a
 reduction over the same values in the same order gives the same bits: features are batch-independent by
-construction, which the batch join needed fixed-point sums for. The plan is used only if it reproduces
-the plain SQL on a synthetic sample when the file is loaded; the plain SQL stays the definition.
+construction. The planner (`features.planner`) uses a plan only if it reproduces the plain SQL on a synthetic
+sample when the file is loaded; the plain SQL stays the definition.
 
 >>> import duckdb, pyarrow as pa
 >>> from features.schema import to_arrow
@@ -36,8 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.joinplan import WindowedSelect, reproduces
 from features.schema import TS_TYPE
+from features.sql_analysis import WindowedSelect
 
 _FUNCTIONS = {
     "count": "count",
@@ -54,7 +54,7 @@ _FUNCTIONS = {
     "var_samp": "var_samp",
     "var_pop": "var_pop",
 }
-# Which column kinds each aggregate takes here; anything else keeps the batch join, whose result types are
+# Which column kinds each aggregate takes here; anything else runs the file's SQL, whose result types are
 # DuckDB's own (a sum of BIGINT is a HUGEINT, for one).
 _KINDS = {
     "count": {"double", "bigint", "string", "boolean", "ts"},
@@ -100,7 +100,7 @@ _STAR_FREE = re.compile(r"count\s*\(\s*\*\s*\)", re.IGNORECASE)
 
 
 class OutOfRange(ValueError):
-    """A timestamp the index cannot key exactly; the group runs its batch join instead."""
+    """A timestamp the index cannot key exactly; the group runs its SQL as written instead."""
 
 
 @dataclass(frozen=True)
@@ -142,18 +142,10 @@ class Rows:
 
 
 def segment_plan(
-    con: duckdb.DuckDBPyConnection,
-    text: str,
-    select: WindowedSelect | None,
-    columns: list[str],
-    entity: tuple[str, ...],
-    horizon_ms: int,
-    fields: dict[str, str],
+    select: WindowedSelect, columns: list[str], entity: tuple[str, ...], fields: dict[str, str]
 ) -> SegmentPlan | None:
-    """The segment plan of a feature file, or None when its aggregates are not all ones it computes, or it
-    does not reproduce the plain SQL on the load-time sample."""
-    if select is None:
-        return None
+    """The segment plan of a feature file read as `select`, or None when its aggregates are not all ones it
+    computes. Unverified: the planner checks it against the file's SQL before using it."""
     kinds = {**fields, "ts": "ts", "event_id": "string"}
     windows, needed = [], {}
     for window in select.windows:
@@ -182,7 +174,7 @@ def segment_plan(
         items = [_WINDOW_REF.sub(lambda m: f'{alias}."__w{m.group(1)}"', item) for item in residual]
         residual_sql = f"SELECT {', '.join(items)}\nFROM __batch AS {alias}"
         residual_columns = _mentioned(residual, ["event_id", "ts", *fields])
-    plan = SegmentPlan(
+    return SegmentPlan(
         entity,
         tuple(sorted(needed.items())),
         tuple(windows),
@@ -192,13 +184,6 @@ def segment_plan(
         tuple(names),
         residual_columns,
     )
-
-    def run(sample: pa.Table) -> pa.Table:
-        index = WindowIndex(plan.entity, dict(plan.columns))
-        features = segment_features(con, plan, index, sample, index.insert(sample))
-        return pa.table({"event_id": sample["event_id"], **features})
-
-    return plan if reproduces(con, text, fields, horizon_ms, run, (duckdb.Error, OutOfRange)) else None
 
 
 def segment_features(

@@ -1,5 +1,7 @@
 """Feature files: parse the header, validate the SQL against the `events` schema, explain failures.
 
+Validation only: how a valid file is computed is the planner's choice (`features.planner`).
+
 A feature file is a header of `-- key: value` comment lines followed by one plain DuckDB `SELECT` over a
 relation named `events` (see `sql/README.md`). Loading checks everything that can be checked without data,
 so that a bad edit is rejected when it is loaded, with the file, the line and DuckDB's own message,
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import duckdb
 
-from features.joinplan import batch_join_sql, walk, windowed_select
 from features.schema import empty_events, event_columns
-from features.segments import SegmentPlan, segment_plan
+from features.segments import SegmentPlan
+from features.sql_analysis import parse_tree, walk
 
 HEADER_KEYS = ("group", "entity", "horizon", "lateness", "description")
 REQUIRED_KEYS = ("group", "entity", "horizon")
@@ -60,7 +61,11 @@ class FeatureFileError(ValueError):
 
 @dataclass(frozen=True)
 class FeatureGroup:
-    """One loaded, validated feature file."""
+    """One loaded, validated feature file; `segments` is its segment plan once the planner chose one.
+
+    `lateness_ms` is the header's, read and checked so that files that carry one load; how late an event may
+    arrive is the flow's setting (`[flow] lateness_ms`), whose ordering step feeds the engine in event time.
+    """
 
     name: str
     path: str
@@ -70,7 +75,6 @@ class FeatureGroup:
     sql: str
     feature_names: tuple[str, ...]
     description: str = ""
-    batch_sql: str | None = None
     segments: SegmentPlan | None = None
 
 
@@ -91,7 +95,7 @@ def definitions_hash(texts: dict[str, str]) -> str:
 
 
 def load_group(path: str | Path, fields: dict[str, str], text: str | None = None) -> FeatureGroup:
-    """Parse and validate one feature file; raise `FeatureFileError` on the first problem."""
+    """Parse and validate one feature file; raise `FeatureFileError` on the first problem. No plan yet."""
     path = Path(path)
     if text is None:
         try:
@@ -109,9 +113,6 @@ def load_group(path: str | Path, fields: dict[str, str], text: str | None = None
     try:
         columns, statement = _bind(con, path, text, body_line, fields)
         _check_reach(con, path, text, body_line, statement, horizon)
-        select = windowed_select(con, text, statement, columns, entity)
-        batch_sql = batch_join_sql(con, text, select, entity, horizon, fields)
-        segments = segment_plan(con, text, select, columns, entity, horizon, fields)
     finally:
         con.close()
     return FeatureGroup(
@@ -123,8 +124,6 @@ def load_group(path: str | Path, fields: dict[str, str], text: str | None = None
         sql=text,
         feature_names=tuple(c for c in columns if c != "event_id"),
         description=header.get("description", ("", 0))[0],
-        batch_sql=batch_sql,
-        segments=segments,
     )
 
 
@@ -210,7 +209,7 @@ def _duration(path: Path, header: dict[str, tuple[str, int]], key: str) -> int:
 def _bind(con, path: Path, text: str, body_line: int, fields: dict[str, str]) -> tuple[list[str], dict]:
     """Parse and bind the whole file (header lines are SQL comments, so DuckDB's line numbers are the file's)."""
     try:
-        serialized = json.loads(con.execute("SELECT json_serialize_sql(?)", [text]).fetchall()[0][0])
+        serialized = parse_tree(con, text)
         if serialized.get("error"):
             _raise_duckdb(path, text, body_line, serialized.get("error_message", "invalid SQL"), fields)
         statements = serialized["statements"]

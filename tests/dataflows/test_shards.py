@@ -324,8 +324,8 @@ def test_split_shards_and_join_give_the_learner_what_one_engine_gives_in_the_sam
 # -- the join, piece by piece ------------------------------------------------------------------------------
 
 
-def part(seq: int, key: str, family: str, features: dict, late: dict | None = None) -> FeaturePart:
-    return FeaturePart(seq, key, family, features, late or {}, "v1")
+def part(seq: int, key: str, family: str, features: dict) -> FeaturePart:
+    return FeaturePart(seq, key, family, features, "v1")
 
 
 def release(seq: int, items: list, parts: tuple[str, ...]) -> Release:
@@ -362,16 +362,16 @@ def test_labels_and_dead_letters_keep_their_place_and_a_late_event_becomes_one_t
     join = FeatureJoin()
     out = join.push([release(0, [a, label, duplicate, b, c], ("user_id:0", "merchant_id:0")), undecodable])
     assert out == [undecodable]  # not part of the canonical sequence: passes at once
-    late = {"e00001": "late: ts 1 is before the watermark 2"}
     out = join.push(
         [
-            part(0, "merchant_id:0", "merchant_id", {"e00000": {"m": 1}, "e00002": {"m": 3}}, late),
+            part(0, "merchant_id:0", "merchant_id", {"e00000": {"m": 1}, "e00002": {"m": 3}}),
             part(0, "user_id:0", "user_id", {"e00000": {"u": 1}, "e00002": {"u": 3}}),
         ]
     )
     assert [type(x).__name__ for x in out] == ["Scored", "Label", "DeadLetter", "DeadLetter", "Scored"]
     assert out[1] is label and out[2] is duplicate
-    assert (out[3].reason, out[3].stage, out[3].error, out[3].value) == ("late", "features", late["e00001"], b"{}")
+    missing = "the feature engine returned no features for this event"
+    assert (out[3].reason, out[3].stage, out[3].error, out[3].value) == ("late", "features", missing, b"{}")
     assert out[4].features == {"u": 3, "m": 3}
 
 
@@ -442,19 +442,25 @@ def test_one_worker_keeps_one_engine_over_every_group(sql_dir):
     assert list(part.features["e00000"]) == FeatureEngine(sql_dir, config.fields).feature_names
 
 
-def test_the_split_refuses_what_one_engine_would_find_late_in_its_place(sql_dir):
-    """Lateness is the whole stream's, as one engine decides it (lateness 0, each push flushed), not a shard's:
-    a shard that has not seen the newer events of other entities would take the event."""
+def test_the_split_refuses_what_is_out_of_event_time_order_in_its_place(sql_dir):
+    """Event-time order is the whole stream's, not a shard's: a shard that has not seen the newer events of
+    other entities would take the event. An event at or below the newest ts of an earlier release, or below
+    one earlier in its own, is refused."""
     config = config_for(sql_dir)
     splitter = Splitter(config.sql_dir, config.fields, 3)
-    engine = FeatureEngine(sql_dir, config.fields, lateness_ms=0)
     first = [event(0, T0 + 5000, "u1", "m1"), event(1, T0 + 9000, "u2", "m2")]
     second = [event(2, T0 + 9000, "u3", "m3"), event(3, T0 + 12_000, "u1", "m1"), event(4, T0 + 11_000, "u4", "m1")]
-    for batch in (first, second):
+    refusals = [
+        [],
+        [
+            f"late: ts {T0 + 9000} is before the watermark {T0 + 9001} (max ts seen {T0 + 9000} - lateness 0 ms)",
+            f"late: ts {T0 + 11_000} is before the watermark {T0 + 12_000} (max ts seen {T0 + 12_000} - lateness 0 ms)",
+        ],
+    ]
+    for batch, refused in zip((first, second), refusals, strict=True):
         (_, head), *_ = splitter.split(batch)
-        refused = engine.push([e.as_row() for e in batch], flush=True).late
         assert [x.value for x in head.items if isinstance(x, DeadLetter)] == [b"{}"] * len(refused)
-        assert [x.error for x in head.items if isinstance(x, DeadLetter)] == [x.reason for x in refused]
+        assert [x.error for x in head.items if isinstance(x, DeadLetter)] == refused
     assert [type(x).__name__ for x in head.items] == ["DeadLetter", "Event", "DeadLetter"]
 
 

@@ -1,13 +1,18 @@
-"""Shared helpers: a folder of feature files per test, and small event streams with ts in epoch ms."""
+"""Shared helpers: a folder of feature files per test, small event streams with ts in epoch ms, and the
+flow's event-time ordering for rows."""
 
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import pickle
 from pathlib import Path
 
 import pytest
 
+from dataflows.messages import Event, Origin
+from dataflows.ordering import EventTimeOrder
 from features import FeatureEngine
 
 FIELDS = {"user_id": "string", "merchant_id": "string", "amount": "double", "category": "string", "country": "string"}
@@ -47,6 +52,42 @@ def event(i: int, ts_ms: int, user: str = "u1", amount: float = 1.0, **extra) ->
         "country": "FR",
         **extra,
     }
+
+
+class RowOrder:
+    """Event rows (dicts, as the engine takes them) through the flow's event-time ordering, one partition and
+    no idle timeout: what the engine is fed in the flow. `late` collects the refused rows' (event_id, reason)."""
+
+    def __init__(self, lateness_ms: int = 0):
+        self.order = EventTimeOrder(["events:0"], lateness_ms=lateness_ms, idle_timeout_s=math.inf)
+        self.late: list[tuple[str, str]] = []
+        self._offsets = itertools.count()
+        self._ids: dict[int, str] = {}
+
+    def push(self, rows: list[dict]) -> list[dict]:
+        """Take rows in arrival order; return the rows released, in event-time order."""
+        events = []
+        for row in rows:
+            offset = next(self._offsets)
+            self._ids[offset] = row["event_id"]
+            fields = {k: v for k, v in row.items() if k not in ("event_id", "ts")}
+            events.append(Event(row["event_id"], row["ts"], fields, None, Origin("events", 0, offset)))
+        return self._rows(self.order.push(events, now=0.0))
+
+    def flush(self) -> list[dict]:
+        """The end of the stream: every row still held."""
+        return self._rows(self.order.flush())
+
+    def _rows(self, released) -> list[dict]:
+        self.late += [(self._ids[dead.origin.offset], dead.error) for dead in released.dead]
+        return [event.as_row() for event in released.items]
+
+
+def in_event_time(batches: list[list[dict]], lateness_ms: int = 0) -> list[list[dict]]:
+    """Batches of rows arriving in this order, as the flow releases them: one batch per push, then the rest
+    at the end of the stream. Rows that arrive late are dropped."""
+    order = RowOrder(lateness_ms)
+    return [*(order.push(batch) for batch in batches), order.flush()]
 
 
 def revive(engine, how: str, sql_dir):

@@ -1,4 +1,5 @@
-"""The online engine: point in time, lateness, ties, label hiding, eviction, reload, snapshots."""
+"""The online engine: point in time, lateness (through the flow's ordering), ties, label hiding, eviction,
+reload, snapshots."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import pytest
 
 from features import FeatureEngine, FeatureFileError
-from tests.features.conftest import FIELDS, USER_COUNTS, event, revive
+from tests.features.conftest import FIELDS, USER_COUNTS, RowOrder, event, revive
 
 MIN = 60_000
 
@@ -23,8 +24,8 @@ def test_features_see_the_past_and_never_the_future(sql_dir):
     assert by_id(first) == {
         "e0000": {"n_1h": 1, "sum_1h": 1.0, "previous_id": None},
         "e0001": {"n_1h": 2, "sum_1h": 3.0, "previous_id": "e0000"},
+        "e0002": {"n_1h": 3, "sum_1h": 43.0, "previous_id": "e0001"},
     }
-    assert by_id(engine.flush()) == {"e0002": {"n_1h": 3, "sum_1h": 43.0, "previous_id": "e0001"}}
 
 
 def test_windows_forget_what_is_older_than_their_range(sql_dir):
@@ -36,8 +37,7 @@ def test_windows_forget_what_is_older_than_their_range(sql_dir):
 
 def test_events_with_equal_ts_see_each_other_and_lag_breaks_ties_by_event_id(sql_dir):
     engine = FeatureEngine(sql_dir, FIELDS)
-    engine.push([event(2, 1000), event(1, 1000)])
-    out = by_id(engine.flush())
+    out = by_id(engine.push([event(2, 1000), event(1, 1000)]))
     assert list(out) == ["e0001", "e0002"]
     assert [f["n_1h"] for f in out.values()] == [2, 2]
     assert out["e0002"]["previous_id"] == "e0001"
@@ -46,34 +46,34 @@ def test_events_with_equal_ts_see_each_other_and_lag_breaks_ties_by_event_id(sql
 def test_arrival_order_within_the_lateness_does_not_matter(sql_dir):
     in_order = [event(i, i * 1000, amount=float(i)) for i in range(6)]
     shuffled = [in_order[k] for k in (1, 0, 3, 2, 5, 4)]
-    a, b = FeatureEngine(sql_dir, FIELDS, lateness_ms=1000), FeatureEngine(sql_dir, FIELDS, lateness_ms=1000)
-    out_a = {**by_id(a.push(in_order)), **by_id(a.flush())}
-    batches = [b.push(shuffled[:3]), b.push(shuffled[3:]), b.flush()]
+    a, b = FeatureEngine(sql_dir, FIELDS), FeatureEngine(sql_dir, FIELDS)
+    out_a = by_id(a.push(in_order))
+    order = RowOrder(lateness_ms=1000)
+    batches = [b.push(order.push(shuffled[:3])), b.push(order.push(shuffled[3:])), b.push(order.flush())]
     assert {k: v for batch in batches for k, v in by_id(batch).items()} == out_a
-    assert not any(batch.late for batch in batches)
+    assert not order.late
 
 
 def test_late_events_get_no_features_are_counted_and_stay_out_of_the_windows(sql_dir):
-    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=1000)
-    engine.push([event(0, 0), event(1, 10_000)])
-    out = engine.push([event(2, 5_000), event(3, 20_000)])
-    assert [late.event["event_id"] for late in out.late] == ["e0002"]
-    assert "before the watermark 9000" in out.late[0].reason
-    assert engine.counters["late_events"] == 1
-    assert by_id(engine.flush())["e0003"]["n_1h"] == 3
+    engine, order = FeatureEngine(sql_dir, FIELDS), RowOrder(lateness_ms=1000)
+    engine.push(order.push([event(0, 0), event(1, 10_000)]))
+    out = engine.push(order.push([event(2, 5_000), event(3, 20_000)]))
+    assert [event_id for event_id, _ in order.late] == ["e0002"] and "e0002" not in by_id(out)
+    assert "before the watermark 9000" in order.late[0][1]
+    assert order.order.counters["late_events"] == 1
+    assert by_id(engine.push(order.flush()))["e0003"]["n_1h"] == 3
 
 
 def test_nothing_is_accepted_behind_a_flush(sql_dir):
-    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=5_000)
-    engine.push([event(0, 0)])
-    assert len(engine.flush()) == 1
-    assert len(engine.push([event(1, 0)]).late) == 1
+    engine, order = FeatureEngine(sql_dir, FIELDS), RowOrder(lateness_ms=5_000)
+    engine.push(order.push([event(0, 0)]))
+    assert len(engine.push(order.flush())) == 1
+    assert engine.push(order.push([event(1, 0)])).events == [] and len(order.late) == 1
 
 
 def test_the_label_reaches_the_flow_but_not_the_sql(sql_dir):
     engine = FeatureEngine(sql_dir, {**FIELDS, "label": "boolean"})
-    engine.push([event(0, 0, label=True)])
-    released = engine.flush()
+    released = engine.push([event(0, 0, label=True)])
     assert released.events[0]["label"] is True
     assert "label" not in engine.buffer.table.column_names
 
@@ -81,7 +81,7 @@ def test_the_label_reaches_the_flow_but_not_the_sql(sql_dir):
 def test_values_never_become_sql_text(sql_dir):
     engine = FeatureEngine(sql_dir, FIELDS)
     nasty = "u'); DROP TABLE events; --"
-    out = [*engine.push([event(0, 0, user=nasty), event(1, 1, user=nasty)]), *engine.flush()]
+    out = [*engine.push([event(0, 0, user=nasty), event(1, 1, user=nasty)])]
     assert [f["n_1h"] for _, f in out] == [1, 2]
 
 
@@ -131,7 +131,7 @@ def test_an_invalid_edit_keeps_the_previous_definitions_and_says_why(sql_dir):
     (sql_dir / "user_counts.sql").write_text("-- group: g\n")
     out = engine.push([])
     assert not out.reload.changed and "missing header key(s) entity, horizon" in str(out.reload.errors[0])
-    assert by_id(engine.flush())["e0000"]["sum_1h"] == 1.0
+    assert by_id(engine.push([event(1, 1)]))["e0001"]["sum_1h"] == 2.0
 
 
 def test_a_bad_folder_fails_at_start(tmp_path):
@@ -147,15 +147,15 @@ def stream(n: int) -> list[dict]:
 @pytest.mark.parametrize("how", ["snapshot", "pickle", "deepcopy"])
 def test_state_survives_snapshot_pickle_and_deepcopy(sql_dir, how):
     events = stream(300)
-    whole = FeatureEngine(sql_dir, FIELDS, lateness_ms=3_000)
-    expected = [by_id(whole.push(events[i : i + 50])) for i in range(0, 300, 50)] + [by_id(whole.flush())]
+    whole = FeatureEngine(sql_dir, FIELDS)
+    expected = [by_id(whole.push(events[i : i + 50])) for i in range(0, 300, 50)]
 
-    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=3_000)
+    engine = FeatureEngine(sql_dir, FIELDS)
     got = [by_id(engine.push(events[i : i + 50])) for i in range(0, 150, 50)]
     engine.push([])
     engine = revive(engine, how, sql_dir)
     assert engine._con is None
-    got += [by_id(engine.push(events[i : i + 50])) for i in range(150, 300, 50)] + [by_id(engine.flush())]
+    got += [by_id(engine.push(events[i : i + 50])) for i in range(150, 300, 50)]
     assert got == expected
     assert engine.counters == whole.counters
 
@@ -174,6 +174,6 @@ def test_the_phishing_pass_through_gives_each_event_its_own_fields():
     events = [{**e, "ts": to_ms(e["ts"])} for e in phishing(limit=50)]
     fields = {k: "double" for k in events[0] if k not in ("event_id", "ts", "label")}
     engine = FeatureEngine(REPO / "sql" / "phishing", fields)
-    out = [*engine.push(events), *engine.flush()]
+    out = [*engine.push(events)]
     assert len(out) == 50
     assert all(f == {k: float(e[k]) for k in fields} for e, f in out)

@@ -66,7 +66,6 @@ def test_a_catalog_falls_into_families_by_entity(family_sql):
     user = FeatureEngine(family_sql, FIELDS, family="user_id")
     assert [g.name for g in user.catalog.groups] == ["user_day", "user_short", "user_counts"]
     assert user.features_version == catalog.version
-    assert user.lateness_ms == catalog.lateness_ms  # the whole folder's, as for the whole engine
     assert family_of(("user_id", "merchant_id")) == family_of(("merchant_id", "user_id"))
 
 
@@ -88,25 +87,20 @@ def streams(draw):
                 "country": "FR",
             }
         )
-    # Cut where ts moves on, as the ordering step releases (a flushed push refuses what ties the last one).
+    # Cut where ts moves on, as the ordering step releases: every event of one ts in one release.
     boundaries = [i for i in range(1, n) if events[i]["ts"] > events[i - 1]["ts"]]
     cuts = sorted(set(draw(st.lists(st.sampled_from(boundaries), max_size=8)))) if boundaries else []
     batches = [events[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
     shards = draw(st.integers(1, 3))
     # Any cut of the entities into shards: each distinct entity value (tuple) drawn a shard.
     salt = draw(st.integers(0, 2**16))
-    mode = draw(st.sampled_from(["flush", "arrival"]))
-    return batches, shards, salt, mode
+    return batches, shards, salt
 
 
 def identical(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return type(a) is type(b) and a == b
-
-
-def run(engine: FeatureEngine, batch: list[dict], mode: str):
-    return engine.push_on_arrival(batch) if mode == "arrival" else engine.push(batch, flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +110,7 @@ def fresh_engine(family_sql):
 
     def make(family: str | None = None) -> FeatureEngine:
         if family not in prototypes:
-            prototypes[family] = FeatureEngine(family_sql, FIELDS, lateness_ms=0, family=family)
+            prototypes[family] = FeatureEngine(family_sql, FIELDS, family=family)
         return copy.deepcopy(prototypes[family])
 
     return make
@@ -126,12 +120,12 @@ def fresh_engine(family_sql):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenario=streams())
 def test_family_engines_over_any_cut_of_the_entities_give_the_whole_engines_features(fresh_engine, scenario):
-    batches, shards, salt, mode = scenario
+    batches, shards, salt = scenario
     whole = fresh_engine()
     want: dict[str, dict] = {}
     for batch in batches:
-        out = run(whole, batch, mode)
-        assert not out.late
+        out = whole.push(batch)
+        assert len(out) == len(batch)
         for event, features in out:
             want[event["event_id"]] = features
     families = whole.catalog.families
@@ -148,8 +142,8 @@ def test_family_engines_over_any_cut_of_the_entities_give_the_whole_engines_feat
                 part = [e for e in batch if shard(e) == s]
                 if not part:
                     continue
-                out = run(engine, part, mode)
-                assert not out.late
+                out = engine.push(part)
+                assert len(out) == len(part)
                 assert out.features_version == whole.features_version
                 for event, features in out:
                     assert features.keys() == set(engine.feature_names)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from features import FeatureEngine
 from features.backfill import backfill
 from features.schema import to_arrow
-from tests.features.conftest import FIELDS, REPO, USER_COUNTS
+from tests.features.conftest import FIELDS, REPO, USER_COUNTS, RowOrder
 
 SHORT = """\
 -- group: short
@@ -33,7 +33,7 @@ WINDOW previous AS (PARTITION BY user_id, merchant_id ORDER BY ts, event_id),
 """
 
 
-# Runs as a batch join (see features.joinplan): several frames, one ending before the current row.
+# Runs on a segment plan (see features.segments): several frames, one ending before the current row.
 JOINED = """\
 -- group: joined
 -- entity: merchant_id, user_id
@@ -65,10 +65,10 @@ def test_sql(tmp_path_factory):
 
 def test_every_plan_is_exercised(test_sql):
     groups = FeatureEngine(test_sql, FIELDS).catalog.groups
-    plans = {g.name: (g.segments is not None, g.batch_sql is not None) for g in groups}
-    assert plans == {"joined": (True, True), "short": (False, False), "user_counts": (False, False)}
+    plans = {g.name: g.segments is not None for g in groups}
+    assert plans == {"joined": True, "short": False, "user_counts": False}
     shipped = FeatureEngine(REPO / "sql" / "transactions", FIELDS).catalog.groups
-    assert all(g.segments and g.batch_sql for g in shipped)
+    assert all(g.segments for g in shipped)
 
 
 @st.composite
@@ -115,17 +115,18 @@ def same(a, b) -> bool:
 
 
 def check(sql_dir, events, lateness, batches, plan="segments"):
-    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=lateness)
-    if plan == "batch_join":
+    engine = FeatureEngine(sql_dir, FIELDS)
+    if plan == "sql":
         groups = tuple(replace(g, segments=None) for g in engine.catalog.groups)
         engine.catalog = replace(engine.catalog, groups=groups)
-    online, order = {}, []
-    for batch in [*(engine.push(b) for b in batches), engine.flush()]:
-        assert not batch.late
+    online, released = {}, []
+    order = RowOrder(lateness)
+    for batch in [*(engine.push(order.push(b)) for b in batches), engine.push(order.flush())]:
         for event, features in batch:
             online[event["event_id"]] = features
-            order.append((event["ts"], event["event_id"]))
-    assert order == sorted(order)
+            released.append((event["ts"], event["event_id"]))
+    assert not order.late
+    assert released == sorted(released)
     expected = backfill(sql_dir, to_arrow(events, FIELDS), FIELDS).to_pylist()
     assert len(online) == len(expected) == len(events)
     for row in expected:
@@ -138,7 +139,7 @@ def check(sql_dir, events, lateness, batches, plan="segments"):
 @pytest.mark.slow
 @settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(scenario=scenarios())
-@pytest.mark.parametrize("plan", ["segments", "batch_join"])
+@pytest.mark.parametrize("plan", ["segments", "sql"])
 def test_online_equals_backfill_with_short_windows_and_eviction(test_sql, plan, scenario):
     check(test_sql, *scenario, plan=plan)
 
@@ -146,16 +147,16 @@ def test_online_equals_backfill_with_short_windows_and_eviction(test_sql, plan, 
 @pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(scenario=scenarios())
-@pytest.mark.parametrize("plan", ["segments", "batch_join"])
+@pytest.mark.parametrize("plan", ["segments", "sql"])
 def test_online_equals_backfill_on_the_shipped_transactions_sql(plan, scenario):
     check(REPO / "sql" / "transactions", *scenario, plan=plan)
 
 
-@pytest.mark.parametrize("plan", ["segments", "batch_join"])
+@pytest.mark.parametrize("plan", ["segments", "sql"])
 @pytest.mark.parametrize("first", [5.028560593320989e-303, 5e-324, 2.5e-308, 1e300])
 def test_extreme_magnitudes_keep_their_sums_and_means(plan, first):
-    """Found by hypothesis: the batch join's fixed-point sums rounded amounts below ~1e-250 to zero, so a mean
-    of 5e-303 became NULL in `amount / NULLIF(avg(amount), 0)` where DuckDB gives 0.0."""
+    """Amounts near the smallest and the largest doubles keep DuckDB's sums and means: a mean of 5e-303 is
+    not rounded to zero, so `amount / NULLIF(avg(amount), 0)` is 0.0, not NULL."""
     row = {"user_id": "a", "merchant_id": "m", "category": "grocery", "country": "FR", "label": False}
     events = [
         {**row, "event_id": "e0", "ts": 1_767_225_600_000, "amount": first},

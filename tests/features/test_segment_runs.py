@@ -182,7 +182,7 @@ def test_arrival_features_off_the_runs_equal_those_of_an_index_rebuilt_every_bat
     for start in range(0, 600, 25):
         batch = stream[start : start + 25]
         rebuilt = revive(rebuilt, "deepcopy", tmp_path)  # its index is built again, as one run
-        assert [f for _, f in live.push_on_arrival(batch)] == [f for _, f in rebuilt.push_on_arrival(batch)]
+        assert [f for _, f in live.push(batch)] == [f for _, f in rebuilt.push(batch)]
     assert len(live._indexes[("user_id",)]._runs) > 1
 
 

@@ -1,5 +1,5 @@
 """The segment plan: the shipped SQL runs on it, its features do not depend on how the stream is cut, it
-survives restores, forgets what it evicts, and gives way to the batch join where it cannot answer."""
+survives restores, forgets what it evicts, and gives way to the file's own SQL where it cannot answer."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 from features import FeatureEngine
 from features.backfill import backfill
+from features.planner import plan_group
 from features.schema import to_arrow
 from features.segments import WindowIndex, _Segments
 from features.spec import load_group
-from tests.features.conftest import FIELDS, REPO, revive
+from tests.features.conftest import FIELDS, REPO, RowOrder, in_event_time, revive
 from tests.features.test_online_equals_backfill import same
 
 TRANSACTIONS = REPO / "sql" / "transactions"
@@ -45,10 +46,14 @@ def by_id(batches) -> dict:
     return {event["event_id"]: features for batch in batches for event, features in batch}
 
 
-def run(events: list[dict], cuts: list[int], sql_dir=TRANSACTIONS) -> dict:
-    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=0)
+def planned(path, fields=FIELDS):
+    return plan_group(load_group(path, fields), fields)
+
+
+def run(events: list[dict], cuts: list[int], sql_dir=TRANSACTIONS, fields=FIELDS) -> dict:
+    engine = FeatureEngine(sql_dir, fields)
     bounds = [0, *cuts, len(events)]
-    return by_id([*(engine.push(events[a:b]) for a, b in itertools.pairwise(bounds)), engine.flush()])
+    return by_id([engine.push(batch) for batch in in_event_time([events[a:b] for a, b in itertools.pairwise(bounds)])])
 
 
 def test_the_shipped_transactions_sql_runs_on_segment_plans():
@@ -91,27 +96,32 @@ def test_the_segment_plan_equals_the_backfill_on_the_shipped_sql():
 def test_a_restored_engine_rebuilds_its_indexes_and_gives_the_same_bits(how):
     events = payments(400, seed=5)
     whole = run(events, list(range(50, 400, 50)))
-    engine = FeatureEngine(TRANSACTIONS, FIELDS, lateness_ms=0)
-    got = by_id([engine.push(events[i : i + 50]) for i in range(0, 200, 50)])
+    engine, order = FeatureEngine(TRANSACTIONS, FIELDS), RowOrder()
+    got = by_id([engine.push(order.push(events[i : i + 50])) for i in range(0, 200, 50)])
     assert engine._indexes
     engine = revive(engine, how, TRANSACTIONS)
     assert engine._indexes == {}
-    got |= by_id([*(engine.push(events[i : i + 50]) for i in range(200, 400, 50)), engine.flush()])
+    got |= by_id([*(engine.push(order.push(events[i : i + 50])) for i in range(200, 400, 50))])
+    got |= by_id([engine.push(order.flush())])
     assert got == whole
 
 
-def test_aggregates_the_plan_does_not_compute_keep_the_batch_join(tmp_path):
+def test_aggregates_the_plan_does_not_compute_run_the_files_sql_and_equal_the_backfill(tmp_path):
     path = tmp_path / "g.sql"
     window = "OVER (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 1 HOUR PRECEDING AND CURRENT ROW)"
     # DuckDB sums BIGINT into a HUGEINT, a type the segment plan does not produce.
     path.write_text(HEADER + f"SELECT event_id, sum(n) {window} AS n_1h FROM events\n")
-    group = load_group(path, {**FIELDS, "n": "bigint"})
-    assert group.batch_sql is not None and group.segments is None
+    fields = {**FIELDS, "n": "bigint"}
+    assert planned(path, fields).segments is None
+    events = [{**e, "n": None if e["amount"] is None else int(e["amount"] * 100)} for e in payments(200, seed=4)]
+    online = run(events, [1, 60, 61, 150], tmp_path, fields)
+    expected = backfill(tmp_path, to_arrow(events, fields), fields).to_pylist()
+    assert [online[row.pop("event_id")] for row in expected] == expected
     path.write_text(HEADER + f"SELECT event_id, max(n) {window} AS n_max, avg(n) {window} AS n_mean FROM events\n")
-    assert load_group(path, {**FIELDS, "n": "bigint"}).segments is not None
+    assert planned(path, {**FIELDS, "n": "bigint"}).segments is not None
 
 
-def test_events_years_apart_fall_back_to_the_batch_join_and_stay_exact(caplog):
+def test_events_years_apart_fall_back_to_the_files_sql_and_stay_exact(caplog):
     events = payments(40, seed=9)
     later = START + 3 * 365 * 86_400_000  # beyond the ~2 years one index key spans
     events += [{**e, "event_id": f"q{i:03d}", "ts": later + i * 20_000} for i, e in enumerate(payments(40, seed=10))]
@@ -145,13 +155,13 @@ def test_an_edit_that_reads_a_new_column_rebuilds_the_index_from_history(tmp_pat
     path = sql_dir / "user.sql"
     path.write_text(HEADER + f"SELECT event_id, sum(amount) {window} AS total FROM events\n")
     events = payments(200, seed=11)
-    engine = FeatureEngine(sql_dir, FIELDS, lateness_ms=0)
-    engine.push(events[:120])
+    engine, order = FeatureEngine(sql_dir, FIELDS), RowOrder()
+    engine.push(order.push(events[:120]))
     assert engine._indexes[("user_id",)].columns == {"amount": "double"}
     path.write_text(
         HEADER + f"SELECT event_id, sum(amount) {window} AS total, count(country) {window} AS n FROM events\n"
     )
-    online = by_id([engine.push(events[120:]), engine.flush()])
+    online = by_id([engine.push(order.push(events[120:])), engine.push(order.flush())])
     assert engine._indexes[("user_id",)].columns == {"amount": "double", "country": "string"}
     expected = backfill(sql_dir, to_arrow(events, FIELDS), FIELDS).to_pylist()
     # The new count covers the hour before the edit at once: the index was rebuilt from the buffered events.
@@ -162,13 +172,14 @@ def test_an_edit_that_reads_a_new_column_rebuilds_the_index_from_history(tmp_pat
         assert all(same(got[k], v) for k, v in row.items()), (got, row)
 
 
-def test_push_with_flush_equals_push_then_flush_in_one_batch():
+def test_a_release_in_one_batch_equals_it_in_two():
     events = payments(300, seed=13)
-    two, one = FeatureEngine(TRANSACTIONS, FIELDS, lateness_ms=0), FeatureEngine(TRANSACTIONS, FIELDS, lateness_ms=0)
+    two, one = FeatureEngine(TRANSACTIONS, FIELDS), FeatureEngine(TRANSACTIONS, FIELDS)
     expected, got, batches = {}, {}, 0
     for i in range(0, 300, 70):
-        expected |= by_id([two.push(events[i : i + 70]), two.flush()])
-        batch = one.push(events[i : i + 70], flush=True)
+        order = RowOrder()  # the chunk as the ordering releases it: all but its newest ts, then the rest
+        expected |= by_id([two.push(order.push(events[i : i + 70])), two.push(order.flush())])
+        batch = one.push(events[i : i + 70])
         got |= by_id([batch])
         batches += 1
         assert len(batch) == len(events[i : i + 70])
@@ -217,7 +228,7 @@ def test_min_max_and_counts_over_nulls_and_ts_equal_the_backfill(tmp_path):
         + ", ".join(f"{name} AS ({spec})" for name, spec in windows.items())
         + "\n"
     )
-    assert load_group(sql_dir / "g.sql", FIELDS).segments is not None
+    assert planned(sql_dir / "g.sql").segments is not None
     events = payments(500, seed=17, gap_ms=30_000)
     online = run(events, [1, 2, 90, 250], sql_dir)
     expected = backfill(sql_dir, to_arrow(events, FIELDS), FIELDS).to_pylist()
@@ -234,7 +245,7 @@ def test_computed_items_are_given_exactly_the_columns_they_read(tmp_path):
         HEADER + f"SELECT event_id, CASE WHEN \"country\" = 'FR' THEN amount END / count(*) {window} AS share,\n"
         f"  sum(amount) {window} * 2 AS doubled FROM events\n"
     )
-    plan = load_group(path, FIELDS).segments
+    plan = planned(path).segments
     assert plan is not None and plan.residual_sql is not None
     # The `*` of `sum(...) * 2` could be a star: every column then goes to DuckDB.
     assert plan.residual_columns == ("event_id", "ts", *FIELDS)
@@ -242,7 +253,7 @@ def test_computed_items_are_given_exactly_the_columns_they_read(tmp_path):
         HEADER
         + f"SELECT event_id, CASE WHEN \"country\" = 'FR' THEN amount END / count(*) {window} AS share FROM events\n"
     )
-    plan = load_group(path, FIELDS).segments
+    plan = planned(path).segments
     assert plan.residual_columns == ("amount", "country")
     events = payments(300, seed=19)
     online = run(events, [50, 51, 200], tmp_path)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from features.catalog import require_catalog
+from features.planner import plan_group
 from features.spec import FeatureFileError, load_group, parse_duration
 from tests.features.conftest import FIELDS, REPO
 
@@ -162,6 +163,5 @@ def test_a_window_longer_than_the_horizon_is_rejected(tmp_path):
     ],
 )
 def test_only_windowed_aggregates_over_the_entity_get_a_fast_plan(tmp_path, select, planned):
-    group = load(tmp_path, HEADER + f"SELECT event_id, {select} AS f FROM events\n")
-    assert (group.batch_sql is not None) == planned
+    group = plan_group(load(tmp_path, HEADER + f"SELECT event_id, {select} AS f FROM events\n"), FIELDS)
     assert (group.segments is not None) == planned
