@@ -69,12 +69,15 @@ def test_the_shipped_transactions_sql_runs_on_segment_plans():
 @given(seed=st.integers(0, 10_000), cuts=st.lists(st.integers(0, 300), max_size=8))
 def test_features_are_bit_identical_however_the_stream_is_cut(seed, cuts):
     events = payments(300, seed)
-    whole = run(events, [])
-    cut = run(events, sorted(cuts))
-    assert cut.keys() == whole.keys()
-    for event_id, features in whole.items():
-        # `==` on floats, not a tolerance: recovery and replays depend on exactly the same numbers.
-        assert cut[event_id] == features, event_id
+    assert_same_bits(run(events, sorted(cuts)), run(events, []))
+
+
+def assert_same_bits(got: dict, want: dict) -> None:
+    """The same events with the same features, compared with `==` on floats, not a tolerance: recovery and
+    replays depend on exactly the same numbers."""
+    assert got.keys() == want.keys()
+    for event_id, features in want.items():
+        assert got[event_id] == features, event_id
 
 
 def test_the_segment_plan_equals_the_backfill_on_the_shipped_sql():
