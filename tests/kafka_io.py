@@ -8,7 +8,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 
 def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout_s: float = 30.0) -> list:
-    """Every record of `topic` (all partitions, from the beginning); waits for `expected` records if given."""
+    """Every record of `topic` (all partitions, from the beginning); waits for `expected` records if given.
+
+    Without `expected` it reads to the end offsets and fails if the deadline comes first: a test that compared
+    part of a topic would report missing records that are on the broker, or miss records it should see."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=500)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
@@ -25,6 +28,9 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout_
                 end = consumer.end_offsets(partitions)
                 if all(consumer.position(tp) >= end[tp] for tp in partitions):
                     break
+        else:
+            if expected is None:
+                raise AssertionError(f"read {len(records)} records of '{topic}' in {timeout_s} s, not yet its end")
         return records
     finally:
         consumer.close()

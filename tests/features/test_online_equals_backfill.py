@@ -1,5 +1,10 @@
 """The promise: for any stream, batch split and arrival order within the lateness, the online features
-equal the backfill's (floats within 1e-9, NULL exactly where the backfill has NULL)."""
+equal the backfill's: counts, strings and extremes exactly, NULL exactly where the backfill has NULL, and
+floats within 1e-9 relative, or absolute 1e-9 times the stream's largest amount (never more than 1e-9), so
+the comparison shrinks with the data (a sum of 5e-324 that became 0.0 is a difference). Floats are not compared
+bit for bit: DuckDB adds a window's values in an order that depends on the rest of its input, and the backfill
+sees another input than a micro-batch does. Bit-for-bit equality however the stream is cut is the online
+plans' promise, checked in `test_segments.py`."""
 
 from __future__ import annotations
 
@@ -106,11 +111,20 @@ def scenarios(draw):
     return events, lateness, batches
 
 
-def same(a, b) -> bool:
+def tolerance(events: list[dict]) -> float:
+    """The absolute difference allowed between floats computed from `events`: 1e-9 of their largest amount,
+    as the rounding of a sum or a difference of amounts is relative to the amounts, not to its result; and
+    at most 1e-9."""
+    largest = max((abs(e["amount"]) for e in events if e.get("amount") is not None), default=0.0)
+    return 1e-9 * min(largest, 1.0)
+
+
+def same(a, b, abs_tol: float) -> bool:
+    """Equal, floats within 1e-9 relative or `abs_tol` absolute (see `tolerance`), NULL only with NULL."""
     if a is None or b is None:
         return a is None and b is None
     if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=abs_tol)
     return a == b
 
 
@@ -129,11 +143,12 @@ def check(sql_dir, events, lateness, batches, plan="segments"):
     assert released == sorted(released)
     expected = backfill(sql_dir, to_arrow(events, FIELDS), FIELDS).to_pylist()
     assert len(online) == len(expected) == len(events)
+    abs_tol = tolerance(events)
     for row in expected:
         got = online[row.pop("event_id")]
         assert got.keys() == row.keys()
         for name, value in row.items():
-            assert same(got[name], value), (name, got[name], value)
+            assert same(got[name], value, abs_tol), (name, got[name], value)
 
 
 @pytest.mark.slow
