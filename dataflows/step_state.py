@@ -103,10 +103,13 @@ class StepState:
 
 
 def pack(step_id: str, state: Any) -> bytes:
+    """The bytes Bytewax stores for `state`, tagged with the step and `STATE_FORMAT`."""
     return pickle.dumps({"format": STATE_FORMAT, "step": step_id, "state": state}, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def unpack(step_id: str, blob: bytes | None) -> Any:
+    """The state `pack` tagged (None for no snapshot); StateFormatError, saying what to do, for bytes of
+    another step, format or program."""
     if blob is None:
         return None
     if blob == NOT_SAVED:
