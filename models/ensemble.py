@@ -248,7 +248,7 @@ class Ensemble(base.Classifier):
             "accepted": self.registry.accepted,
             "rejected": self.registry.rejected,
             "last": last,
-            "fitted_by_flow": dict(getattr(self, "_fitted_by_flow", {})),
+            "fitted_by_flow": dict(self._fitted_by_flow),
             **self.registry.write_health(),
         }
 

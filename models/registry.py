@@ -61,14 +61,14 @@ class ModelRegistry:
         """Files that could not be written: how many refits failed to write, and the error of the latest write
         if it failed (None once a write succeeds again)."""
         return {
-            "registry_write_failures": getattr(self, "write_failures", 0),
-            "registry_write_error": getattr(self, "write_error", None),
+            "registry_write_failures": self.write_failures,
+            "registry_write_error": self.write_error,
         }
 
     def _written(self, error: str | None) -> None:
         """On the writer thread: the outcome of one refit's write."""
         if error is not None:
-            self.write_failures = getattr(self, "write_failures", 0) + 1
+            self.write_failures += 1
         self.write_error = error
 
     def versions(self) -> list[dict[str, Any]]:
