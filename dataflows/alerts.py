@@ -123,6 +123,18 @@ class AlertEvaluator:
         self._since: tuple[int, int] | None = None
         """(events, dead letters) where the dead-letter rate's current span starts."""
 
+    def state(self) -> dict[str, Any]:
+        """What fired and where the dead-letter rate's span starts; the rules are configuration, not state."""
+        return {"active": self.active, "since": self._since}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], settings: AlertSettings | None = None) -> AlertEvaluator:
+        """The evaluator `state` (from `state()`) describes, judging by `settings` (the configuration's now)."""
+        evaluator = cls(settings)
+        evaluator.active = dict(state["active"])
+        evaluator._since = state["since"]
+        return evaluator
+
     def evaluate(self, figures: dict[str, Any], now_ms: int) -> list[dict[str, Any]]:
         """The alert messages this metrics report gives rise to: a `firing` one for each rule that starts
         breaching, a `resolved` one for each firing rule that stops."""

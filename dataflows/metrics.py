@@ -43,13 +43,24 @@ class MetricsReporter:
         self._run_events = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLE)
 
-    def __getstate__(self) -> dict:
+    def state(self) -> dict[str, Any]:
+        """The counts, by name; the wall-clock figures describe this run only and start afresh on resume."""
         state = self.__dict__.copy()
         state["_last_at"] = None
         state["_run_started"] = None
         state["_run_events"] = 0
         state["_latencies"] = deque(maxlen=LATENCY_SAMPLE)
         return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> MetricsReporter:
+        """The reporter `state` (from `state()`) describes."""
+        reporter = cls.__new__(cls)
+        reporter.__dict__.update(state)
+        return reporter
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.state()
 
     def scored(self, event: Event, features_version: str, now: float) -> None:
         self.events += 1

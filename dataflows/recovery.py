@@ -22,7 +22,8 @@ from dataflows.flow import FLOW_ID, STATEFUL_STEPS
 from dataflows.shards import shard_count_error, workers_from_argv
 from dataflows.state_journal import FILE as JOURNAL_FILE
 from dataflows.state_journal import snapshot_log
-from dataflows.steps import OrderByEventTime, StateFormatError, unpack
+from dataflows.step_state import StateFormatError, unpack
+from dataflows.steps import OrderByEventTime
 
 
 class RecoveryError(RuntimeError):

@@ -434,8 +434,19 @@ class FeatureJoin:
         self.next_seq = 0
         self._warned: set[tuple[str, str]] = set()
 
-    def __getstate__(self) -> dict:
+    def state(self) -> dict:
+        """The releases waiting for their features and the parts in, by name (the join's own objects)."""
         return {"pending": self.pending, "parts": self.parts, "next_seq": self.next_seq}
+
+    @classmethod
+    def from_state(cls, state: dict) -> FeatureJoin:
+        """The join `state` (from `state()`) describes."""
+        join = cls()
+        join.__setstate__(state)
+        return join
+
+    def __getstate__(self) -> dict:
+        return self.state()
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

@@ -4,18 +4,16 @@ The ordering step and the learner run under one key; the feature step runs under
 feature family (`dataflows.shards`): the ordering step splits each released micro-batch over the shards and
 the learner joins their features back in the canonical order.
 
-Each step keeps its live resources (DuckDB connection, clocks, its journal) beside its state and snapshots
-only plain state, pickled, tagged with `STATE_FORMAT` so that a resume from an incompatible snapshot is
-refused with a clear message instead of silently mis-restoring.
+Each step keeps its live resources (DuckDB connection, clocks) beside its state, and saves and restores
+its state through one door, `dataflows.step_state.StepState`: it hands the door the plain `state()` of each
+object it holds and rebuilds them with their `from_state` on resume, so that the objects know nothing of
+Bytewax, Kafka or the recovery directory.
 
 A snapshot costs what its epoch changed, not the history held: the ordering step's dedupe ids and the
 feature step's window rows go to the recovery directory's journal (`dataflows.state_journal`) as one chunk
-an epoch, and the pickle Bytewax stores holds the rest of the state and the journal position. The learner's
+an epoch, and the bytes Bytewax stores hold the rest of the state and the journal position. The learner's
 state is bounded by its configuration (the model, the refit window, the events waiting for labels) and is
-pickled whole.
-
-Without a recovery directory Bytewax still asks for a snapshot at every epoch and throws it away, so steps
-built with no `state_dir` return the `NOT_SAVED` marker instead, which a resume refuses.
+saved whole, its refit window's slices by reference (`SharedBlobs`).
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 
-from dataflows.alerts import AlertEvaluator
+from dataflows.alerts import AlertEvaluator, AlertSettings
 from dataflows.config import Config
 from dataflows.learners import build_model
 from dataflows.messages import (
@@ -56,53 +54,16 @@ from dataflows.ordering import EventTimeOrder
 from dataflows.prometheus import PrometheusExporter
 from dataflows.runs import new_run_id, run_registry_dir
 from dataflows.shards import FeatureJoin, Splitter, shard_count
-from dataflows.state_journal import SharedBlobs, StateJournal
+from dataflows.state_journal import SharedBlobs
+from dataflows.step_state import NOT_SAVED, StepState
 from features import FeatureEngine
 from models import OnlineLearner
+from models.registry import flush_writes
 
 log = logging.getLogger("eddy")
 
-STATE_FORMAT = 5
-"""Bump when the pickled state of any step changes shape; old snapshots are then refused by name."""
-
-NOT_SAVED = b"eddy: state not saved (this run had no recovery directory)"
-"""What a step built with no `state_dir` returns for its snapshot: no state, and refused on resume."""
-
 _NO_MARK = -(2**62)
 """The mark of an empty chunk: below every floor, so it is dead as soon as it is not the newest."""
-
-
-class StateFormatError(RuntimeError):
-    """A recovery snapshot this version of eddy cannot resume from."""
-
-
-def pack(step_id: str, state: Any) -> bytes:
-    return pickle.dumps({"format": STATE_FORMAT, "step": step_id, "state": state}, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def unpack(step_id: str, blob: bytes | None) -> Any:
-    if blob is None:
-        return None
-    if blob == NOT_SAVED:
-        raise StateFormatError(
-            f"step '{step_id}': the recovery snapshot holds no state: it was written by a flow built without "
-            "snapshots (no recovery directory). Start with a fresh recovery directory (see README, Recovery)."
-        )
-    try:
-        saved = pickle.loads(blob)
-    except Exception as exc:
-        raise StateFormatError(
-            f"step '{step_id}': the recovery snapshot cannot be read ({exc}); it was written by an incompatible "
-            "version of eddy. Start with a fresh recovery directory (see README, Recovery)."
-        ) from exc
-    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT or saved.get("step") != step_id:
-        found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
-        raise StateFormatError(
-            f"step '{step_id}': the recovery snapshot has state format {found!r}, this eddy needs "
-            f"{STATE_FORMAT}. Resume with the eddy version that wrote it, or start with a fresh recovery "
-            "directory (see README, Recovery)."
-        )
-    return saved["state"]
 
 
 class OrderByEventTime(StatefulBatchLogic):
@@ -125,7 +86,8 @@ class OrderByEventTime(StatefulBatchLogic):
         workers: int = 1,
     ):
         flow = config.flow
-        saved = unpack(self.STEP, resume)
+        self.store = StepState(self.STEP, state_dir, ("ids",))
+        saved = self.store.unpack(resume)
         self.splitter = Splitter(
             config.sql_dir,
             config.fields,
@@ -135,7 +97,7 @@ class OrderByEventTime(StatefulBatchLogic):
             key,
             workers,
         )
-        self.journal = StateJournal(state_dir, self.STEP, key, ("ids",)) if state_dir is not None else None
+        chunks = self.store.open(key, saved)
         if saved is None:
             self.order = EventTimeOrder(
                 partitions,
@@ -145,13 +107,10 @@ class OrderByEventTime(StatefulBatchLogic):
                 flow.mode,
                 max_clock_skew_ms=flow.max_clock_skew_ms,
             )
-            if self.journal is not None:
-                self.journal.open(None)
         else:
             self.order = saved["order"]
-            chunks = self.journal.open(saved["position"]) if self.journal is not None else {"ids": []}
             self.order.restore_ids([pair for chunk in chunks["ids"] for pair in pickle.loads(chunk)])
-        if self.journal is not None:
+        if self.store.saving:
             self.order.track_new_ids()
         self.order.partitions = list(partitions)
         self.order.ends = ends
@@ -180,19 +139,17 @@ class OrderByEventTime(StatefulBatchLogic):
         return None if at is None else datetime.fromtimestamp(at, tz=UTC)
 
     def snapshot(self) -> bytes:
-        if self.journal is None:
+        if not self.store.saving:
             return NOT_SAVED
         started = time.perf_counter()
         chunk = pickle.dumps(self.order.take_new_ids(), protocol=pickle.HIGHEST_PROTOCOL)
         # A chunk's mark is the count of ids remembered up to its end: dead once all of them are forgotten.
-        position = self.journal.append(
-            {"ids": (chunk, self.order.remembered)}, dead_below={"ids": self.order.forgotten + 1}
+        return self.store.save(
+            {"order": self.order.without_ids(), "split": self.splitter.state()},
+            {"ids": (chunk, self.order.remembered)},
+            dead_below={"ids": self.order.forgotten + 1},
+            started=started,
         )
-        blob = pack(
-            self.STEP, {"position": position, "order": self.order.without_ids(), "split": self.splitter.state()}
-        )
-        self.journal.record(position.seq, time.perf_counter() - started, len(chunk) + len(blob))
-        return blob
 
 
 class ComputeFeatures(StatefulBatchLogic):
@@ -217,15 +174,14 @@ class ComputeFeatures(StatefulBatchLogic):
     ):
         self.sql_dir = config.sql_dir
         self.fields = config.fields
-        self.state_dir = state_dir
         self.exporter = PrometheusExporter(config.flow.prometheus_port, config.flow.prometheus_host)
         self.key: str | None = None
         self.family: str | None = None
         self.engine: FeatureEngine | None = None
-        self.journal: StateJournal | None = None
+        self.store = StepState(self.STEP, state_dir, ("rows",))
         self._reported: set[tuple[str, str]] = set()
         self._summarised = False
-        saved = unpack(self.STEP, resume)
+        saved = self.store.unpack(resume)
         if saved is not None:
             self._start(saved["key"], saved["family"], saved)
         elif key is not None:
@@ -233,19 +189,15 @@ class ComputeFeatures(StatefulBatchLogic):
 
     def _start(self, key: str, family: str | None, saved: dict | None = None) -> None:
         self.key, self.family = key, family
-        if self.state_dir is not None:
-            self.journal = StateJournal(self.state_dir, self.STEP, key, ("rows",))
+        chunks = self.store.open(key, saved)
         options = {
             "auto_reload": False,
-            "track_inserts": self.journal is not None,
+            "track_inserts": self.store.saving,
             "family": family,
         }
         if saved is None:
             self.engine = FeatureEngine(self.sql_dir, self.fields, **options)
-            if self.journal is not None:
-                self.journal.open(None)
         else:
-            chunks = self.journal.open(saved["position"]) if self.journal is not None else {"rows": []}
             rows = [pa.ipc.open_stream(chunk).read_all() for chunk in chunks["rows"]]
             self.engine = FeatureEngine.resume(saved["engine"], rows, self.sql_dir, self.fields, **options)
         log.info(
@@ -302,7 +254,7 @@ class ComputeFeatures(StatefulBatchLogic):
             )
 
     def snapshot(self) -> bytes:
-        if self.journal is None:
+        if not self.store.saving:
             return NOT_SAVED
         started = time.perf_counter()
         rows = self.engine.take_inserted()
@@ -310,13 +262,12 @@ class ComputeFeatures(StatefulBatchLogic):
         # A chunk's mark is its newest ts: dead once the buffer has evicted everything up to it.
         mark = pc.max(rows["ts"]).cast(pa.int64()).as_py() // 1000 if rows.num_rows else _NO_MARK
         floor = self.engine.buffer.floor
-        position = self.journal.append(
-            {"rows": (chunk, mark)}, dead_below={"rows": _NO_MARK if floor is None else floor}
+        return self.store.save(
+            {"engine": self.engine.state(), "key": self.key, "family": self.family},
+            {"rows": (chunk, mark)},
+            dead_below={"rows": _NO_MARK if floor is None else floor},
+            started=started,
         )
-        state = {"position": position, "engine": self.engine.state(), "key": self.key, "family": self.family}
-        blob = pack(self.STEP, state)
-        self.journal.record(position.seq, time.perf_counter() - started, len(chunk) + len(blob))
-        return blob
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -328,10 +279,31 @@ def _ipc(table: pa.Table) -> bytes:
 
 @dataclass
 class LearnerState:
+    """What the learner step holds across epochs."""
+
     learner: OnlineLearner
     reporter: MetricsReporter
     join: FeatureJoin = field(default_factory=FeatureJoin)
     alerts: AlertEvaluator = field(default_factory=AlertEvaluator)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "learner": self.learner.state(),
+            "reporter": self.reporter.state(),
+            "join": self.join.state(),
+            "alerts": self.alerts.state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], alert_settings: AlertSettings) -> LearnerState:
+        """The learner step's objects as `state` (from `state()`) describes them, the alert rules those of
+        `alert_settings` (the configuration's now)."""
+        return cls(
+            OnlineLearner.from_state(state["learner"]),
+            MetricsReporter.from_state(state["reporter"]),
+            FeatureJoin.from_state(state["join"]),
+            AlertEvaluator.from_state(state["alerts"], alert_settings),
+        )
 
 
 class ScoreAndLearn(StatefulBatchLogic):
@@ -341,29 +313,23 @@ class ScoreAndLearn(StatefulBatchLogic):
 
     def __init__(self, config: Config, lag_probe, resume: bytes | None, state_dir: Path | None = None, key: str = ""):
         self.config = config
-        saved = unpack(self.STEP, resume)
-        # The learner's state is pickled whole (it is bounded by configuration), except the slices of its refit
+        # The learner's state is saved whole (it is bounded by configuration), except the slices of its refit
         # window, which go to the journal once each (see `SharedBlobs`).
-        self.journal = StateJournal(state_dir, self.STEP, key, ("blobs",)) if state_dir is not None else None
+        self.store = StepState(self.STEP, state_dir, ("blobs",))
+        saved = self.store.unpack(resume)
+        chunks = self.store.open(key, saved)
         self.blobs = SharedBlobs()
+        alert_settings = AlertEvaluator(config.alerts).settings
         if saved is None:
             run = new_run_id()
             self.state = LearnerState(
                 OnlineLearner(build_model(config, run), config.flow.label_horizon_ms, config.flow.rolling_window),
                 MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s, run),
-                alerts=AlertEvaluator(config.alerts),
+                alerts=AlertEvaluator(alert_settings),
             )
-            if self.journal is not None:
-                self.journal.open(None)
         else:
-            position = saved["position"]
-            chunks = self.journal.open(position)["blobs"] if self.journal is not None else []
-            blobs = self.blobs.restore(chunks, position.first["blobs"])
-            self.state = SharedBlobs.load(saved["state"], blobs)
-            # What fired is kept; the rules are the configuration's now. A snapshot from before alerts has none.
-            if getattr(self.state, "alerts", None) is None:
-                self.state.alerts = AlertEvaluator(config.alerts)
-            self.state.alerts.settings = AlertEvaluator(config.alerts).settings
+            blobs = self.blobs.restore(chunks["blobs"], saved["position"].first["blobs"])
+            self.state = LearnerState.from_state(SharedBlobs.load(saved["state"], blobs), alert_settings)
         self.lag_probe = lag_probe
         self.include_features = config.include_features
         self.exporter = PrometheusExporter(config.flow.prometheus_port, config.flow.prometheus_host)
@@ -448,17 +414,21 @@ class ScoreAndLearn(StatefulBatchLogic):
 
     def snapshot(self) -> bytes:
         self._check_join("at an epoch's end")
-        if self.journal is None:
+        if not self.store.saving:
             return NOT_SAVED
         started = time.perf_counter()
-        state, new = self.blobs.dump(self.state)
+        # A snapshot never runs ahead of the registry files the model's state names.
+        flush_writes()
+        state, new = self.blobs.dump(self.state.state())
         chunk = pickle.dumps(new, protocol=pickle.HIGHEST_PROTOCOL)
-        seq = self.journal.next_seq
+        seq = self.store.next_seq
         self.blobs.written(new, seq)
-        position = self.journal.append({"blobs": (chunk, seq)}, dead_below={"blobs": self.blobs.first_needed(seq)})
-        blob = pack(self.STEP, {"position": position, "state": state})
-        self.journal.record(position.seq, time.perf_counter() - started, len(chunk) + len(blob))
-        return blob
+        return self.store.save(
+            {"state": state},
+            {"blobs": (chunk, seq)},
+            dead_below={"blobs": self.blobs.first_needed(seq)},
+            started=started,
+        )
 
 
 _NUMBERS_OR_NULL = frozenset((float, int, bool, type(None)))

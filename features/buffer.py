@@ -38,10 +38,6 @@ class EventBuffer:
         self.floor = floor
         """Events with ts below this have been evicted (None: nothing yet)."""
 
-    def __setstate__(self, state: dict) -> None:
-        state.setdefault("floor", None)
-        self.__dict__.update(state)
-
     @classmethod
     def rebuild(cls, schema: pa.Schema, inserted: list[pa.Table], floor: int | None) -> EventBuffer:
         """The buffer that inserting the `inserted` tables in turn, and evicting below `floor`, leaves: the

@@ -257,7 +257,7 @@ class Ensemble(base.Classifier):
             "accepted": self.registry.accepted,
             "rejected": self.registry.rejected,
             "last": last,
-            "fitted_by_flow": dict(getattr(self, "_fitted_by_flow", {})),
+            "fitted_by_flow": dict(self._fitted_by_flow),
             **self.registry.write_health(),
         }
 
@@ -384,8 +384,8 @@ class Ensemble(base.Classifier):
         self._queue.unpack()
 
     def __deepcopy__(self, memo: dict) -> Ensemble:
-        """Bytewax deep-copies state every epoch: share the window's rows, which are never mutated
-        (`learn_one` stores its own copy of `x`), instead of copying tens of thousands of dicts."""
+        """A copy shares the window's rows, which are never mutated (`learn_one` stores its own copy of `x`):
+        copying a model costs its River member and counters, not the tens of thousands of dicts of its window."""
         for row in self._rows:
             memo[id(row)] = row
         for job in self._queue.pending:

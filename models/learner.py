@@ -1,8 +1,8 @@
 """Test-then-train with delayed labels: score every event first, learn its label whenever it comes.
 
 Nothing here knows where events come from. The caller passes event ids, event times in epoch
-milliseconds, feature dicts and bool labels; the state is plain Python (dicts, a heap, a deque, the River
-model), so it survives `pickle` and `copy.deepcopy` as Bytewax snapshots it every epoch.
+milliseconds, feature dicts and bool labels; `state()` gives what it holds as plain Python (dicts, a heap, a
+deque, the River model and quality trackers, which pickle) and `from_state` rebuilds a learner from it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from river import base
 
@@ -26,6 +27,21 @@ COUNTERS = (
     "labels_unmatched",
     "labels_expired",
 )
+
+STATE = (
+    "model",
+    "label_horizon_ms",
+    "window",
+    "tracker",
+    "members",
+    "counters",
+    "now_ms",
+    "pending_events",
+    "event_deadlines",
+    "pending_labels",
+    "label_deadlines",
+)
+"""The attributes that make up a learner: `state()` gives them by name."""
 
 DEADLINE_SLACK = 64
 """Stale entries a deadline queue may hold beyond its live ones: `event_deadlines` never holds more than
@@ -223,6 +239,19 @@ class OnlineLearner:
             "pending_labels": len(self.pending_labels),
             "members": {name: tracker.report() for name, tracker in sorted(self.members.items())},
         }
+
+    def state(self) -> dict[str, Any]:
+        """Everything the learner holds, by name: the model, the quality trackers, the counters and what waits
+        for a label. The values are the learner's own objects, so the state is pickled or copied before the
+        learner goes on."""
+        return {name: getattr(self, name) for name in STATE}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> OnlineLearner:
+        """The learner `state` (from `state()`) describes."""
+        learner = cls.__new__(cls)
+        learner.__dict__.update({name: state[name] for name in STATE})
+        return learner
 
     def _learn(self, x: dict, y: bool, p: float, scores: dict, meta: dict | None) -> None:
         if meta and hasattr(self.model, "predict_proba_one_detailed"):

@@ -98,8 +98,8 @@ class ExactROCAUC:
         self._queued = 0
 
     def __deepcopy__(self, memo: dict) -> ExactROCAUC:
-        """The sorted runs are read-only arrays, replaced rather than changed, so a copy shares them;
-        only the queues are copied. Bytewax may deep-copy state every epoch, and the runs only grow."""
+        """The sorted runs are read-only arrays, replaced rather than changed, so a copy shares them and
+        copies only the queues: a copy costs the scores queued since the last fold, not every score."""
         clone = type(self).__new__(type(self))
         clone.pairs_x2, clone._queued = self.pairs_x2, self._queued
         clone._runs = (list(self._runs[0]), list(self._runs[1]))

@@ -5,9 +5,9 @@ model text, loadable with `lightgbm.Booster(model_file=...)`). Writes are idempo
 snapshot that redoes a refit rewrites the same files. Without a directory the registry lives in memory only.
 
 The files are written by one background thread, in the order the refits were saved: a save takes effect in
-the scoring thread at once and costs it no disk I/O (~10 ms a refit). `flush_writes()` waits for the files;
-a registry flushes before it is pickled (a recovery snapshot never runs ahead of the files it names) and
-the process flushes at exit.
+the scoring thread at once and costs it no disk I/O (~10 ms a refit). `flush_writes()` waits for the files: a
+caller that saves the registry's state calls it first, so that the saved state never runs ahead of the
+files it names; the process flushes at exit.
 
 A write that fails (read-only or full disk, a path that is not a directory) removes its temporary file,
 keeps the refit in memory, logs, and is counted: `write_health()` says how many failed and the latest error
@@ -61,14 +61,14 @@ class ModelRegistry:
         """Files that could not be written: how many refits failed to write, and the error of the latest write
         if it failed (None once a write succeeds again)."""
         return {
-            "registry_write_failures": getattr(self, "write_failures", 0),
-            "registry_write_error": getattr(self, "write_error", None),
+            "registry_write_failures": self.write_failures,
+            "registry_write_error": self.write_error,
         }
 
     def _written(self, error: str | None) -> None:
         """On the writer thread: the outcome of one refit's write."""
         if error is not None:
-            self.write_failures = getattr(self, "write_failures", 0) + 1
+            self.write_failures += 1
         self.write_error = error
 
     def versions(self) -> list[dict[str, Any]]:
@@ -81,10 +81,6 @@ class ModelRegistry:
             if record["version"] == version:
                 return member
         return None
-
-    def __getstate__(self) -> dict[str, Any]:
-        flush_writes()
-        return dict(self.__dict__)
 
     def __repr__(self) -> str:
         return (

@@ -31,7 +31,8 @@ from dataflows.shards import (
     worker_of_key,
     workers_from_argv,
 )
-from dataflows.steps import ComputeFeatures, OrderByEventTime, pack
+from dataflows.step_state import pack
+from dataflows.steps import ComputeFeatures, OrderByEventTime
 from features import FeatureEngine
 
 REPO = Path(__file__).resolve().parents[2]

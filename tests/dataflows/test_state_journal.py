@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from dataflows.config import load_config
 from dataflows.messages import Event, Origin, Release, Scored, ShardBatch
 from dataflows.state_journal import FILE, KEEP_POSITIONS, JournalError, StateJournal, snapshot_log
-from dataflows.steps import ComputeFeatures, OrderByEventTime, unpack
+from dataflows.step_state import unpack
+from dataflows.steps import ComputeFeatures, OrderByEventTime
 from features import FeatureEngine
 
 T0 = 1_767_225_600_000

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dataflows.steps import STATE_FORMAT, StateFormatError, model_input, pack, unpack
+from dataflows.step_state import STATE_FORMAT, StateFormatError, pack, unpack
+from dataflows.steps import model_input
 
 
 def test_model_input_leaves_out_what_river_cannot_learn_from():
@@ -91,7 +92,8 @@ def test_unreadable_bytes_are_refused_with_advice():
 
 def test_a_run_without_recovery_saves_no_state_and_its_marker_is_refused_on_resume():
     from dataflows.config import load_config
-    from dataflows.steps import NOT_SAVED, ScoreAndLearn
+    from dataflows.step_state import NOT_SAVED
+    from dataflows.steps import ScoreAndLearn
 
     step = ScoreAndLearn(load_config(), None, None)
     assert step.snapshot() == NOT_SAVED

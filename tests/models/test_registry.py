@@ -55,7 +55,7 @@ def test_every_refit_is_saved_with_its_metadata_and_only_the_last_k_are_kept(tmp
     assert [r["version"] for r in model.registry.versions()] == [4, 5]
 
 
-def test_files_are_written_behind_the_caller_and_a_pickle_waits_for_them(tmp_path, monkeypatch):
+def test_files_are_written_behind_the_caller_and_a_flush_waits_for_them(tmp_path, monkeypatch):
     written, write = [], registry_module._write
 
     def slow_write(directory, keep, record, member):
@@ -70,8 +70,9 @@ def test_files_are_written_behind_the_caller_and_a_pickle_waits_for_them(tmp_pat
         registry.save({"version": version, "accepted": True}, None)
     assert time.perf_counter() - started < 0.3 and written == []  # saved in memory, the files still to come
     assert [r["version"] for r in registry.versions()] == [1, 2]
-    restored = pickle.loads(pickle.dumps(registry))
+    registry_module.flush_writes()
     assert written == [1, 2] and sorted(p.name for p in tmp_path.iterdir()) == ["v000001.json", "v000002.json"]
+    restored = pickle.loads(pickle.dumps(registry))
     assert restored.versions() == registry.versions()
 
 
