@@ -100,7 +100,7 @@ def test_the_metrics_reporter_rebuilt_from_its_state_reports_the_same_counts(lab
 
 
 def part(seq: int, key: str, family: str, features: dict) -> FeaturePart:
-    return FeaturePart(seq, key, family, features, {}, "v1")
+    return FeaturePart(seq, key, family, features, "v1")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
