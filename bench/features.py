@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from dataflows.datasets import transactions
+from dataflows.tools.datasets import transactions
 from features import FeatureEngine
 from features.engine import run_group
 from features.schema import to_arrow, to_ms

@@ -31,10 +31,10 @@ import orjson
 from kafka import KafkaConsumer, TopicPartition
 from river import metrics
 
-from dataflows import datasets
-from dataflows.config import REPO_ROOT, Topics, load_config
-from dataflows.kafka_admin import delete_topics, ensure_topics
-from dataflows.replay import make_producer, replay
+from dataflows.broker.admin import delete_topics, ensure_topics
+from dataflows.flow.config import REPO_ROOT, Topics, load_config
+from dataflows.tools import datasets
+from dataflows.tools.replay import make_producer, replay
 from models import make_model
 
 RAW_FIELDS = ("amount", "category", "country")
@@ -197,8 +197,8 @@ def plain_loop(bootstrap: str, events: list[dict]) -> dict:
 
 def river_bare_on_features(events: list[dict]) -> dict:
     """River alone on the same 32 SQL features eddy learns from (computed beforehand, not timed)."""
-    from dataflows.codec import parse_ts
-    from dataflows.steps import model_input
+    from dataflows.flow.codec import parse_ts
+    from dataflows.flow.steps import model_input
     from features import FeatureEngine
 
     config = load_config()

@@ -19,10 +19,10 @@ import json
 import time
 from pathlib import Path
 
-from dataflows.config import load_config
-from dataflows.datasets import transactions
-from dataflows.messages import Event, FeaturePart, Origin, Release, Scored
-from dataflows.shards import FeatureJoin, Splitter, worker_of_key
+from dataflows.flow.config import load_config
+from dataflows.flow.messages import Event, FeaturePart, Origin, Release, Scored
+from dataflows.flow.shards import FeatureJoin, Splitter, worker_of_key
+from dataflows.tools.datasets import transactions
 from features import FeatureEngine
 from features.schema import to_ms
 

@@ -10,13 +10,13 @@ import gc
 import logging
 import sys
 
-from dataflows.config import ConfigError, load_config
-from dataflows.flow import build_flow, check_inputs
-from dataflows.fresh_start import StartOverError, check_fresh_start
-from dataflows.kafka_admin import BrokerError
-from dataflows.logs import configure_logging
-from dataflows.recovery import RecoveryError, guard_recovery_dir, recovery_dir_from_argv
-from dataflows.shards import Splitter, shard_count, workers_from_argv
+from dataflows.broker.admin import BrokerError
+from dataflows.flow.config import ConfigError, load_config
+from dataflows.flow.fresh_start import StartOverError, check_fresh_start
+from dataflows.flow.logs import configure_logging
+from dataflows.flow.recovery import RecoveryError, guard_recovery_dir, recovery_dir_from_argv
+from dataflows.flow.shards import Splitter, shard_count, workers_from_argv
+from dataflows.flow.wiring import build_flow, check_inputs
 from features import FeatureEngine, FeatureFileError
 
 configure_logging()

@@ -8,8 +8,8 @@ import pickle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflows.messages import Event, Label, Origin
-from dataflows.ordering import EventTimeOrder, sort_key
+from dataflows.flow.messages import Event, Label, Origin
+from dataflows.flow.ordering import EventTimeOrder, sort_key
 
 LATENESS = 50
 

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dataflows.prometheus import PrometheusExporter, follow, main
+from dataflows.watch.prometheus import PrometheusExporter, follow, main
 
 FIGURES = {
     "type": "metrics",

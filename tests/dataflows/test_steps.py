@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dataflows.steps import STATE_FORMAT, StateFormatError, model_input, pack, unpack
+from dataflows.flow.steps import STATE_FORMAT, StateFormatError, model_input, pack, unpack
 
 
 def test_model_input_leaves_out_what_river_cannot_learn_from():
@@ -90,8 +90,8 @@ def test_unreadable_bytes_are_refused_with_advice():
 
 
 def test_a_run_without_recovery_saves_no_state_and_its_marker_is_refused_on_resume():
-    from dataflows.config import load_config
-    from dataflows.steps import NOT_SAVED, ScoreAndLearn
+    from dataflows.flow.config import load_config
+    from dataflows.flow.steps import NOT_SAVED, ScoreAndLearn
 
     step = ScoreAndLearn(load_config(), None, None)
     assert step.snapshot() == NOT_SAVED
@@ -104,9 +104,9 @@ def test_reports_within_one_micro_batch_time_their_own_events(monkeypatch):
     elapsed time (no rate), and every event's latency was measured at the batch's start."""
     from dataclasses import replace
 
-    from dataflows import steps
-    from dataflows.config import load_config
-    from dataflows.messages import Event, Metrics, Origin, Scored
+    from dataflows.flow import steps
+    from dataflows.flow.config import load_config
+    from dataflows.flow.messages import Event, Metrics, Origin, Scored
 
     clock = iter(range(10**9))
     monkeypatch.setattr(steps.time, "time", lambda: 1_000_000.0 + next(clock) / 1000)  # 1 ms a reading

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any
 
-from dataflows.codec import iso
-from dataflows.messages import Event, Metrics
+from dataflows.flow.codec import iso
+from dataflows.flow.messages import Event, Metrics
 from models import OnlineLearner
 
 ROC_AUC_METHOD = (

@@ -1,8 +1,8 @@
 """A finished run's report: charts and a summary table from its metrics messages, as HTML and PNG.
 
-python -m dataflows.report [--metrics-file run/metrics.jsonl | --topic metrics] [--out artifacts/report]
+python -m dataflows.watch.report [--metrics-file run/metrics.jsonl | --topic metrics] [--out artifacts/report]
 
-The same figures feed the live dashboard (`dataflows.dashboard`): `chart_data(messages)` turns metrics
+The same figures feed the live dashboard (`dataflows.watch.dashboard`): `chart_data(messages)` turns metrics
 messages into the series, marks (refits, drift) and summary that both draw.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from dataflows.codec import Invalid, parse_ts
-from dataflows.config import ConfigError, load_config
-from dataflows.kafka_security import KafkaSecurity
-from dataflows.logs import configure_logging
+from dataflows.broker.security import KafkaSecurity
+from dataflows.flow.codec import Invalid, parse_ts
+from dataflows.flow.config import ConfigError, load_config
+from dataflows.flow.logs import configure_logging
 
 log = logging.getLogger("eddy.report")
 
@@ -62,8 +62,8 @@ def read_metrics_topic(
     bootstrap_servers: str, topic: str, timeout_s: float = 10.0, security: KafkaSecurity | None = None
 ) -> list[dict]:
     """Every metrics message on `topic`, from the beginning to its current end."""
-    from dataflows.kafka_admin import require_topics
-    from dataflows.kafka_io import read_to_end
+    from dataflows.broker.admin import require_topics
+    from dataflows.broker.consumer import read_to_end
 
     require_topics(bootstrap_servers, [topic], security=security)
     try:
@@ -433,7 +433,7 @@ def _f(value: float | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dataflows.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dataflows.watch.report", description=__doc__.splitlines()[0])
     parser.add_argument("--metrics-file", help="a JSONL file of metrics messages (default: read the metrics topic)")
     parser.add_argument("--topic", help="metrics topic to read (default: from eddy.toml / EDDY_METRICS_TOPIC)")
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: from eddy.toml)")

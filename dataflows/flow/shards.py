@@ -43,7 +43,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from dataflows.messages import DeadLetter, Event, FeaturePart, Release, Scored, ShardBatch
+from dataflows.flow.messages import DeadLetter, Event, FeaturePart, Release, Scored, ShardBatch
 from features.catalog import NO_ENTITY, Catalog, load_catalog, require_catalog, signature
 from features.schema import HIDDEN
 

@@ -6,7 +6,7 @@ import inspect
 
 from river import base
 
-from dataflows.config import Config, ConfigError
+from dataflows.flow.config import Config, ConfigError
 from models import make_model
 from models.ensemble import Ensemble
 

@@ -18,7 +18,7 @@ from bytewax.connectors.kafka import KafkaSource
 from bytewax.connectors.kafka.operators import KafkaOpOut, _kafka_error_split
 from bytewax.dataflow import Dataflow, operator
 
-from dataflows.kafka_logs import client_logger
+from dataflows.broker.client_logs import client_logger
 
 
 class _NoWaitConsumer:

@@ -29,7 +29,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
-from dataflows.messages import DeadLetter, Event, Label
+from dataflows.flow.messages import DeadLetter, Event, Label
 
 Item = Event | Label
 
@@ -48,7 +48,7 @@ def sort_key(item: Item) -> tuple:
 class EventTimeOrder:
     """Holds, sorts and releases events and labels by event time; plain state, safe to pickle.
 
-    >>> from dataflows.messages import Origin
+    >>> from dataflows.flow.messages import Origin
     >>> order = EventTimeOrder(["events:0", "events:1"], lateness_ms=0, idle_timeout_s=60)
     >>> def ev(i, ts, p):
     ...     return Event(f"e{i}", ts, {}, None, Origin("events", p, i))

@@ -1,7 +1,7 @@
 """The dataflow's three stateful steps, as Bytewax `StatefulBatchLogic`s over eddy's plain state objects.
 
 The ordering step and the learner run under one key; the feature step runs under one key per shard of each
-feature family (`dataflows.shards`): the ordering step splits each released micro-batch over the shards and
+feature family (`dataflows.flow.shards`): the ordering step splits each released micro-batch over the shards and
 the learner joins their features back in the canonical order.
 
 Each step keeps its live resources (DuckDB connection, clocks, its journal) beside its state and snapshots
@@ -9,7 +9,7 @@ only plain state, pickled, tagged with `STATE_FORMAT` so that a resume from an i
 refused with a clear message instead of silently mis-restoring.
 
 A snapshot costs what its epoch changed, not the history held: the ordering step's dedupe ids and the
-feature step's window rows go to the recovery directory's journal (`dataflows.state_journal`) as one chunk
+feature step's window rows go to the recovery directory's journal (`dataflows.flow.state_journal`) as one chunk
 an epoch, and the pickle Bytewax stores holds the rest of the state and the journal position. The learner's
 state is bounded by its configuration (the model, the refit window, the events waiting for labels) and is
 pickled whole.
@@ -36,10 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 
-from dataflows.alerts import AlertEvaluator
-from dataflows.config import Config
-from dataflows.learners import build_model
-from dataflows.messages import (
+from dataflows.flow.config import Config
+from dataflows.flow.messages import (
     Alert,
     DeadLetter,
     Event,
@@ -51,11 +49,13 @@ from dataflows.messages import (
     Scored,
     ShardBatch,
 )
-from dataflows.metrics import MetricsReporter
-from dataflows.ordering import EventTimeOrder
-from dataflows.prometheus import PrometheusExporter
-from dataflows.shards import FeatureJoin, Splitter, shard_count
-from dataflows.state_journal import SharedBlobs, StateJournal
+from dataflows.flow.model_choice import build_model
+from dataflows.flow.ordering import EventTimeOrder
+from dataflows.flow.shards import FeatureJoin, Splitter, shard_count
+from dataflows.flow.state_journal import SharedBlobs, StateJournal
+from dataflows.watch.alerts import AlertEvaluator
+from dataflows.watch.metrics_reporter import MetricsReporter
+from dataflows.watch.prometheus import PrometheusExporter
 from features import FeatureEngine
 from models import OnlineLearner
 
@@ -105,7 +105,7 @@ def unpack(step_id: str, blob: bytes | None) -> Any:
 
 
 class OrderByEventTime(StatefulBatchLogic):
-    """Releases events and labels in canonical event-time order (see `dataflows.ordering`), each micro-batch
+    """Releases events and labels in canonical event-time order (see `dataflows.flow.ordering`), each micro-batch
     split into a release for the learner and a batch for each feature shard it has events for (`Splitter`):
     `(key, message)` pairs. `workers` is the flow's worker count: the shards per family unless
     `[flow] feature_shards` says otherwise."""
@@ -189,7 +189,7 @@ class OrderByEventTime(StatefulBatchLogic):
 
 
 class ComputeFeatures(StatefulBatchLogic):
-    """One shard of one feature family (`dataflows.shards`): computes the family's groups for the events of
+    """One shard of one feature family (`dataflows.flow.shards`): computes the family's groups for the events of
     its entities, in the micro-batches the ordering step released, and answers each `ShardBatch` with a
     `FeaturePart` in the same epoch. Its window buffer and indexes hold only its entities' history.
 
@@ -421,7 +421,7 @@ class ScoreAndLearn(StatefulBatchLogic):
         return datetime.fromtimestamp(self.state.reporter.next_at(time.time()), tz=UTC)
 
     def _report(self, now: float, final: bool = False) -> list[Metrics | Alert]:
-        """A metrics message, after the alerts its figures fire or clear (`dataflows.alerts`); it names the
+        """A metrics message, after the alerts its figures fire or clear (`dataflows.watch.alerts`); it names the
         alerts firing."""
         lag = self.lag_probe() if self.lag_probe else None
         metrics = self.state.reporter.report(self.state.learner, now, lag, final)

@@ -5,7 +5,7 @@
 
 The ordering step and the learner run under one key (`SHARD`): one model learns from the whole stream in
 one canonical order. The feature state is cut by entity into one key per shard of each feature family
-(`dataflows.shards`), as many shards as the flow has workers, so it spreads over them; the learner joins
+(`dataflows.flow.shards`), as many shards as the flow has workers, so it spreads over them; the learner joins
 the shards' features back onto the released events in order. Decoding, validation and output encoding are
 stateless and spread over every worker.
 """
@@ -24,14 +24,15 @@ from bytewax.connectors.kafka import KafkaError
 from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import Consumer, TopicPartition
 
-from dataflows import kafka_sink, kafka_source
-from dataflows.codec import Codec, encode_alert, encode_dead_letter, encode_metrics, encode_prediction
-from dataflows.config import Config
-from dataflows.kafka_admin import require_topics
-from dataflows.kafka_logs import client_logger
-from dataflows.kafka_security import KafkaSecurity, librdkafka_settings
-from dataflows.messages import Alert, DeadLetter, Metrics, Origin, Prediction, Release
-from dataflows.steps import ComputeFeatures, OrderByEventTime, ScoreAndLearn
+from dataflows.broker import sink as kafka_sink
+from dataflows.broker import source as kafka_source
+from dataflows.broker.admin import require_topics
+from dataflows.broker.client_logs import client_logger
+from dataflows.broker.security import KafkaSecurity, librdkafka_settings
+from dataflows.flow.codec import Codec, encode_alert, encode_dead_letter, encode_metrics, encode_prediction
+from dataflows.flow.config import Config
+from dataflows.flow.messages import Alert, DeadLetter, Metrics, Origin, Prediction, Release
+from dataflows.flow.steps import ComputeFeatures, OrderByEventTime, ScoreAndLearn
 from features import FeatureEngine
 
 log = logging.getLogger("eddy")
@@ -39,7 +40,7 @@ log = logging.getLogger("eddy")
 FLOW_ID = "eddy"
 SHARD = "eddy"
 STATEFUL_STEPS = (OrderByEventTime.STEP, ComputeFeatures.STEP, ScoreAndLearn.STEP)
-"""Renaming any of these (or FLOW_ID) makes Bytewax drop its saved state: `dataflows.recovery` guards them."""
+"""Renaming any of these (or FLOW_ID) makes Bytewax drop its saved state: `dataflows.flow.recovery` guards them."""
 
 
 def check_inputs(config: Config) -> dict[str, int]:
@@ -66,12 +67,12 @@ def build_flow(
 ) -> Dataflow:
     """The dataflow for `config`; checks the broker and topics first unless `partitions` is given.
 
-    `workers` is the flow's total worker count (`dataflows.shards.workers_from_argv`): each feature family's
+    `workers` is the flow's total worker count (`dataflows.flow.shards.workers_from_argv`): each feature family's
     state is cut into that many shards (or `[flow] feature_shards`). A recovery directory keeps the shard
     count and refuses another.
 
     `state_dir` is the recovery directory (`-r`) of a run that saves its state: the steps write their journal
-    there (see `dataflows.steps`). Without it they save nothing at the epochs' ends, where Bytewax would
+    there (see `dataflows.flow.steps`). Without it they save nothing at the epochs' ends, where Bytewax would
     otherwise have them pickle their state and throw it away; a resume from such a run is refused.
 
     `inputs` and `outputs` replace Kafka (the backtest reads a file and writes files): `inputs(flow)` returns
@@ -290,7 +291,7 @@ class LagProbe:
                     **librdkafka_settings(self.security),
                 }
             )
-        self._consumer.poll(0)  # serves the client's log lines (`dataflows.kafka_logs`); it has no assignment
+        self._consumer.poll(0)  # serves the client's log lines (`dataflows.broker.client_logs`); it has no assignment
         return {
             (topic, p): self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=1.0)[1]
             for topic in self.topics

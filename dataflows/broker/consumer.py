@@ -6,7 +6,7 @@ import time
 
 from kafka import KafkaConsumer, TopicPartition
 
-from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
+from dataflows.broker.security import KafkaSecurity, kafka_python_settings
 
 
 def read_to_end(

@@ -35,7 +35,7 @@ from bytewax.dataflow import Stream
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, Producer
 
-from dataflows.kafka_logs import client_logger
+from dataflows.broker.client_logs import client_logger
 
 log = logging.getLogger("eddy")
 

@@ -1,4 +1,4 @@
-"""The messages that flow through eddy, as frozen dataclasses (their byte forms live in `dataflows.codec`)."""
+"""The messages that flow through eddy, as frozen dataclasses (their byte forms live in `dataflows.flow.codec`)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class Scored:
 class Release:
     """One micro-batch released by the ordering step, on its way to the learner: its place in the canonical
     sequence. `items` are events, labels and dead letters in canonical order; each event waits there for
-    its features from the feature shards named in `parts` (see `dataflows.shards.FeatureJoin`)."""
+    its features from the feature shards named in `parts` (see `dataflows.flow.shards.FeatureJoin`)."""
 
     seq: int
     items: list
@@ -125,6 +125,6 @@ class Metrics:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """An alert rule firing or clearing (`dataflows.alerts`): what the alerts topic carries."""
+    """An alert rule firing or clearing (`dataflows.watch.alerts`): what the alerts topic carries."""
 
     figures: dict[str, Any] = field(default_factory=dict)

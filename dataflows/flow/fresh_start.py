@@ -14,10 +14,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from dataflows.config import Config
-from dataflows.kafka_logs import client_logger
-from dataflows.kafka_security import KafkaSecurity, librdkafka_settings
-from dataflows.recovery import saved_steps
+from dataflows.broker.client_logs import client_logger
+from dataflows.broker.security import KafkaSecurity, librdkafka_settings
+from dataflows.flow.config import Config
+from dataflows.flow.recovery import saved_steps
 
 
 class StartOverError(RuntimeError):
@@ -71,5 +71,5 @@ def check_fresh_start(config: Config, partitions: dict[str, int], recovery_dir: 
         "To continue the run that wrote them, start it with its recovery directory (`-r DIR -s 10 -b 0`, as "
         "`task run:recover` does). To score the input again from the start and append a new set of "
         "predictions, set EDDY_START_OVER=true (or `start_over = true` in eddy.toml's [flow]); to start clean, "
-        "empty the topics first with `python -m dataflows.topics --reset`."
+        "empty the topics first with `python -m dataflows.tools.topics --reset`."
     )

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 
-from dataflows.messages import Alert, DeadLetter, Event, Label, Metrics, Origin, Prediction
+from dataflows.flow.messages import Alert, DeadLetter, Event, Label, Metrics, Origin, Prediction
 from features.schema import to_ms
 
 MIN_TS_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)

@@ -5,7 +5,7 @@ Two ways to use it:
 - in the flow: `PrometheusExporter(port)` once per process, then `observe_metrics(figures)` for every
   metrics message, `observe_batch(step, seconds, size)` for every batch a step handles and
   `observe_refit(record, seconds)` for every LightGBM refit;
-- beside any running flow: `python -m dataflows.prometheus --port 9108` follows the metrics topic and the
+- beside any running flow: `python -m dataflows.watch.prometheus --port 9108` follows the metrics topic and the
   model registry directory and exports what they carry (everything except batch latencies).
 
 Port 0 or None turns the exporter off: every method is then a cheap no-op.
@@ -25,9 +25,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from dataflows.alerts import RULES as ALERT_RULES
-from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
-from dataflows.logs import configure_logging
+from dataflows.broker.security import KafkaSecurity, kafka_python_settings
+from dataflows.flow.logs import configure_logging
+from dataflows.watch.alerts import RULES as ALERT_RULES
 
 log = logging.getLogger("eddy.prometheus")
 
@@ -86,7 +86,7 @@ class PrometheusExporter:
             _set(m["lag"], lag, topic=topic)
         event_time = figures.get("event_time")
         if event_time:
-            from dataflows.report import to_ms
+            from dataflows.watch.report import to_ms
 
             ms = to_ms(event_time)
             _set(m["event_time"], None if ms is None else ms / 1000)
@@ -267,10 +267,10 @@ def follow(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dataflows.config import ConfigError, load_config
-    from dataflows.kafka_admin import BrokerError, require_topics
+    from dataflows.broker.admin import BrokerError, require_topics
+    from dataflows.flow.config import ConfigError, load_config
 
-    parser = argparse.ArgumentParser(prog="python -m dataflows.prometheus", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dataflows.watch.prometheus", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=9108, help="HTTP port of /metrics (default: %(default)s)")
     parser.add_argument(
         "--addr",
