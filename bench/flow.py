@@ -28,10 +28,11 @@ import time
 import uuid
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 from river import metrics
 
 from dataflows.broker.admin import delete_topics, ensure_topics
+from dataflows.broker.consumer import assigned_consumer
 from dataflows.flow.config import REPO_ROOT, Topics, load_config
 from dataflows.tools import datasets
 from dataflows.tools.replay import make_producer, replay
@@ -65,10 +66,7 @@ def flow_env(topics: Topics, bootstrap: str, tail: bool, mode: str, ensemble: bo
 
 def read_timestamps(bootstrap: str, topic: str, expected: int, timeout_s: float) -> dict[str, int]:
     """event_id -> Kafka timestamp (ms) of every record on `topic`, waiting for `expected` of them."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
+    consumer, _ = assigned_consumer(bootstrap, topic)
     out: dict[str, int] = {}
     deadline = time.monotonic() + timeout_s
     while len(out) < expected and time.monotonic() < deadline:

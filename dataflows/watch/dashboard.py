@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from dataflows.broker.security import KafkaSecurity, kafka_python_settings
+from dataflows.broker.security import KafkaSecurity
 from dataflows.flow.config import ConfigError, load_config
 from dataflows.flow.logs import configure_logging
 from dataflows.watch.alerts import alert_view
@@ -63,24 +63,17 @@ class MetricsFeed:
             return list(self.messages)
 
     def _run(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from dataflows.broker.consumer import assigned_consumer, poll_json_objects
 
         consumer = None
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    consumer = KafkaConsumer(
-                        bootstrap_servers=self.bootstrap_servers,
-                        enable_auto_commit=False,
-                        **kafka_python_settings(self.security),
+                    consumer, partitions = assigned_consumer(
+                        self.bootstrap_servers, self.topic, "beginning", self.security
                     )
-                    partitions = [
-                        TopicPartition(self.topic, p) for p in consumer.partitions_for_topic(self.topic) or []
-                    ]
                     if not partitions:
                         raise RuntimeError(f"topic '{self.topic}' does not exist (yet)")
-                    consumer.assign(partitions)
-                    consumer.seek_to_beginning(*partitions)
                     self.error = None
                     log.info(
                         "following topic '%s' (%d partitions) on %s",
@@ -88,14 +81,8 @@ class MetricsFeed:
                         len(partitions),
                         self.bootstrap_servers,
                     )
-                for batch in consumer.poll(timeout_ms=500).values():
-                    for record in batch:
-                        try:
-                            message = orjson.loads(record.value)
-                        except (orjson.JSONDecodeError, TypeError):
-                            continue
-                        if isinstance(message, dict):
-                            self.add(message)
+                for message in poll_json_objects(consumer):
+                    self.add(message)
             except Exception as exc:  # broker down or topic missing: say so on the page and retry
                 if self.error != str(exc):
                     log.warning("metrics feed: %s; retrying", exc)

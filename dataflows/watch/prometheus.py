@@ -25,7 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from dataflows.broker.security import KafkaSecurity, kafka_python_settings
+from dataflows.broker.security import KafkaSecurity
 from dataflows.flow.logs import configure_logging
 from dataflows.watch.alerts import RULES as ALERT_RULES
 
@@ -241,27 +241,13 @@ def follow(
     security: KafkaSecurity | None = None,
 ) -> None:
     """Feed every metrics message of `topic` (from its end on, after the latest one) to the exporter."""
-    import orjson
-    from kafka import KafkaConsumer, TopicPartition
+    from dataflows.broker.consumer import assigned_consumer, poll_json_objects
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **kafka_python_settings(security)
-    )
+    consumer, _ = assigned_consumer(bootstrap_servers, topic, "latest", security)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        end = consumer.end_offsets(partitions)
-        for tp in partitions:  # start at the latest message so the gauges are right at once
-            consumer.seek(tp, max(0, end[tp] - 1))
         while not stop.is_set():
-            for batch in consumer.poll(timeout_ms=500).values():
-                for record in batch:
-                    try:
-                        figures = orjson.loads(record.value)
-                    except (orjson.JSONDecodeError, TypeError):
-                        continue
-                    if isinstance(figures, dict):
-                        exporter.observe_metrics(figures)
+            for figures in poll_json_objects(consumer):
+                exporter.observe_metrics(figures)
     finally:
         consumer.close()
 

@@ -8,8 +8,8 @@ import time
 import pytest
 from confluent_kafka import Producer
 
+from dataflows.broker.offsets import LagProbe
 from dataflows.flow.messages import Origin
-from dataflows.flow.wiring import LagProbe
 
 pytestmark = pytest.mark.kafka
 
