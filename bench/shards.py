@@ -24,7 +24,7 @@ from dataflows.flow.messages import Event, FeaturePart, Origin, Release, Scored
 from dataflows.flow.shards import FeatureJoin, Splitter, worker_of_key
 from dataflows.tools.datasets import transactions
 from features import FeatureEngine
-from features.schema import to_ms
+from features.timestamps import to_ms
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import orjson
 
+from features.timestamps import iso, to_ms
+
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 CATEGORIES = ["grocery", "restaurant", "fuel", "travel", "electronics", "fashion", "gift_cards", "digital_goods"]
@@ -29,11 +31,6 @@ class DatasetError(ValueError):
     """A data set file that cannot be read; the message names the file and line."""
 
 
-def iso(ts: datetime) -> str:
-    """ISO-8601 with milliseconds and an explicit UTC offset, as events carry it."""
-    return ts.isoformat(timespec="milliseconds")
-
-
 def phishing(limit: int | None = None) -> Iterator[dict]:
     """River's Phishing data set in its original order, one event a second from 2026-01-01."""
     from river import datasets
@@ -41,7 +38,7 @@ def phishing(limit: int | None = None) -> Iterator[dict]:
     for i, (x, y) in enumerate(datasets.Phishing()):
         if limit is not None and i >= limit:
             return
-        yield {"event_id": f"phishing-{i:05d}", "ts": iso(START + timedelta(seconds=i)), **x, "label": bool(y)}
+        yield {"event_id": f"phishing-{i:05d}", "ts": iso(to_ms(START + timedelta(seconds=i))), **x, "label": bool(y)}
 
 
 @dataclass
@@ -168,7 +165,7 @@ def transactions(
         while pending and pending[0][0] <= clock and emitted < n:
             at, _, fields = heapq.heappop(pending)
             ts = START + timedelta(seconds=at / events_per_second)
-            yield {"event_id": f"tx-{emitted:08d}", "ts": iso(ts), **fields}
+            yield {"event_id": f"tx-{emitted:08d}", "ts": iso(to_ms(ts)), **fields}
             emitted += 1
 
 

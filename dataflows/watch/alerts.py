@@ -26,8 +26,8 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
-from dataflows.flow.codec import iso
 from dataflows.flow.config import ConfigError
+from features.timestamps import iso
 
 THRESHOLDS = {
     "roc_auc_rolling_below": float,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any
 
-from dataflows.flow.codec import iso
 from dataflows.flow.messages import Event, Metrics
+from features.timestamps import iso
 from models import OnlineLearner
 
 ROC_AUC_METHOD = (

@@ -86,9 +86,9 @@ class PrometheusExporter:
             _set(m["lag"], lag, topic=topic)
         event_time = figures.get("event_time")
         if event_time:
-            from dataflows.watch.report import to_ms
+            from dataflows.watch.report import ms_or_none
 
-            ms = to_ms(event_time)
+            ms = ms_or_none(event_time)
             _set(m["event_time"], None if ms is None else ms / 1000)
         for member, quality in (figures.get("quality") or {}).items():
             name = "ensemble" if member == "score" else member

@@ -98,7 +98,7 @@ def _loads(value: bytes | None) -> dict | None:
 # ---------------------------------------------------------------- from messages to chart data
 
 
-def to_ms(text: str | None) -> int | None:
+def ms_or_none(text: str | None) -> int | None:
     """Epoch milliseconds of ISO text, exactly (as the codec reads it); None if absent or not ISO."""
     if not text:
         return None
@@ -163,8 +163,8 @@ def chart_data(
 ) -> dict:
     """Series over event time, marks (refits, drift) and a summary, from metrics messages in order."""
     messages = [m for m in messages if isinstance(m, dict) and m.get("type") in ("metrics", "final")]
-    messages = [m for m in messages if to_ms(m.get("event_time")) is not None]
-    xs = [to_ms(m["event_time"]) for m in messages]
+    messages = [m for m in messages if ms_or_none(m.get("event_time")) is not None]
+    xs = [ms_or_none(m["event_time"]) for m in messages]
     members = [m for m in MEMBERS if any(_quality(msg, m, "labels") is not None for msg in messages)]
     quality = {
         key: {member: [_quality(msg, member, key) for msg in messages] for member in members}
@@ -205,7 +205,7 @@ def _throughput(messages: list[dict]) -> list[float | None]:
     out: list[float | None] = []
     stamps: list[tuple[int, int]] = []  # (at, events) of the last message at each distinct stamp
     for msg in messages:
-        at, events = to_ms(msg.get("at")), _events(msg)
+        at, events = ms_or_none(msg.get("at")), _events(msg)
         earlier = [s for s in stamps if at is not None and s[0] < at]
         if earlier and events > earlier[-1][1]:
             rate = (events - earlier[-1][1]) * 1000 / (at - earlier[-1][0])
