@@ -58,8 +58,8 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
-class Scored:
-    """An event with the features it was scored with, on its way to the learner."""
+class FeaturedEvent:
+    """An event with its features, on its way to the learner (which scores it, then learns from it)."""
 
     event: Event
     features: dict[str, Any]

@@ -41,12 +41,12 @@ from dataflows.flow.messages import (
     Alert,
     DeadLetter,
     Event,
+    FeaturedEvent,
     FeaturePart,
     Label,
     Metrics,
     Prediction,
     Release,
-    Scored,
     ShardBatch,
 )
 from dataflows.flow.model_choice import build_model
@@ -366,15 +366,15 @@ class ScoreAndLearn(StatefulBatchLogic):
         if self.exporter.enabled and registry_dir:
             self.exporter.watch_registry(registry_dir)
 
-    def on_batch(self, items: list[Release | FeaturePart | Scored | Label | DeadLetter]):
+    def on_batch(self, items: list[Release | FeaturePart | FeaturedEvent | Label | DeadLetter]):
         started = time.perf_counter()
         items = self.state.join.push(items)  # the released items whose features are all in, in order
         learner, reporter = self.state.learner, self.state.reporter
         out: list[Any] = []
-        inputs = {id(item): model_input(item.features) for item in items if isinstance(item, Scored)}
+        inputs = {id(item): model_input(item.features) for item in items if isinstance(item, FeaturedEvent)}
         learner.prepare(list(inputs.values()))
         for item in items:
-            if isinstance(item, Scored):
+            if isinstance(item, FeaturedEvent):
                 event = item.event
                 if self.lag_probe is not None:
                     self.lag_probe.seen(event.origin)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataflows.flow.config import load_config
-from dataflows.flow.messages import DeadLetter, Event, FeaturePart, Label, Origin, Release, Scored, ShardBatch
+from dataflows.flow.messages import DeadLetter, Event, FeaturedEvent, FeaturePart, Label, Origin, Release, ShardBatch
 from dataflows.flow.shards import (
     WHOLE_KEY,
     FeatureJoin,
@@ -198,7 +198,7 @@ def whole_features(config, batches: list[list]) -> list:
             (part,), _ = step.on_batch([ShardBatch(seq, "eddy", None, [e.as_row() for e in events], version)])
             computed = part.features
         out.extend(
-            Scored(item, computed[item.event_id], version) if isinstance(item, Event) else item for item in items
+            FeaturedEvent(item, computed[item.event_id], version) if isinstance(item, Event) else item for item in items
         )
     return out
 
@@ -302,7 +302,7 @@ def test_split_shards_and_join_give_the_learner_what_one_engine_gives_in_the_sam
     got, shards = sharded(config, batches, workers, random.Random(seed))
     assert [type(x).__name__ for x in got] == [type(x).__name__ for x in want]
     for g, w in zip(got, want, strict=True):
-        if isinstance(w, Scored):
+        if isinstance(w, FeaturedEvent):
             assert g.event is w.event and g.features_version == w.features_version
             assert list(g.features.items()) == list(w.features.items())  # values bit for bit, keys in order
         else:
@@ -369,7 +369,7 @@ def test_labels_and_dead_letters_keep_their_place_and_a_late_event_becomes_one_t
             part(0, "user_id:0", "user_id", {"e00000": {"u": 1}, "e00002": {"u": 3}}),
         ]
     )
-    assert [type(x).__name__ for x in out] == ["Scored", "Label", "DeadLetter", "DeadLetter", "Scored"]
+    assert [type(x).__name__ for x in out] == ["FeaturedEvent", "Label", "DeadLetter", "DeadLetter", "FeaturedEvent"]
     assert out[1] is label and out[2] is duplicate
     assert (out[3].reason, out[3].stage, out[3].error, out[3].value) == ("late", "features", late["e00001"], b"{}")
     assert out[4].features == {"u": 3, "m": 3}

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataflows.flow.config import load_config
-from dataflows.flow.messages import Event, Origin, Release, Scored, ShardBatch
+from dataflows.flow.messages import Event, FeaturedEvent, Origin, Release, ShardBatch
 from dataflows.flow.state_journal import FILE, KEEP_POSITIONS, JournalError, StateJournal, snapshot_log
 from dataflows.flow.steps import ComputeFeatures, OrderByEventTime, unpack
 from features import FeatureEngine
@@ -234,11 +234,11 @@ def learner_config():
     return replace(base, ensemble=ensemble)
 
 
-def scored(i: int) -> Scored:
+def scored(i: int) -> FeaturedEvent:
     features = {f"f{k}": ((i * 7919 + k * 104_729) % 1000) / 1000 for k in range(32)}
     features["f0"] += 0.5 * (i % 5 == 0)  # something to learn
     label = i % 5 == 0 if i % 3 else None  # a third of the labels come one batch later
-    return Scored(Event(f"e{i:06d}", T0 + i * 10, {}, label, Origin("events", 0, i)), features, "v1")
+    return FeaturedEvent(Event(f"e{i:06d}", T0 + i * 10, {}, label, Origin("events", 0, i)), features, "v1")
 
 
 def learner_run(items, state_dir, resume=None):

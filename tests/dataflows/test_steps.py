@@ -106,7 +106,7 @@ def test_reports_within_one_micro_batch_time_their_own_events(monkeypatch):
 
     from dataflows.flow import steps
     from dataflows.flow.config import load_config
-    from dataflows.flow.messages import Event, Metrics, Origin, Scored
+    from dataflows.flow.messages import Event, FeaturedEvent, Metrics, Origin
 
     clock = iter(range(10**9))
     monkeypatch.setattr(steps.time, "time", lambda: 1_000_000.0 + next(clock) / 1000)  # 1 ms a reading
@@ -114,7 +114,9 @@ def test_reports_within_one_micro_batch_time_their_own_events(monkeypatch):
     config = replace(config, ensemble={"enabled": False}, flow=replace(config.flow, metrics_every_events=1000))
     step = steps.ScoreAndLearn(config, None, None)
     items = [
-        Scored(Event(f"e{i}", 1_767_225_600_000 + i, {}, i % 2 == 0, Origin("events", 0, i, 999_000_000)), {}, "v")
+        FeaturedEvent(
+            Event(f"e{i}", 1_767_225_600_000 + i, {}, i % 2 == 0, Origin("events", 0, i, 999_000_000)), {}, "v"
+        )
         for i in range(2500)
     ]
     out, _ = step.on_batch(items)
