@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -84,7 +83,7 @@ class Codec:
         event_id = _event_id(obj)
         ts = parse_ts(obj, "ts")
         values = {name: _field(obj, name, kind) for name, kind in self.fields.items()}
-        return Event(event_id, ts, values, _label(obj, required=False), origin, raw, key, time.time())
+        return Event(event_id, ts, values, _label(obj, required=False), origin, raw, key)
 
     def _label(self, obj: dict, origin: Origin) -> Label:
         event_id = _event_id(obj)

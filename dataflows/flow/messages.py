@@ -27,7 +27,6 @@ class Event:
     origin: Origin
     raw: bytes | None = None
     key: bytes | None = None
-    received_at: float = 0.0
 
     def as_row(self) -> dict[str, Any]:
         """The form the feature engine takes."""
@@ -113,7 +112,6 @@ class Prediction:
     features_version: str
     label_inline: bool
     features: dict[str, Any] | None = None
-    latency_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -228,6 +228,3 @@ def _csv_value(text: str) -> object:
         except ValueError:
             pass
     return text
-
-
-DATASETS = {"phishing", "transactions"}
