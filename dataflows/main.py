@@ -68,10 +68,10 @@ def _build():
 
 
 flow = _build()
-# The ~135k objects of the imported libraries make every full garbage collection take ~100 ms, a stall that
-# shows in the latency p99; they live as long as the process, so the collector can stop looking at them.
+# The imported libraries' objects make every full garbage collection a stall that shows in the latency p99;
+# they live as long as the process, so the collector can stop looking at them.
 gc.freeze()
-# What the flow keeps for a while (the refit window's rows, events waiting for labels: 10-25k containers, all
-# freed by reference counting) still made a 5-25 ms full collection every ~3 s at half load. A tenth as often:
-# the collector only finds reference cycles, which eddy's state does not make.
+# What the flow keeps for a while (the refit window's rows, events waiting for labels, all freed by reference
+# counting) still makes frequent full collections. A tenth as often: the collector only finds reference
+# cycles, which eddy's state does not make.
 gc.set_threshold(*gc.get_threshold()[:2], gc.get_threshold()[2] * 10)

@@ -53,7 +53,7 @@ class LagProbe:
     """Consumer lag per input topic: the partitions' end offsets minus what this run has read.
 
     Reads Bytewax's own positions indirectly: the learner step hands it the offsets it has seen. The end
-    offsets cost a broker round trip per partition (2-7 ms under load), so the first call asks for them and
+    offsets cost a broker round trip per partition, so the first call asks for them and
     a background thread then refreshes them every `refresh_s` seconds: a metrics report, on the learner's
     thread, never waits for the broker. The positions are always the latest. `refresh_s=0` asks at every call.
     """

@@ -282,7 +282,7 @@ class Splitter:
 
     def _keys(self, family: str | None) -> tuple[str, ...]:
         if family not in self.keys:
-            if family is None:  # one shard: beside the learner, as the feature step was before the shards
+            if family is None:  # one shard: on the learner's worker, so its features never cross workers
                 learner = worker_of_key(self.learner_key, self.workers)
                 self.keys[None] = (key_on_worker(WHOLE_KEY, learner, self.workers),)
             else:
