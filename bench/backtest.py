@@ -16,11 +16,11 @@ from pathlib import Path
 
 import orjson
 
-from dataflows import datasets
-from dataflows.backtest import run_backtest
-from dataflows.config import load_config
-from dataflows.report import read_metrics_file, read_registry, write_report
-from dataflows.runs import runs_of
+from dataflows.flow.config import load_config
+from dataflows.flow.runs import runs_of
+from dataflows.tools import datasets
+from dataflows.tools.backtest import run_backtest
+from dataflows.watch.report import read_metrics_file, read_registry, write_report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,7 +24,7 @@ from datetime import datetime
 
 import numpy as np
 
-from dataflows.datasets import transactions
+from dataflows.tools.datasets import transactions
 from models.blend import LogLossBlend
 from models.ensemble import Ensemble
 from models.metrics import ExactROCAUC, LogLoss

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from dataflows.datasets import transactions
+from dataflows.tools.datasets import transactions
 from features import FeatureEngine
 from features.engine import run_group
-from features.schema import to_arrow, to_ms
+from features.schema import to_arrow
+from features.timestamps import to_ms
 
 REPO = Path(__file__).resolve().parents[1]
 REPEATS = {100: 40, 1000: 12, 10000: 3}

@@ -28,13 +28,14 @@ import time
 import uuid
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 from river import metrics
 
-from dataflows import datasets
-from dataflows.config import REPO_ROOT, Topics, load_config
-from dataflows.kafka_admin import delete_topics, ensure_topics
-from dataflows.replay import make_producer, replay
+from dataflows.broker.admin import delete_topics, ensure_topics
+from dataflows.broker.consumer import assigned_consumer
+from dataflows.flow.config import REPO_ROOT, Topics, load_config
+from dataflows.tools import datasets
+from dataflows.tools.replay import make_producer, replay
 from models import make_model
 
 RAW_FIELDS = ("amount", "category", "country")
@@ -65,10 +66,7 @@ def flow_env(topics: Topics, bootstrap: str, tail: bool, mode: str, ensemble: bo
 
 def read_timestamps(bootstrap: str, topic: str, expected: int, timeout_s: float) -> dict[str, int]:
     """event_id -> Kafka timestamp (ms) of every record on `topic`, waiting for `expected` of them."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
+    consumer, _ = assigned_consumer(bootstrap, topic)
     out: dict[str, int] = {}
     deadline = time.monotonic() + timeout_s
     while len(out) < expected and time.monotonic() < deadline:
@@ -197,8 +195,8 @@ def plain_loop(bootstrap: str, events: list[dict]) -> dict:
 
 def river_bare_on_features(events: list[dict]) -> dict:
     """River alone on the same 32 SQL features eddy learns from (computed beforehand, not timed)."""
-    from dataflows.codec import parse_ts
-    from dataflows.steps import model_input
+    from dataflows.flow.codec import parse_ts
+    from dataflows.flow.steps import model_input
     from features import FeatureEngine
 
     config = load_config()

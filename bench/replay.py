@@ -17,10 +17,10 @@ import uuid
 import orjson
 from confluent_kafka import Producer
 
-from dataflows import datasets
-from dataflows.config import load_config
-from dataflows.kafka_admin import delete_topics, ensure_topics
-from dataflows.replay import make_producer, replay
+from dataflows.broker.admin import delete_topics, ensure_topics
+from dataflows.flow.config import load_config
+from dataflows.tools import datasets
+from dataflows.tools.replay import make_producer, replay
 
 
 def bare_confluent(bootstrap: str, topic: str, events: list[dict]) -> float:

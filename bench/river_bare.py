@@ -14,7 +14,7 @@ import statistics
 import time
 from datetime import datetime
 
-from dataflows.datasets import transactions
+from dataflows.tools.datasets import transactions
 from models import MODELS, OnlineLearner, make_model
 
 

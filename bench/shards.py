@@ -4,7 +4,7 @@ Two measurements on the synthetic transactions stream and the shipped SQL, in mi
 step releases them (ts order, each push flushed):
 1. the split after the ordering step (`Splitter.split`) and the join before the learner
    (`FeatureJoin.push`) per event, for 1 and 2 shards per family, against what the same work cost before the
-   shards (rows for the engine, features by event_id, a `Scored` per event: now done in the split and join);
+   shards (rows for the engine, features by event_id, a `FeaturedEvent` per event: now done in the split and join);
 2. the feature engines' CPU time per event: one engine over every group (one worker, as before the
    shards), one engine per family fed every event (the layout one worker does not use), and two shards per
    family (two workers: their sum, and the busier worker's share).
@@ -19,12 +19,12 @@ import json
 import time
 from pathlib import Path
 
-from dataflows.config import load_config
-from dataflows.datasets import transactions
-from dataflows.messages import Event, FeaturePart, Origin, Release, Scored
-from dataflows.shards import FeatureJoin, Splitter, worker_of_key
+from dataflows.flow.config import load_config
+from dataflows.flow.messages import Event, FeaturedEvent, FeaturePart, Origin, Release
+from dataflows.flow.shards import FeatureJoin, Splitter, worker_of_key
+from dataflows.tools.datasets import transactions
 from features import FeatureEngine
-from features.schema import to_ms
+from features.timestamps import to_ms
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def before(batches: list[list[Event]], names: list[str]) -> float:
         started = time.perf_counter()
         rows = [e.as_row() for e in batch]
         computed = {row["event_id"]: feats for row, feats in zip(rows, released, strict=True)}
-        out = [Scored(e, computed[e.event_id], "v") for e in batch]
+        out = [FeaturedEvent(e, computed[e.event_id], "v") for e in batch]
         spent += time.perf_counter() - started
         n += len(out)
     return round(spent / n * 1e6, 2)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         costs = [split_and_join(config, batches, shards) for shards in (1, 2)]
         work = [engines(config, warm, batches, shards) for shards in (1, None, 2)]
         figures["runs"].append({"batch": size, "before_us": old, "split_join": costs, "engines": work})
-        print(f"batch {size}: before the shards, rows + features by id + Scored: {old:.2f} µs/event")
+        print(f"batch {size}: before the shards, rows + features by id + FeaturedEvent: {old:.2f} µs/event")
         for c in costs:
             layout = "one shard (one worker)" if c["shards"] == 1 else f"{c['shards']} shards per family"
             print(

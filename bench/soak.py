@@ -47,10 +47,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from tqdm import tqdm
 
 from bench.flow import flow_env, fresh_topics
-from dataflows import datasets
-from dataflows.config import REPO_ROOT, Topics, load_config
-from dataflows.kafka_admin import BrokerError, check_broker, delete_topics
-from dataflows.replay import ReplayResult, make_producer, replay
+from dataflows.broker.admin import BrokerError, check_broker, delete_topics
+from dataflows.flow.config import REPO_ROOT, Topics, load_config
+from dataflows.tools import datasets
+from dataflows.tools.replay import ReplayResult, make_producer, replay
 from features.catalog import require_catalog
 
 PARTITIONS = 3
@@ -96,7 +96,7 @@ def publish(bootstrap: str, topics: Topics, args: argparse.Namespace) -> ReplayR
 
 def init_recovery(directory: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "dataflows.recovery", "init", str(directory)],
+        [sys.executable, "-m", "dataflows.flow.recovery", "init", str(directory)],
         cwd=REPO_ROOT,
         check=True,
         capture_output=True,

@@ -10,13 +10,13 @@ import gc
 import logging
 import sys
 
-from dataflows.config import ConfigError, load_config
-from dataflows.flow import build_flow, check_inputs
-from dataflows.fresh_start import StartOverError, check_fresh_start
-from dataflows.kafka_admin import BrokerError
-from dataflows.logs import configure_logging
-from dataflows.recovery import RecoveryError, guard_recovery_dir, recovery_dir_from_argv
-from dataflows.shards import Splitter, shard_count, workers_from_argv
+from dataflows.broker.admin import BrokerError
+from dataflows.flow.config import ConfigError, load_config
+from dataflows.flow.fresh_start import StartOverError, check_fresh_start
+from dataflows.flow.logs import configure_logging
+from dataflows.flow.recovery import RecoveryError, guard_recovery_dir, recovery_dir_from_argv
+from dataflows.flow.shards import Splitter, shard_count, workers_from_argv
+from dataflows.flow.wiring import build_flow, check_inputs
 from features import FeatureEngine, FeatureFileError
 
 configure_logging()
@@ -68,10 +68,10 @@ def _build():
 
 
 flow = _build()
-# The ~135k objects of the imported libraries make every full garbage collection take ~100 ms, a stall that
-# shows in the latency p99; they live as long as the process, so the collector can stop looking at them.
+# The imported libraries' objects make every full garbage collection a stall that shows in the latency p99;
+# they live as long as the process, so the collector can stop looking at them.
 gc.freeze()
-# What the flow keeps for a while (the refit window's rows, events waiting for labels: 10-25k containers, all
-# freed by reference counting) still made a 5-25 ms full collection every ~3 s at half load. A tenth as often:
-# the collector only finds reference cycles, which eddy's state does not make.
+# What the flow keeps for a while (the refit window's rows, events waiting for labels, all freed by reference
+# counting) still makes frequent full collections. A tenth as often: the collector only finds reference
+# cycles, which eddy's state does not make.
 gc.set_threshold(*gc.get_threshold()[:2], gc.get_threshold()[2] * 10)

@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 
 from features.catalog import require_catalog
 from features.engine import connect, run_group
-from features.schema import FIELD_TYPES, HIDDEN, TS_TYPE, arrow_schema, to_arrow, to_ms
+from features.schema import FIELD_TYPES, HIDDEN, TS_TYPE, arrow_schema, to_arrow
 from features.spec import FeatureFileError
+from features.timestamps import to_ms
 
 log = logging.getLogger("features.backfill")
 _CHUNK = 100_000

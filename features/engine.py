@@ -44,9 +44,10 @@ import pyarrow.compute as pc
 
 from features.buffer import EventBuffer
 from features.catalog import Catalog, load_catalog, require_catalog, signature
-from features.schema import HIDDEN, arrow_schema, to_arrow, to_ms
+from features.schema import HIDDEN, arrow_schema, to_arrow
 from features.segments import OutOfRange, Rows, WindowIndex, segment_features
 from features.spec import FeatureFileError, FeatureGroup
+from features.timestamps import to_ms
 
 _SNAPSHOT_FORMAT = 1
 log = logging.getLogger("eddy.features")

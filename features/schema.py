@@ -11,7 +11,6 @@ Columns: `event_id VARCHAR`, `ts TIMESTAMP` (UTC, naive) and the declared fields
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
@@ -55,26 +54,3 @@ def to_arrow(events: Sequence[dict], fields: dict[str, str], ts_ms: Sequence[int
     ]
     arrays += [pa.array([e.get(f.name) for e in events], f.type) for f in list(schema)[2:]]
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def to_ms(ts: object) -> int:
-    """An event's `ts` (epoch milliseconds, ISO-8601 text with a timezone, or a datetime) in epoch ms."""
-    if isinstance(ts, bool):
-        raise ValueError(f"ts must be epoch milliseconds or ISO-8601 text, got {ts!r}")
-    if isinstance(ts, int):
-        return ts
-    if isinstance(ts, float) and ts.is_integer():
-        return int(ts)
-    if isinstance(ts, str):
-        try:
-            ts = datetime.fromisoformat(ts)
-        except ValueError as exc:
-            raise ValueError(f"ts {ts!r} is not ISO-8601 text") from exc
-    if isinstance(ts, datetime):
-        if ts.tzinfo is None:
-            raise ValueError(f"ts {ts.isoformat()!r} has no timezone; write e.g. ...+00:00 or Z")
-        return (ts - _EPOCH) // timedelta(milliseconds=1)
-    raise ValueError(f"ts must be epoch milliseconds or ISO-8601 text, got {ts!r}")
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

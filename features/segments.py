@@ -198,11 +198,11 @@ def segment_features(
 
     `statements`, kept by the caller for `con` alone, holds the computed items' relations to run again at
     every batch: DuckDB binds a relation anew each time it runs, so it reads the batch registered now, and
-    building it once and leaving the registration to be replaced saves ~0.4 ms of a ~1.4 ms statement."""
+    building it once and leaving the registration to be replaced saves building it at every batch."""
     aggregates = index.aggregate(rows, plan.windows)
     out = {name: aggregates[number] for name, number in plan.outputs}
     if plan.residual_sql is not None:
-        # One relation, not the batch joined to the aggregates: each registration costs DuckDB ~0.5 ms.
+        # One relation, not the batch joined to the aggregates: DuckDB pays a fixed cost for each registration.
         # Only the columns it reads: DuckDB's cost to register and scan a relation grows with its width.
         relation = batch.select(plan.residual_columns)
         for n in plan.residual_windows:
@@ -224,8 +224,8 @@ def segment_features(
 
 @functools.lru_cache(maxsize=256)
 def _parsed(sql: str) -> duckdb.Statement:
-    """The statement parsed once: DuckDB parses SQL text again at every call (~0.4 ms of a ~1.6 ms statement
-    over a 100-row batch), and a parsed statement binds on any connection."""
+    """The statement parsed once: DuckDB parses SQL text again at every call (a
+    fair part of a statement over a small batch), and a parsed statement binds on any connection."""
     return duckdb.extract_statements(sql)[0]
 
 

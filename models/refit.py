@@ -261,9 +261,9 @@ def _start_worker(parent: int) -> None:
     """In the worker: give way to the flow for the CPU (a fit has `lag` labels to finish, while every
     event's latency waits on the scoring thread), and exit with the flow.
 
-    Linux's SCHED_IDLE runs the worker only on a core nothing else wants. A niced worker still took a core
-    from the broker and the flow's Kafka threads for the ~0.5 s of each fit, and the latency p50 of a flow
-    at half load rose from ~25 to 60-120 ms until the fit was done. If the flow waits for a fit (its `lag`
+    Linux's SCHED_IDLE runs the worker only on a core nothing else wants. A niced worker still takes a core
+    from the broker and the flow's Kafka threads for each fit, and the flow's latency rises until the fit is
+    done. If the flow waits for a fit (its `lag`
     is up), its core is free, so the worker cannot starve. `NICE` is the fallback elsewhere."""
     os.nice(NICE)
     if hasattr(os, "SCHED_IDLE"):
@@ -293,16 +293,16 @@ def _exit_with(parent: int, every_s: float = 1.0) -> None:
 
 
 SLICE = 500
-"""Rows pickled at a time for the worker: the whole 20,000-row window in one `pickle.dumps` held the GIL,
-and so the scoring thread, for ~20 ms."""
+"""Rows pickled at a time for the worker: the whole window in one `pickle.dumps` would hold the GIL, and so
+the scoring thread, for as long as it takes."""
 
 
 class PickledSlices:
     """The rows of the window pickled a slice at a time as they are learned, for process refits.
 
-    Pickling a 20,000-row window when a refit starts, even on a helper thread, took the GIL from the scoring
-    thread for ~0.3 s of contention in which a flow at half load fell behind; here each row is pickled once,
-    ~0.5 ms every `SLICE` rows, and a refit hands the worker the slices it already has. Slice k holds the
+    Pickling the whole window when a refit starts, even on a helper thread, takes the GIL from the scoring
+    thread long enough for a flow at half load to fall behind; here each row is pickled once, a slice of
+    `SLICE` rows at a time, and a refit hands the worker the slices it already has. Slice k holds the
     rows at positions k * SLICE + 1 .. (k + 1) * SLICE (positions count learned rows from 1). Not state:
     a restored model starts afresh at the next slice, and a refit pickles what is missing.
 
@@ -354,8 +354,8 @@ def _in_process(job: RefitJob, pickled: Mapping[int, bytes]) -> Future:
 
 
 _SENDER = SerialWorker("eddy-refit-sender")
-"""Sends the windows to the worker process in submission order: starting a thread for every refit cost the
-scoring thread 3-5 ms under load (the new thread must take the GIL before `start` returns)."""
+"""Sends the windows to the worker process in submission order: starting a thread for every refit would cost
+the scoring thread a wait under load (the new thread must take the GIL before `start` returns)."""
 
 
 def _slices_of(
@@ -375,7 +375,7 @@ def _slices_of(
 @dataclass(frozen=True)
 class PackedRows:
     """Window rows as pickled slices, which is how a snapshot stores them: the slices `PickledSlices` made as
-    the rows were learned are copied as bytes, where pickling 20,000 dicts again took ~35 ms every epoch."""
+    the rows were learned are copied as bytes, rather than the window's dicts pickled again every epoch."""
 
     blobs: tuple[bytes, ...]
 

@@ -28,8 +28,8 @@ class WindowBounds:
     """Bounds of window rows (objects with `position`, `ts`, `offset` and `features_version`; positions
     consecutive) from summaries of whole blocks of `BLOCK` rows, made as each block fills.
 
-    Scanning a 20,000-row window at every refit took 6-20 ms of the scoring thread in a flow under load, a
-    stall that showed in the latency p99; a block's summary costs ~0.1 ms once. The summaries are a cache of
+    Scanning the whole window at every refit would stall the scoring thread, which shows in the latency
+    p99; a block's summary is made once. The summaries are a cache of
     rows that never change: a missing one (after a restore) is made by scanning, so the bounds are always
     those of a full scan.
 

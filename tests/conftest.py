@@ -8,8 +8,8 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, settings
 
-from dataflows.config import Topics
-from dataflows.kafka_admin import BrokerError, check_broker, delete_topics, ensure_topics
+from dataflows.broker.admin import BrokerError, check_broker, delete_topics, ensure_topics
+from dataflows.flow.config import Topics
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
 

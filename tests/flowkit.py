@@ -13,8 +13,8 @@ import orjson
 from bytewax.testing import run_main
 from kafka import KafkaProducer
 
-from dataflows.config import Config, Topics, load_config
-from dataflows.flow import build_flow
+from dataflows.flow.config import Config, Topics, load_config
+from dataflows.flow.wiring import build_flow
 from models.registry import flush_writes
 from tests.kafka_io import read_topic
 
@@ -145,15 +145,15 @@ def transactions_input(
     delayed_share: float = 1.0,
     events_per_second: float = 1.0,
 ):
-    """(events, labels) from `dataflows.datasets.transactions`: inline labels when `label_delay_s` is None;
+    """(events, labels) from `dataflows.tools.datasets.transactions`: inline labels when `label_delay_s` is None;
     else a seeded random `delayed_share` of the labels go to the labels topic, each with a `ts` (epoch ms) its
     event's plus a seeded random delay in that range (seconds), sorted by that `ts` (none is late in its
     partition); the other events keep their label inline. `events_per_second` makes the stream denser in
-    event time (`dataflows.datasets.transactions`)."""
+    event time (`dataflows.tools.datasets.transactions`)."""
     import random
     from datetime import datetime
 
-    from dataflows.datasets import transactions
+    from dataflows.tools.datasets import transactions
 
     events = list(transactions(n=n, seed=seed, events_per_second=events_per_second))
     if label_delay_s is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from kafka import KafkaConsumer, TopicPartition
+from dataflows.broker.consumer import assigned_consumer
 
 
 def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout_s: float = 30.0) -> list:
@@ -12,11 +12,8 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout_
 
     Without `expected` it reads to the end offsets and fails if the deadline comes first: a test that compared
     part of a topic would report missing records that are on the broker, or miss records it should see."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=500)
+    consumer, partitions = assigned_consumer(bootstrap, topic)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
         records: list = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from dataflows import prometheus
-from dataflows.alerts import RULES, AlertEvaluator, AlertSettings, prometheus_rules, rules_yaml
-from dataflows.config import ConfigError, load_config
+from dataflows.flow.config import ConfigError, load_config
+from dataflows.watch import prometheus
+from dataflows.watch.alerts import RULES, AlertEvaluator, AlertSettings, prometheus_rules, rules_yaml
 from tests.flowkit import REPO
 
 
@@ -32,7 +32,7 @@ def figures(
     write_failures: int = 0,
     refits: bool = True,
 ) -> dict:
-    """A metrics message as `dataflows.metrics.MetricsReporter` builds it (the parts the rules read)."""
+    """A metrics message as `dataflows.watch.metrics_reporter.MetricsReporter` builds it (the parts the rules read)."""
     return {
         "type": "metrics",
         "events": events,
@@ -188,7 +188,7 @@ def exported_metric_names() -> set[str]:
 
 def test_the_prometheus_rules_file_is_valid_yaml_over_metrics_the_exporter_serves():
     out = subprocess.run(
-        [sys.executable, "-m", "dataflows.alerts", "rules"],
+        [sys.executable, "-m", "dataflows.watch.alerts", "rules"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -228,11 +228,11 @@ def test_the_exporter_serves_the_alert_and_refit_health_gauges():
 
 def test_the_command_has_help_and_lists_the_rules():
     help_text = subprocess.run(
-        [sys.executable, "-m", "dataflows.alerts", "--help"], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "dataflows.watch.alerts", "--help"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     assert "rules" in help_text and "list" in help_text
     listed = subprocess.run(
-        [sys.executable, "-m", "dataflows.alerts", "list"], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "dataflows.watch.alerts", "list"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     for rule in RULES:
         assert rule in listed
@@ -246,7 +246,7 @@ def test_the_flow_publishes_alerts_that_fire_and_clear_and_keeps_scoring(kafka_b
 
     import orjson
 
-    from dataflows import datasets
+    from dataflows.tools import datasets
     from tests.flowkit import config_for, outputs, publish, run_flow
     from tests.kafka_io import read_topic
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataflows import datasets
-from dataflows.backtest import BacktestError, main, read_lines, run_backtest, source_messages
-from dataflows.codec import parse_ts
-from dataflows.config import load_config
+from dataflows.flow.codec import parse_ts
+from dataflows.flow.config import load_config
+from dataflows.tools import datasets
+from dataflows.tools.backtest import BacktestError, main, read_lines, run_backtest, source_messages
 from tests.flowkit import by_id, config_for, outputs, publish, run_flow
 
 ENSEMBLE = {"enabled": True, "refit_every": 500, "window": 2000, "lag": 100, "background": "none", "keep": 3}
@@ -88,7 +88,7 @@ def test_label_delay_moves_labels_to_the_labels_topic(events, tmp_path):
 
 
 def datasets_ts(event: dict) -> int:
-    from dataflows.codec import parse_ts
+    from dataflows.flow.codec import parse_ts
 
     return parse_ts(event, "ts")
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from dataflows.config import Topics
-from dataflows.kafka_admin import ensure_topics
-from dataflows.kafka_sink import EXIT_BROKER_UNREACHABLE
+from dataflows.broker.admin import ensure_topics
+from dataflows.broker.sink import EXIT_BROKER_UNREACHABLE
+from dataflows.flow.config import Topics
 from tests.flowkit import (
     REPO,
     TopicTail,
@@ -192,7 +192,7 @@ def test_broker_away_past_the_bound_stops_the_flow_with_advice_and_a_resume_lose
     reference = scenario[4]
     topics, env = _fresh_run_env(broker, scenario, tmp_path / "run", EDDY_BROKER_WAIT_S="3")
     recovery_dir = tmp_path / "recovery"
-    init = [sys.executable, "-m", "dataflows.recovery", "init", str(recovery_dir)]
+    init = [sys.executable, "-m", "dataflows.flow.recovery", "init", str(recovery_dir)]
     subprocess.run(init, cwd=REPO, check=True, capture_output=True)
     log = tmp_path / "flow.log"
     recovery_args = ("-r", str(recovery_dir), "-s", "1", "-b", "0")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from bytewax.connectors.kafka import KafkaSinkMessage
 
-from dataflows.config import ConfigError, FlowSettings, load_config
-from dataflows.kafka_logs import LOGGER, _OncePerKind
-from dataflows.kafka_sink import BrokerUnreachable, EpochFlushKafkaSink
+from dataflows.broker.client_logs import LOGGER, _OncePerKind
+from dataflows.broker.sink import BrokerUnreachable, EpochFlushKafkaSink
+from dataflows.flow.config import ConfigError, FlowSettings, load_config
 
 
 def _unused_port() -> int:

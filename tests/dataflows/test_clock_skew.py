@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from dataflows import datasets
+from dataflows.tools import datasets
 from tests.flowkit import dead_letter_reasons, flow_env, publish, start_flow_logged
 from tests.kafka_io import read_topic
 

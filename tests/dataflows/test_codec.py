@@ -11,9 +11,9 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dataflows.codec import MAX_TS_MS, MIN_TS_MS, Codec, encode_dead_letter, encode_prediction, iso, parse_ts
-from dataflows.messages import DeadLetter, Event, Label, Origin, Prediction
-from features.schema import to_ms
+from dataflows.flow.codec import MAX_TS_MS, MIN_TS_MS, Codec, encode_dead_letter, encode_prediction, parse_ts
+from dataflows.flow.messages import DeadLetter, Event, Label, Origin, Prediction
+from features.timestamps import iso, to_ms
 
 FIELDS = {"user_id": "string", "amount": "double", "n": "bigint", "vip": "boolean"}
 CODEC = Codec("events", "labels", FIELDS, max_message_bytes=1024)

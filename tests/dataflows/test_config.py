@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflows.config import ENSEMBLE_DEFAULTS, REPO_ROOT, ConfigError, load_config
+from dataflows.flow.config import ENSEMBLE_DEFAULTS, REPO_ROOT, ConfigError, load_config
 
 
 def test_the_repository_config_holds_the_contract_defaults():

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dataflows import datasets
-from dataflows.dashboard import MetricsFeed, main, make_server
+from dataflows.tools import datasets
+from dataflows.watch.dashboard import MetricsFeed, main, make_server
 from tests.flowkit import REPO, config_for, publish, run_flow
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,8 +26,8 @@ ENSEMBLE = {"enabled": True, "refit_every": 500, "window": 2000, "lag": 100, "ba
 @pytest.fixture(scope="module")
 def short_run(kafka_bootstrap, tmp_path_factory):
     """A short real run: 3,000 transactions (drift at half) and a few broken messages, through the flow."""
-    from dataflows.config import Topics
-    from dataflows.kafka_admin import delete_topics, ensure_topics
+    from dataflows.broker.admin import delete_topics, ensure_topics
+    from dataflows.flow.config import Topics
 
     suffix = f"{time.time_ns() % 10**10}"
     topics = Topics(
@@ -122,7 +122,7 @@ def test_chromium_is_installed():
 
 def test_report_html_renders_offline_in_chromium(tmp_path):
     """The report is one file: opened from disk, with no server, its charts draw from the inlined data."""
-    from dataflows.report import write_report
+    from dataflows.watch.report import write_report
     from tests.dataflows.test_report import run
 
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `apt-get install -y chromium` (add it to .ci/run)"
@@ -142,7 +142,7 @@ def test_report_html_renders_offline_in_chromium(tmp_path):
 def test_alerts_show_on_the_page_as_text(kafka_bootstrap, make_topics, tmp_path):
     """Alerts the flow publishes show on the page: those firing, and the recent ones; a summary holding markup
     (whoever can write the topic wrote it) is shown as text, never run."""
-    from dataflows.alerts import AlertEvaluator
+    from dataflows.watch.alerts import AlertEvaluator
     from tests.dataflows.test_alerts import CASES
 
     topics = make_topics(partitions=1)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dataflows.dashboard import MetricsFeed, make_server
-from dataflows.report import write_report
+from dataflows.watch.dashboard import MetricsFeed, make_server
+from dataflows.watch.report import write_report
 from tests.flowkit import publish
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from dataflows import datasets
+from dataflows.tools import datasets
 
 
 def test_transactions_are_deterministic_for_a_seed_and_differ_across_seeds():

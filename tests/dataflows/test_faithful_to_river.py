@@ -6,8 +6,8 @@ import pytest
 from river import datasets as river_datasets
 from river import evaluate, linear_model, metrics, preprocessing
 
-from dataflows import datasets
-from dataflows.metrics import ROC_AUC_METHOD
+from dataflows.tools import datasets
+from dataflows.watch.metrics_reporter import ROC_AUC_METHOD
 from tests.flowkit import PHISHING_CONFIG, by_id, config_for, outputs, publish, run_flow
 
 pytestmark = pytest.mark.kafka

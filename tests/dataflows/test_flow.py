@@ -10,8 +10,8 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from dataflows import datasets
-from dataflows.codec import parse_ts
+from dataflows.flow.codec import parse_ts
+from dataflows.tools import datasets
 from tests.flowkit import REPO, by_id, config_for, dead_letter_reasons, flow_env, outputs, publish, run_flow
 
 pytestmark = pytest.mark.kafka
@@ -137,7 +137,7 @@ def test_the_flow_refuses_to_start_without_its_topics(kafka_bootstrap):
 
 
 def make_fake_topics():
-    from dataflows.config import Topics
+    from dataflows.flow.config import Topics
 
     return Topics("nope-events", "nope-labels", "nope-predictions", "nope-metrics", "nope-dlq", "nope-alerts")
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dataflows.kafka_admin import BrokerError, check_broker, ensure_topics, partition_counts, require_topics
+from dataflows.broker.admin import BrokerError, check_broker, ensure_topics, partition_counts, require_topics
 
 
 def _free_port() -> int:

@@ -18,12 +18,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from dataflows import datasets
-from dataflows.config import ConfigError, Topics, load_config
-from dataflows.kafka_admin import BrokerError, delete_topics, ensure_topics, require_topics
-from dataflows.kafka_io import read_to_end
-from dataflows.kafka_security import KafkaSecurity, kafka_python_settings, librdkafka_settings
-from dataflows.replay import make_producer
+from dataflows.broker.admin import BrokerError, delete_topics, ensure_topics, require_topics
+from dataflows.broker.consumer import read_to_end
+from dataflows.broker.security import KafkaSecurity, kafka_python_settings, librdkafka_settings
+from dataflows.flow.config import ConfigError, Topics, load_config
+from dataflows.tools import datasets
+from dataflows.tools.replay import make_producer
 from tests.flowkit import flow_env, start_flow_process
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kafka.sh"

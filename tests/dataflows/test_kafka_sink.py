@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from bytewax.connectors.kafka import KafkaSinkMessage
 
-from dataflows.kafka_io import read_to_end
-from dataflows.kafka_sink import DeliveryError, EpochFlushKafkaSink
+from dataflows.broker.consumer import read_to_end
+from dataflows.broker.sink import DeliveryError, EpochFlushKafkaSink
 
 pytestmark = pytest.mark.kafka
 

@@ -8,8 +8,8 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from dataflows.flow import LagProbe
-from dataflows.messages import Origin
+from dataflows.broker.offsets import LagProbe
+from dataflows.flow.messages import Origin
 
 pytestmark = pytest.mark.kafka
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dataflows import dashboard, prometheus
-from dataflows.config import load_config
-from dataflows.dashboard import MetricsFeed, make_server
-from dataflows.prometheus import PrometheusExporter
+from dataflows.flow.config import load_config
+from dataflows.watch import dashboard, prometheus
+from dataflows.watch.dashboard import MetricsFeed, make_server
+from dataflows.watch.prometheus import PrometheusExporter
 
 
 def _free_port() -> int:

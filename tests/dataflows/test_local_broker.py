@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from dataflows.kafka_admin import BrokerError, check_broker, ensure_topics
+from dataflows.broker.admin import BrokerError, check_broker, ensure_topics
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kafka.sh"
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -8,8 +8,8 @@ import pickle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflows.messages import Event, Label, Origin
-from dataflows.ordering import EventTimeOrder, sort_key
+from dataflows.flow.messages import Event, Label, Origin
+from dataflows.flow.ordering import EventTimeOrder, sort_key
 
 LATENESS = 50
 
@@ -358,7 +358,7 @@ def test_a_pending_leap_survives_a_snapshot_and_old_snapshots_resume_without_one
 def test_a_message_the_decoder_refused_passes_through_and_counts_as_read():
     # events:0 had 2 messages at start-up, the second of them not JSON: once it is read, the partition has
     # no backlog left and goes idle like any other (it would otherwise hold the watermark for ever).
-    from dataflows.messages import DeadLetter
+    from dataflows.flow.messages import DeadLetter
 
     ends = {"events:0": 2}
     order = EventTimeOrder(["events:0"], lateness_ms=0, idle_timeout_s=5, ends=ends, tail=True)

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dataflows.prometheus import PrometheusExporter, follow, main
+from dataflows.watch.prometheus import PrometheusExporter, follow, main
 
 FIGURES = {
     "type": "metrics",
@@ -148,7 +148,7 @@ def test_cli(capsys):
 def test_the_exporter_follows_the_newest_runs_refits(exporter, tmp_path):
     import time
 
-    from dataflows.runs import new_run_id
+    from dataflows.flow.runs import new_run_id
 
     def refit(run: str, version: int, accepted: bool) -> None:
         (tmp_path / run).mkdir(exist_ok=True)

@@ -22,9 +22,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from dataflows.flow import FLOW_ID, STATEFUL_STEPS
-from dataflows.shards import shard_keys
-from dataflows.state_journal import FILE as JOURNAL_FILE
+from dataflows.flow.shards import shard_keys
+from dataflows.flow.state_journal import FILE as JOURNAL_FILE
+from dataflows.flow.wiring import FLOW_ID, STATEFUL_STEPS
 from tests.flowkit import (
     REPO,
     TopicTail,
@@ -57,7 +57,10 @@ class Segment:
 
 def _init_recovery_dir(directory: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "dataflows.recovery", "init", str(directory)], cwd=REPO, check=True, capture_output=True
+        [sys.executable, "-m", "dataflows.flow.recovery", "init", str(directory)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
     )
 
 
@@ -301,5 +304,5 @@ def test_guard_refuses_a_directory_that_was_never_initialised(kafka_bootstrap, m
     result = _run_guarded(env, recovery_dir)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
-    assert "not initialised" in output and f"python -m dataflows.recovery init {recovery_dir}" in output, output
+    assert "not initialised" in output and f"python -m dataflows.flow.recovery init {recovery_dir}" in output, output
     assert "Traceback" not in output, f"a clear message, not a traceback:\n{output}"

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from dataflows import datasets
+from dataflows.tools import datasets
 from models import refit
 from tests.flowkit import by_id, config_for, outputs, publish, run_flow
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from dataflows import datasets
-from dataflows.codec import parse_ts
-from dataflows.replay import main, make_producer, replay
+from dataflows.flow.codec import parse_ts
+from dataflows.tools import datasets
+from dataflows.tools.replay import main, make_producer, replay
 from tests.kafka_io import read_topic
 
 pytestmark = pytest.mark.kafka

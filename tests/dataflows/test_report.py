@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from dataflows.report import chart_data, drift_event, main, read_metrics_file, read_metrics_topic, write_report
+from dataflows.watch.report import chart_data, drift_event, main, read_metrics_file, read_metrics_topic, write_report
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -10,13 +10,13 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from dataflows import datasets
-from dataflows.config import load_config
-from dataflows.dashboard import make_server
-from dataflows.report import main as report_main
-from dataflows.report import read_registry
-from dataflows.runs import is_run_id, latest_run_dir, new_run_id, runs_of
-from dataflows.steps import ScoreAndLearn
+from dataflows.flow.config import load_config
+from dataflows.flow.runs import is_run_id, latest_run_dir, new_run_id, runs_of
+from dataflows.flow.steps import ScoreAndLearn
+from dataflows.tools import datasets
+from dataflows.watch.dashboard import make_server
+from dataflows.watch.report import main as report_main
+from dataflows.watch.report import read_registry
 from tests.flowkit import config_for, outputs, publish, run_flow
 
 SMALL_ENSEMBLE = {"refit_every": 300, "window": 1000, "lag": 50, "background": "none"}

@@ -1,6 +1,6 @@
 """Scaling out changes nothing: the same input gives the same predictions and features with 1 worker, 2 worker
-threads, 2 processes, and from a 1-partition topic (canonical event-time order, see `dataflows.ordering`);
-and with 2 workers the feature state is cut in two by entity and held half by each (`dataflows.shards`)."""
+threads, 2 processes, and from a 1-partition topic (canonical event-time order, see `dataflows.flow.ordering`);
+and with 2 workers the feature state is cut in two by entity and held half by each (`dataflows.flow.shards`)."""
 
 from __future__ import annotations
 

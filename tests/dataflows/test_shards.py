@@ -1,4 +1,4 @@
-"""Feature state cut into shards (`dataflows.shards`): the worker count, where Bytewax runs a key, the split
+"""Feature state cut into shards (`dataflows.flow.shards`): the worker count, where Bytewax runs a key, the split
 after the ordering step and the join before the learner, which together give the learner what one engine
 over every group gives it, in the same order."""
 
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataflows.config import load_config
-from dataflows.messages import DeadLetter, Event, FeaturePart, Label, Origin, Release, Scored, ShardBatch
-from dataflows.shards import (
+from dataflows.flow.config import load_config
+from dataflows.flow.messages import DeadLetter, Event, FeaturedEvent, FeaturePart, Label, Origin, Release, ShardBatch
+from dataflows.flow.shards import (
     WHOLE_KEY,
     FeatureJoin,
     ShardCountError,
@@ -31,8 +31,8 @@ from dataflows.shards import (
     worker_of_key,
     workers_from_argv,
 )
-from dataflows.step_state import pack
-from dataflows.steps import ComputeFeatures, OrderByEventTime
+from dataflows.flow.step_state import pack
+from dataflows.flow.steps import ComputeFeatures, OrderByEventTime
 from features import FeatureEngine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ def test_an_entitys_shard_is_crc32_of_its_text_whatever_the_process():
     assert entity_shard(("u17",), 3) == zlib.crc32(b"u17") % 3
     assert entity_shard((None,), 2) == entity_shard((None,), 2)
     assert entity_shard((0.0,), 7) == entity_shard((-0.0,), 7)
-    code = "from dataflows.shards import entity_shard; print([entity_shard((f'u{i}',), 5) for i in range(50)])"
+    code = "from dataflows.flow.shards import entity_shard; print([entity_shard((f'u{i}',), 5) for i in range(50)])"
     runs = {
         subprocess.run(
             [sys.executable, "-c", code],
@@ -199,7 +199,7 @@ def whole_features(config, batches: list[list]) -> list:
             (part,), _ = step.on_batch([ShardBatch(seq, "eddy", None, [e.as_row() for e in events], version)])
             computed = part.features
         out.extend(
-            Scored(item, computed[item.event_id], version) if isinstance(item, Event) else item for item in items
+            FeaturedEvent(item, computed[item.event_id], version) if isinstance(item, Event) else item for item in items
         )
     return out
 
@@ -273,7 +273,7 @@ def catalogs_loaded_once():
     """Every engine and splitter of the property test (all its examples) loads the folder as loaded once (a
     catalog is immutable): loading and checking it is most of the time of a new shard, not what the test is
     about. Only for the test that asks: another test may edit its folder."""
-    import dataflows.shards
+    import dataflows.flow.shards
     import features.engine
     from features.catalog import require_catalog
 
@@ -287,7 +287,7 @@ def catalogs_loaded_once():
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(features.engine, "require_catalog", load)
-        patch.setattr(dataflows.shards, "require_catalog", load)
+        patch.setattr(dataflows.flow.shards, "require_catalog", load)
         yield
 
 
@@ -303,7 +303,7 @@ def test_split_shards_and_join_give_the_learner_what_one_engine_gives_in_the_sam
     got, shards = sharded(config, batches, workers, random.Random(seed))
     assert [type(x).__name__ for x in got] == [type(x).__name__ for x in want]
     for g, w in zip(got, want, strict=True):
-        if isinstance(w, Scored):
+        if isinstance(w, FeaturedEvent):
             assert g.event is w.event and g.features_version == w.features_version
             assert list(g.features.items()) == list(w.features.items())  # values bit for bit, keys in order
         else:
@@ -369,7 +369,7 @@ def test_labels_and_dead_letters_keep_their_place_and_a_late_event_becomes_one_t
             part(0, "user_id:0", "user_id", {"e00000": {"u": 1}, "e00002": {"u": 3}}),
         ]
     )
-    assert [type(x).__name__ for x in out] == ["Scored", "Label", "DeadLetter", "DeadLetter", "Scored"]
+    assert [type(x).__name__ for x in out] == ["FeaturedEvent", "Label", "DeadLetter", "DeadLetter", "FeaturedEvent"]
     assert out[1] is label and out[2] is duplicate
     missing = "the feature engine returned no features for this event"
     assert (out[3].reason, out[3].stage, out[3].error, out[3].value) == ("late", "features", missing, b"{}")
@@ -487,9 +487,9 @@ def test_a_resume_with_another_worker_count_is_refused_naming_both(sql_dir, tmp_
 
 
 def test_the_recovery_guard_refuses_another_worker_count_before_the_flow_starts(sql_dir, tmp_path):
-    from dataflows.flow import FLOW_ID, STATEFUL_STEPS
-    from dataflows.recovery import RecoveryError, guard_recovery_dir
-    from dataflows.state_journal import StateJournal
+    from dataflows.flow.recovery import RecoveryError, guard_recovery_dir
+    from dataflows.flow.state_journal import StateJournal
+    from dataflows.flow.wiring import FLOW_ID, STATEFUL_STEPS
 
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(tmp_path), "1"], check=True, capture_output=True)
     StateJournal(tmp_path, "x", "y", ("rows",)).open(None)

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataflows.config import load_config
-from dataflows.messages import Event, Origin, Release, Scored, ShardBatch
-from dataflows.state_journal import FILE, KEEP_POSITIONS, JournalError, StateJournal, snapshot_log
-from dataflows.step_state import unpack
-from dataflows.steps import ComputeFeatures, OrderByEventTime
+from dataflows.flow.config import load_config
+from dataflows.flow.messages import Event, FeaturedEvent, Origin, Release, ShardBatch
+from dataflows.flow.state_journal import FILE, KEEP_POSITIONS, JournalError, StateJournal, snapshot_log
+from dataflows.flow.step_state import unpack
+from dataflows.flow.steps import ComputeFeatures, OrderByEventTime
 from features import FeatureEngine
 
 T0 = 1_767_225_600_000
@@ -207,8 +207,8 @@ def test_a_recovery_directory_with_snapshots_but_no_journal_is_refused_before_th
     import subprocess
     import sys
 
-    from dataflows.flow import FLOW_ID, STATEFUL_STEPS
-    from dataflows.recovery import RecoveryError, describe_snapshots, guard_recovery_dir
+    from dataflows.flow.recovery import RecoveryError, describe_snapshots, guard_recovery_dir
+    from dataflows.flow.wiring import FLOW_ID, STATEFUL_STEPS
 
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(tmp_path), "1"], check=True, capture_output=True)
     with sqlite3.connect(tmp_path / "part-0.sqlite3") as db:
@@ -235,16 +235,16 @@ def learner_config():
     return replace(base, ensemble=ensemble)
 
 
-def scored(i: int) -> Scored:
+def scored(i: int) -> FeaturedEvent:
     features = {f"f{k}": ((i * 7919 + k * 104_729) % 1000) / 1000 for k in range(32)}
     features["f0"] += 0.5 * (i % 5 == 0)  # something to learn
     label = i % 5 == 0 if i % 3 else None  # a third of the labels come one batch later
-    return Scored(Event(f"e{i:06d}", T0 + i * 10, {}, label, Origin("events", 0, i)), features, "v1")
+    return FeaturedEvent(Event(f"e{i:06d}", T0 + i * 10, {}, label, Origin("events", 0, i)), features, "v1")
 
 
 def learner_run(items, state_dir, resume=None):
-    from dataflows.messages import Prediction
-    from dataflows.steps import ScoreAndLearn
+    from dataflows.flow.messages import Prediction
+    from dataflows.flow.steps import ScoreAndLearn
 
     step = ScoreAndLearn(learner_config(), None, resume, state_dir, "eddy")
     scores, blobs = [], []
@@ -259,7 +259,7 @@ def test_the_learner_resumed_from_its_snapshot_and_journal_scores_as_the_uninter
     """Refits pending across the snapshot, a full refit window: the resumed learner's predictions are the
     uninterrupted learner's, bit for bit; the window's slices are written to the journal once, not at every
     snapshot."""
-    from dataflows.messages import Label
+    from dataflows.flow.messages import Label
 
     def batch(start: int) -> list:
         late = [Label(f"e{i:06d}", i % 5 == 0, T0 + i * 10, Origin("labels", 0, i)) for i in range(start - 500, start)]

@@ -1,4 +1,4 @@
-"""The door the steps' state goes through (`dataflows.step_state`), and the plain state of each object behind it:
+"""The door the steps' state goes through (`dataflows.flow.step_state`), and the plain state of each object behind it:
 rebuilt from its `state()` (pickled, as a snapshot stores it), an object behaves as the original from there on."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataflows.alerts import AlertEvaluator, AlertSettings
-from dataflows.config import load_config
-from dataflows.messages import DeadLetter, Event, FeaturePart, Label, Origin, Release, Scored
-from dataflows.metrics import MetricsReporter
-from dataflows.shards import FeatureJoin
-from dataflows.state_journal import snapshot_log
-from dataflows.step_state import NOT_SAVED, STATE_FORMAT, StateFormatError, StepState, pack
+from dataflows.flow.config import load_config
+from dataflows.flow.messages import DeadLetter, Event, FeaturedEvent, FeaturePart, Label, Origin, Release
+from dataflows.flow.shards import FeatureJoin
+from dataflows.flow.state_journal import snapshot_log
+from dataflows.flow.step_state import NOT_SAVED, STATE_FORMAT, StateFormatError, StepState, pack
+from dataflows.watch.alerts import AlertEvaluator, AlertSettings
+from dataflows.watch.metrics_reporter import MetricsReporter
 from models import OnlineLearner, make_model
 from tests.dataflows.test_alerts import CASES, transitions
 
@@ -163,7 +163,7 @@ def test_the_rules_of_a_rebuilt_alert_evaluator_are_the_ones_it_is_given():
 
 def test_the_learner_steps_snapshot_waits_for_the_registry_files_its_state_names(tmp_path, monkeypatch):
     """Refit files are written behind the scoring thread; a snapshot is taken only once they are on disk."""
-    from dataflows.steps import ScoreAndLearn
+    from dataflows.flow.steps import ScoreAndLearn
     from models import registry as registry_module
 
     written, write = [], registry_module._write
@@ -181,7 +181,7 @@ def test_the_learner_steps_snapshot_waits_for_the_registry_files_its_state_names
     step = ScoreAndLearn(replace(base, ensemble=ensemble), None, None, tmp_path / "state", "eddy")
     features = [{"a": (i * 7919 % 1000) / 1000, "b": float(i % 3)} for i in range(250)]
     items = [
-        Scored(Event(f"e{i}", T0 + i, {}, features[i]["a"] > 0.5, Origin("events", 0, i)), features[i], "v1")
+        FeaturedEvent(Event(f"e{i}", T0 + i, {}, features[i]["a"] > 0.5, Origin("events", 0, i)), features[i], "v1")
         for i in range(250)
     ]
     step.on_batch(items)

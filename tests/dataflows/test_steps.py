@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dataflows.step_state import STATE_FORMAT, StateFormatError, pack, unpack
-from dataflows.steps import model_input
+from dataflows.flow.step_state import STATE_FORMAT, StateFormatError, pack, unpack
+from dataflows.flow.steps import model_input
 
 
 def test_model_input_leaves_out_what_river_cannot_learn_from():
@@ -91,9 +91,9 @@ def test_unreadable_bytes_are_refused_with_advice():
 
 
 def test_a_run_without_recovery_saves_no_state_and_its_marker_is_refused_on_resume():
-    from dataflows.config import load_config
-    from dataflows.step_state import NOT_SAVED
-    from dataflows.steps import ScoreAndLearn
+    from dataflows.flow.config import load_config
+    from dataflows.flow.step_state import NOT_SAVED
+    from dataflows.flow.steps import ScoreAndLearn
 
     step = ScoreAndLearn(load_config(), None, None)
     assert step.snapshot() == NOT_SAVED
@@ -106,9 +106,9 @@ def test_reports_within_one_micro_batch_time_their_own_events(monkeypatch):
     elapsed time (no rate), and every event's latency was measured at the batch's start."""
     from dataclasses import replace
 
-    from dataflows import steps
-    from dataflows.config import load_config
-    from dataflows.messages import Event, Metrics, Origin, Scored
+    from dataflows.flow import steps
+    from dataflows.flow.config import load_config
+    from dataflows.flow.messages import Event, FeaturedEvent, Metrics, Origin
 
     clock = iter(range(10**9))
     monkeypatch.setattr(steps.time, "time", lambda: 1_000_000.0 + next(clock) / 1000)  # 1 ms a reading
@@ -116,7 +116,9 @@ def test_reports_within_one_micro_batch_time_their_own_events(monkeypatch):
     config = replace(config, ensemble={"enabled": False}, flow=replace(config.flow, metrics_every_events=1000))
     step = steps.ScoreAndLearn(config, None, None)
     items = [
-        Scored(Event(f"e{i}", 1_767_225_600_000 + i, {}, i % 2 == 0, Origin("events", 0, i, 999_000_000)), {}, "v")
+        FeaturedEvent(
+            Event(f"e{i}", 1_767_225_600_000 + i, {}, i % 2 == 0, Origin("events", 0, i, 999_000_000)), {}, "v"
+        )
         for i in range(2500)
     ]
     out, _ = step.on_batch(items)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dataflows.messages import Event, Origin
-from dataflows.ordering import EventTimeOrder
+from dataflows.flow.messages import Event, Origin
+from dataflows.flow.ordering import EventTimeOrder
 from features import FeatureEngine
 
 FIELDS = {"user_id": "string", "merchant_id": "string", "amount": "double", "category": "string", "country": "string"}

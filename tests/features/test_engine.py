@@ -167,8 +167,8 @@ def test_a_snapshot_with_other_fields_is_refused(sql_dir):
 
 
 def test_the_phishing_pass_through_gives_each_event_its_own_fields():
-    from dataflows.datasets import phishing
-    from features.schema import to_ms
+    from dataflows.tools.datasets import phishing
+    from features.timestamps import to_ms
     from tests.features.conftest import REPO
 
     events = [{**e, "ts": to_ms(e["ts"])} for e in phishing(limit=50)]

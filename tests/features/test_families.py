@@ -1,6 +1,6 @@
 """An engine over one family of groups (the groups that share an entity), fed the events of any set of that
 family's entities, gives exactly the whole engine's features for those groups and events: what lets the
-dataflow cut the feature state by entity over its workers (`dataflows.shards`)."""
+dataflow cut the feature state by entity over its workers (`dataflows.flow.shards`)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 
 The ordering step and the learner run under one key (`SHARD`): one model learns from the whole stream in
 one canonical order. The feature state is cut by entity into one key per shard of each feature family
-(`dataflows.shards`), as many shards as the flow has workers, so it spreads over them; the learner joins
+(`dataflows.flow.shards`), as many shards as the flow has workers, so it spreads over them; the learner joins
 the shards' features back onto the released events in order. Decoding, validation and output encoding are
 stateless and spread over every worker.
 """
@@ -13,25 +13,22 @@ stateless and spread over every worker.
 from __future__ import annotations
 
 import logging
-import threading
-import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError
 from bytewax.dataflow import Dataflow, Stream
-from confluent_kafka import Consumer, TopicPartition
 
-from dataflows import kafka_sink, kafka_source
-from dataflows.codec import Codec, encode_alert, encode_dead_letter, encode_metrics, encode_prediction
-from dataflows.config import Config
-from dataflows.kafka_admin import require_topics
-from dataflows.kafka_logs import client_logger
-from dataflows.kafka_security import KafkaSecurity, librdkafka_settings
-from dataflows.messages import Alert, DeadLetter, Metrics, Origin, Prediction, Release
-from dataflows.steps import ComputeFeatures, OrderByEventTime, ScoreAndLearn
+from dataflows.broker import sink as kafka_sink
+from dataflows.broker import source as kafka_source
+from dataflows.broker.admin import require_topics
+from dataflows.broker.offsets import LagProbe, end_offsets
+from dataflows.broker.security import librdkafka_settings
+from dataflows.flow.codec import Codec, encode_alert, encode_dead_letter, encode_metrics, encode_prediction
+from dataflows.flow.config import Config
+from dataflows.flow.messages import Alert, DeadLetter, Metrics, Origin, Prediction, Release
+from dataflows.flow.steps import ComputeFeatures, OrderByEventTime, ScoreAndLearn
 from features import FeatureEngine
 
 log = logging.getLogger("eddy")
@@ -39,7 +36,7 @@ log = logging.getLogger("eddy")
 FLOW_ID = "eddy"
 SHARD = "eddy"
 STATEFUL_STEPS = (OrderByEventTime.STEP, ComputeFeatures.STEP, ScoreAndLearn.STEP)
-"""Renaming any of these (or FLOW_ID) makes Bytewax drop its saved state: `dataflows.recovery` guards them."""
+"""Renaming any of these (or FLOW_ID) makes Bytewax drop its saved state: `dataflows.flow.recovery` guards them."""
 
 
 def check_inputs(config: Config) -> dict[str, int]:
@@ -66,12 +63,12 @@ def build_flow(
 ) -> Dataflow:
     """The dataflow for `config`; checks the broker and topics first unless `partitions` is given.
 
-    `workers` is the flow's total worker count (`dataflows.shards.workers_from_argv`): each feature family's
+    `workers` is the flow's total worker count (`dataflows.flow.shards.workers_from_argv`): each feature family's
     state is cut into that many shards (or `[flow] feature_shards`). A recovery directory keeps the shard
     count and refuses another.
 
     `state_dir` is the recovery directory (`-r`) of a run that saves its state: the steps write their journal
-    there (see `dataflows.steps`). Without it they save nothing at the epochs' ends, where Bytewax would
+    there (see `dataflows.flow.steps`). Without it they save nothing at the epochs' ends, where Bytewax would
     otherwise have them pickle their state and throw it away; a resume from such a run is refused.
 
     `inputs` and `outputs` replace Kafka (the backtest reads a file and writes files): `inputs(flow)` returns
@@ -187,116 +184,3 @@ def _consumer_error(error: KafkaError) -> DeadLetter:
     msg = error.msg
     origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0)
     return DeadLetter(msg.value, msg.key, f"Kafka consumer error: {error.err}", "read", origin, "kafka_error")
-
-
-def end_offsets(
-    bootstrap_servers: str, partitions: dict[str, int], topics: list[str], security: KafkaSecurity | None = None
-) -> dict[str, int]:
-    """Each input partition's end offset now: where a run that does not tail will stop reading it."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": "eddy-end-offsets",
-            "logger": client_logger(),
-            **librdkafka_settings(security),
-        }
-    )
-    try:
-        return {
-            f"{topic}:{p}": consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
-            for topic in topics
-            for p in range(partitions[topic])
-        }
-    finally:
-        consumer.close()
-
-
-class LagProbe:
-    """Consumer lag per input topic: the partitions' end offsets minus what this run has read.
-
-    Reads Bytewax's own positions indirectly: the learner step hands it the offsets it has seen. The end
-    offsets cost a broker round trip per partition (2-7 ms under load), so the first call asks for them and
-    a background thread then refreshes them every `refresh_s` seconds: a metrics report, on the learner's
-    thread, never waits for the broker. The positions are always the latest. `refresh_s=0` asks at every call.
-    """
-
-    def __init__(
-        self,
-        bootstrap_servers: str,
-        topics: list[str],
-        partitions: dict[str, int],
-        refresh_s: float = 1.0,
-        security: KafkaSecurity | None = None,
-    ):
-        self.bootstrap_servers = bootstrap_servers
-        self.security = security
-        self.topics = topics
-        self.partitions = partitions
-        self.refresh_s = refresh_s
-        self.positions: dict[tuple[str, int], int] = {}
-        self._consumer: Consumer | None = None
-        self._ends: dict[tuple[str, int], int] | None = None
-        self._refresher: threading.Thread | None = None
-
-    def seen(self, origin: Origin) -> None:
-        key = (origin.topic, origin.partition)
-        if origin.offset >= self.positions.get(key, -1):
-            self.positions[key] = origin.offset
-
-    def __call__(self) -> dict[str, int] | None:
-        try:
-            if self._ends is None or self.refresh_s <= 0:
-                self._ends = self._end_offsets()
-            if self._refresher is None and self.refresh_s > 0:
-                self._refresher = threading.Thread(
-                    target=self._refresh, args=(weakref.ref(self),), name="eddy-lag-probe", daemon=True
-                )
-                self._refresher.start()
-            ends = self._ends
-            return {
-                topic: sum(
-                    max(0, ends[topic, p] - (self.positions.get((topic, p), -1) + 1))
-                    for p in range(self.partitions.get(topic, 0))
-                )
-                for topic in self.topics
-            }
-        except Exception as exc:
-            log.warning("could not measure consumer lag: %s", exc)
-            return None
-
-    @staticmethod
-    def _refresh(probe_ref: weakref.ref[LagProbe]) -> None:
-        """The background thread: new end offsets every `refresh_s` while the probe lives; a failure keeps the
-        last ones, logged once."""
-        failing = False
-        while (probe := probe_ref()) is not None:
-            refresh_s = probe.refresh_s
-            del probe  # hold no reference while asleep, so that a dropped probe ends its thread
-            time.sleep(refresh_s)
-            if (probe := probe_ref()) is None:
-                return
-            try:
-                probe._ends = probe._end_offsets()
-                failing = False
-            except Exception as exc:
-                if not failing:
-                    log.warning("could not refresh the input topics' end offsets (consumer lag): %s", exc)
-                failing = True
-
-    def _end_offsets(self) -> dict[tuple[str, int], int]:
-        if self._consumer is None:
-            self._consumer = Consumer(
-                {
-                    "bootstrap.servers": self.bootstrap_servers,
-                    "group.id": "eddy-lag-probe",
-                    "enable.auto.commit": False,
-                    "logger": client_logger(),
-                    **librdkafka_settings(self.security),
-                }
-            )
-        self._consumer.poll(0)  # serves the client's log lines (`dataflows.kafka_logs`); it has no assignment
-        return {
-            (topic, p): self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=1.0)[1]
-            for topic in self.topics
-            for p in range(self.partitions.get(topic, 0))
-        }

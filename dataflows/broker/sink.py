@@ -1,12 +1,12 @@
 """Kafka output that waits for the broker once per epoch, not once per micro-batch, and never loses a message quietly.
 
 Bytewax 0.21's `KafkaSink` calls `producer.flush()` after every micro-batch: the worker stops until the broker
-has acknowledged the batch. At half load that was ~1.3 ms a batch (p99 6 ms, up to 25 ms), 11% of the worker's
-time, which every event's latency paid. Here `write_batch` only hands messages to librdkafka, which sends them
-from its own thread within `linger.ms`; the flush happens in `snapshot()`, which Bytewax calls at the end of every
-epoch before it commits the epoch. So a crash can still lose no output of a committed epoch: at-least-once, as
-before. A message the broker refuses (after librdkafka's retries) stops the flow with the topic and the reason,
-where Bytewax's sink drops it unreported; a resume then writes the epoch again.
+has acknowledged the batch, and every event's latency pays that wait (its cost: docs/benchmarks.md, flow). Here
+`write_batch` only hands messages to librdkafka, which sends them from its own thread within `linger.ms`; the
+flush happens in `snapshot()`, which Bytewax calls at the end of every epoch before it commits the epoch. So a
+crash loses no output of a committed epoch: at-least-once. A message the broker refuses (after librdkafka's
+retries) stops the flow with the topic and the reason, where Bytewax's sink drops it unreported; a resume then
+writes the epoch again.
 
 A broker that goes away holds the epoch's end for at most `wait_s` seconds (`[flow] broker_wait_s`): the
 flush waits in steps, logs that the broker is unreachable once and then every `LOG_EVERY_S`, and returns as
@@ -35,7 +35,7 @@ from bytewax.dataflow import Stream
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, Producer
 
-from dataflows.kafka_logs import client_logger
+from dataflows.broker.client_logs import client_logger
 
 log = logging.getLogger("eddy")
 

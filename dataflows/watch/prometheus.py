@@ -5,7 +5,7 @@ Two ways to use it:
 - in the flow: `PrometheusExporter(port)` once per process, then `observe_metrics(figures)` for every
   metrics message, `observe_batch(step, seconds, size)` for every batch a step handles and
   `observe_refit(record, seconds)` for every LightGBM refit;
-- beside any running flow: `python -m dataflows.prometheus --port 9108` follows the metrics topic and the
+- beside any running flow: `python -m dataflows.watch.prometheus --port 9108` follows the metrics topic and the
   model registry directory and exports what they carry (everything except batch latencies).
 
 Port 0 or None turns the exporter off: every method is then a cheap no-op.
@@ -25,10 +25,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from dataflows.alerts import RULES as ALERT_RULES
-from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
-from dataflows.logs import configure_logging
-from dataflows.runs import latest_run_dir
+from dataflows.broker.security import KafkaSecurity
+from dataflows.flow.logs import configure_logging
+from dataflows.flow.runs import latest_run_dir
+from dataflows.watch.alerts import RULES as ALERT_RULES
 
 log = logging.getLogger("eddy.prometheus")
 
@@ -87,9 +87,9 @@ class PrometheusExporter:
             _set(m["lag"], lag, topic=topic)
         event_time = figures.get("event_time")
         if event_time:
-            from dataflows.report import to_ms
+            from dataflows.watch.report import ms_or_none
 
-            ms = to_ms(event_time)
+            ms = ms_or_none(event_time)
             _set(m["event_time"], None if ms is None else ms / 1000)
         for member, quality in (figures.get("quality") or {}).items():
             name = "ensemble" if member == "score" else member
@@ -149,7 +149,7 @@ class PrometheusExporter:
         """Report every refit the registry directory records, now and as new ones appear (daemon thread).
 
         `follow_runs`: `directory` is a whole registry, where each run keeps its refits in a directory of its
-        own (`dataflows.runs`): follow the newest run's, moving on when a newer run starts."""
+        own (`dataflows.flow.runs`): follow the newest run's, moving on when a newer run starts."""
         if not self.enabled or not directory:
             return None
 
@@ -252,36 +252,22 @@ def follow(
     security: KafkaSecurity | None = None,
 ) -> None:
     """Feed every metrics message of `topic` (from its end on, after the latest one) to the exporter."""
-    import orjson
-    from kafka import KafkaConsumer, TopicPartition
+    from dataflows.broker.consumer import assigned_consumer, poll_json_objects
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **kafka_python_settings(security)
-    )
+    consumer, _ = assigned_consumer(bootstrap_servers, topic, "latest", security)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        end = consumer.end_offsets(partitions)
-        for tp in partitions:  # start at the latest message so the gauges are right at once
-            consumer.seek(tp, max(0, end[tp] - 1))
         while not stop.is_set():
-            for batch in consumer.poll(timeout_ms=500).values():
-                for record in batch:
-                    try:
-                        figures = orjson.loads(record.value)
-                    except (orjson.JSONDecodeError, TypeError):
-                        continue
-                    if isinstance(figures, dict):
-                        exporter.observe_metrics(figures)
+            for figures in poll_json_objects(consumer):
+                exporter.observe_metrics(figures)
     finally:
         consumer.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dataflows.config import ConfigError, load_config
-    from dataflows.kafka_admin import BrokerError, require_topics
+    from dataflows.broker.admin import BrokerError, require_topics
+    from dataflows.flow.config import ConfigError, load_config
 
-    parser = argparse.ArgumentParser(prog="python -m dataflows.prometheus", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dataflows.watch.prometheus", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=9108, help="HTTP port of /metrics (default: %(default)s)")
     parser.add_argument(
         "--addr",

@@ -15,7 +15,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from dataflows.kafka_security import KafkaSecurity, kafka_python_settings, librdkafka_settings
+from dataflows.broker.security import KafkaSecurity, kafka_python_settings, librdkafka_settings
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def require_topics(
     if missing:
         raise BrokerError(
             f"topic(s) {', '.join(missing)} do not exist on {bootstrap_servers}. "
-            "Create them with `task topics` (or `python -m dataflows.topics`)."
+            "Create them with `task topics` (or `python -m dataflows.tools.topics`)."
         )
     return counts
 

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
-
-from dataflows.config import Config
-from dataflows.kafka_logs import client_logger
-from dataflows.kafka_security import KafkaSecurity, librdkafka_settings
-from dataflows.recovery import saved_steps
+from dataflows.broker.offsets import message_count
+from dataflows.flow.config import Config
+from dataflows.flow.recovery import saved_steps
 
 
 class StartOverError(RuntimeError):
@@ -26,32 +23,6 @@ class StartOverError(RuntimeError):
 
 def has_saved_state(recovery_dir: Path | None) -> bool:
     return recovery_dir is not None and any(recovery_dir.glob("part-*.sqlite3")) and bool(saved_steps(recovery_dir))
-
-
-def message_count(
-    bootstrap_servers: str,
-    topic: str,
-    partitions: int,
-    timeout_s: float = 10.0,
-    security: KafkaSecurity | None = None,
-) -> int:
-    """Messages the topic holds now (end minus start offset, over its partitions)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": "eddy-fresh-start",
-            "logger": client_logger(),
-            **librdkafka_settings(security),
-        }
-    )
-    try:
-        total = 0
-        for p in range(partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            total += max(0, high - low)
-        return total
-    finally:
-        consumer.close()
 
 
 def check_fresh_start(config: Config, partitions: dict[str, int], recovery_dir: Path | None) -> None:
@@ -71,5 +42,5 @@ def check_fresh_start(config: Config, partitions: dict[str, int], recovery_dir: 
         "To continue the run that wrote them, start it with its recovery directory (`-r DIR -s 10 -b 0`, as "
         "`task run:recover` does). To score the input again from the start and append a new set of "
         "predictions, set EDDY_START_OVER=true (or `start_over = true` in eddy.toml's [flow]); to start clean, "
-        "empty the topics first with `python -m dataflows.topics --reset`."
+        "empty the topics first with `python -m dataflows.tools.topics --reset`."
     )

@@ -1,7 +1,7 @@
 """The one door a stateful step's state goes through: `StepState.open` at start, `StepState.save` at a snapshot.
 
 A step hands the door plain data (the `state()` of each domain object it holds, and the chunks of history
-that go to the journal, `dataflows.state_journal`) and gets plain data back on resume, from which it
+that go to the journal, `dataflows.flow.state_journal`) and gets plain data back on resume, from which it
 rebuilds its objects with their `from_state`. What Bytewax and the recovery directory need stays here: the
 bytes Bytewax stores for a step and key, tagged with `STATE_FORMAT` so that a resume from an incompatible
 snapshot is refused by name instead of silently mis-restored; the journal's position; the snapshot log.
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dataflows.state_journal import StateJournal
+from dataflows.flow.state_journal import StateJournal
 
 STATE_FORMAT = 6
 """Bump when the saved state of any step changes shape; old snapshots are then refused by name."""

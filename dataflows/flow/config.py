@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dataflows.alerts import AlertSettings
+    from dataflows.watch.alerts import AlertSettings
 
-from dataflows.kafka_security import SECRET_ENV, SETTING_ENV, KafkaSecurity, SecurityConfigError, security_from
+from dataflows.broker.security import SECRET_ENV, SETTING_ENV, KafkaSecurity, SecurityConfigError, security_from
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FIELD_TYPES = {"string", "double", "bigint", "boolean"}
 
 
@@ -81,7 +81,7 @@ class Config:
     source: str = "built-in defaults"
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     alerts: AlertSettings | None = None
-    """`[alerts]` (`dataflows.alerts`); None: the built-in rules."""
+    """`[alerts]` (`dataflows.watch.alerts`); None: the built-in rules."""
 
 
 _ENV_TOPICS = {
@@ -236,7 +236,9 @@ def _flow_settings(table: dict, path: Path) -> FlowSettings:
 
 
 def _alert_settings(table: dict, path: Path) -> AlertSettings:
-    from dataflows.alerts import AlertSettings  # imported here: `dataflows.alerts` raises this module's errors
+    from dataflows.watch.alerts import (
+        AlertSettings,  # imported here: `dataflows.watch.alerts` raises this module's errors
+    )
 
     return AlertSettings.from_table(table, str(path))
 

@@ -1,6 +1,6 @@
 """Create eddy's topics (events, labels, predictions, metrics, dead-letters, alerts), idempotently.
 
-python -m dataflows.topics [--partitions N] [--reset]
+python -m dataflows.tools.topics [--partitions N] [--reset]
 """
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dataflows.config import ConfigError, load_config
-from dataflows.kafka_admin import BrokerError, delete_topics, ensure_topics
+from dataflows.broker.admin import BrokerError, delete_topics, ensure_topics
+from dataflows.flow.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
     config = load_config()
     parser = argparse.ArgumentParser(
-        prog="python -m dataflows.topics",
+        prog="python -m dataflows.tools.topics",
         description="Create eddy's topics on the broker if they do not exist yet (safe to run twice).",
     )
     parser.add_argument(

@@ -29,7 +29,7 @@ Policies:
   `future_ts`; a refuted label stays held, applied when the watermark reaches it (counted as
   `labels_ahead`). So no single message, however far ahead, moves the watermark: it takes a second message
   of its partition to agree. The very first message of a run, with nothing to compare it with, is taken as
-  it is (the codec's check against the Kafka timestamp covers it: `dataflows.codec`). The cost: after a
+  it is (the codec's check against the Kafka timestamp covers it: `dataflows.flow.codec`). The cost: after a
   silence of the whole stream longer than the skew, a partition's first message waits for its second.
   `max_clock_skew_ms = 0` turns the rule off.
 - `arrival` mode releases everything at once in arrival order (lowest latency, no order guarantee).
@@ -41,7 +41,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
-from dataflows.messages import DeadLetter, Event, Label
+from dataflows.flow.messages import DeadLetter, Event, Label
 
 Item = Event | Label
 
@@ -60,7 +60,7 @@ def sort_key(item: Item) -> tuple:
 class EventTimeOrder:
     """Holds, sorts and releases events and labels by event time; plain state, safe to pickle.
 
-    >>> from dataflows.messages import Origin
+    >>> from dataflows.flow.messages import Origin
     >>> order = EventTimeOrder(["events:0", "events:1"], lateness_ms=0, idle_timeout_s=60)
     >>> def ev(i, ts, p):
     ...     return Event(f"e{i}", ts, {}, None, Origin("events", p, i))

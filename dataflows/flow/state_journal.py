@@ -16,7 +16,7 @@ restored from an older backup) is refused by name, never run on partial state.
 
 One file, `DIR/eddy-state.sqlite3`, in WAL mode with full sync: a committed chunk survives the process being
 killed. It also logs each snapshot's duration and bytes (`snapshot_log`), read by `python -m
-dataflows.recovery show` and `bench.soak`.
+dataflows.flow.recovery show` and `bench.soak`.
 
 >>> import tempfile
 >>> directory = Path(tempfile.mkdtemp())

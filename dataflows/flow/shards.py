@@ -43,7 +43,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from dataflows.messages import DeadLetter, Event, FeaturePart, Release, Scored, ShardBatch
+from dataflows.flow.messages import DeadLetter, Event, FeaturedEvent, FeaturePart, Release, ShardBatch
 from features.catalog import NO_ENTITY, Catalog, load_catalog, require_catalog, signature
 from features.schema import HIDDEN
 
@@ -281,7 +281,7 @@ class Splitter:
 
     def _keys(self, family: str | None) -> tuple[str, ...]:
         if family not in self.keys:
-            if family is None:  # one shard: beside the learner, as the feature step was before the shards
+            if family is None:  # one shard: on the learner's worker, so its features never cross workers
                 learner = worker_of_key(self.learner_key, self.workers)
                 self.keys[None] = (key_on_worker(WHOLE_KEY, learner, self.workers),)
             else:
@@ -421,7 +421,7 @@ class FeatureJoin:
     `push(items)` takes what reached the learner (releases, feature parts, and anything else, which passes
     straight through: the dead letters of decoding and reading) and returns the items ready to learn from,
     in order: every event of a release whose parts are all in, and of no earlier release still waiting, as
-    a `Scored` (or a `late` dead letter in its place), with its labels and dead letters where they were.
+    a `FeaturedEvent` (or a `late` dead letter in its place), with its labels and dead letters where they were.
 
     Within an epoch every part of that epoch's releases reaches the learner before the epoch closes (the
     shards answer in the epoch they were asked in), so at a snapshot nothing waits here; what would wait is
@@ -526,7 +526,7 @@ class FeatureJoin:
                 reason = "the feature engine returned no features for this event"
                 out.append(DeadLetter(item.raw, item.key, reason, "features", item.origin, "late"))
                 continue
-            out.append(Scored(item, features, version))
+            out.append(FeaturedEvent(item, features, version))
 
 
 def _merged(tables) -> dict:

@@ -1,10 +1,10 @@
 """The live dashboard: a local page that follows the metrics topic of any running (or finished) flow.
 
-python -m dataflows.dashboard [--port 8050] [--topic metrics] [--bootstrap-servers localhost:9092]
+python -m dataflows.watch.dashboard [--port 8050] [--topic metrics] [--bootstrap-servers localhost:9092]
 
 A background consumer keeps the newest `--keep` metrics messages, another the alerts topic's messages; the
-page polls `/api/metrics` (the chart series, marks and summary, see `dataflows.report.chart_data`, and the
-alerts firing and recent, see `dataflows.alerts.alert_view`) every two seconds and draws them as SVG.
+page polls `/api/metrics` (the chart series, marks and summary, see `dataflows.watch.report.chart_data`, and the
+alerts firing and recent, see `dataflows.watch.alerts.alert_view`) every two seconds and draws them as SVG.
 `/api/messages` returns the raw messages. No network beyond the broker: the page has no external assets.
 """
 
@@ -21,12 +21,12 @@ from typing import Any
 
 import orjson
 
-from dataflows.alerts import alert_view
-from dataflows.config import ConfigError, load_config
-from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
-from dataflows.logs import configure_logging
-from dataflows.report import DEFAULT_DRIFT_AT, PAGE, chart_data, read_registry
-from dataflows.runs import runs_of
+from dataflows.broker.security import KafkaSecurity
+from dataflows.flow.config import ConfigError, load_config
+from dataflows.flow.logs import configure_logging
+from dataflows.flow.runs import runs_of
+from dataflows.watch.alerts import alert_view
+from dataflows.watch.report import DEFAULT_DRIFT_AT, PAGE, chart_data, read_registry
 
 log = logging.getLogger("eddy.dashboard")
 
@@ -64,24 +64,17 @@ class MetricsFeed:
             return list(self.messages)
 
     def _run(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from dataflows.broker.consumer import assigned_consumer, poll_json_objects
 
         consumer = None
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    consumer = KafkaConsumer(
-                        bootstrap_servers=self.bootstrap_servers,
-                        enable_auto_commit=False,
-                        **kafka_python_settings(self.security),
+                    consumer, partitions = assigned_consumer(
+                        self.bootstrap_servers, self.topic, "beginning", self.security
                     )
-                    partitions = [
-                        TopicPartition(self.topic, p) for p in consumer.partitions_for_topic(self.topic) or []
-                    ]
                     if not partitions:
                         raise RuntimeError(f"topic '{self.topic}' does not exist (yet)")
-                    consumer.assign(partitions)
-                    consumer.seek_to_beginning(*partitions)
                     self.error = None
                     log.info(
                         "following topic '%s' (%d partitions) on %s",
@@ -89,14 +82,8 @@ class MetricsFeed:
                         len(partitions),
                         self.bootstrap_servers,
                     )
-                for batch in consumer.poll(timeout_ms=500).values():
-                    for record in batch:
-                        try:
-                            message = orjson.loads(record.value)
-                        except (orjson.JSONDecodeError, TypeError):
-                            continue
-                        if isinstance(message, dict):
-                            self.add(message)
+                for message in poll_json_objects(consumer):
+                    self.add(message)
             except Exception as exc:  # broker down or topic missing: say so on the page and retry
                 if self.error != str(exc):
                     log.warning("metrics feed: %s; retrying", exc)
@@ -155,7 +142,7 @@ def make_server(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dataflows.dashboard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dataflows.watch.dashboard", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8050, help="HTTP port (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--topic", help="metrics topic (default: from eddy.toml / EDDY_METRICS_TOPIC)")
@@ -182,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     bootstrap = args.bootstrap_servers or config.bootstrap_servers
     topic = args.topic or config.topics.metrics
-    from dataflows.kafka_admin import BrokerError, check_broker
+    from dataflows.broker.admin import BrokerError, check_broker
 
     try:
         check_broker(bootstrap, timeout_s=5, security=config.kafka_security)

@@ -1,8 +1,8 @@
 """A finished run's report: charts and a summary table from its metrics messages, as HTML and PNG.
 
-python -m dataflows.report [--metrics-file run/metrics.jsonl | --topic metrics] [--out artifacts/report]
+python -m dataflows.watch.report [--metrics-file run/metrics.jsonl | --topic metrics] [--out artifacts/report]
 
-The same figures feed the live dashboard (`dataflows.dashboard`): `chart_data(messages)` turns metrics
+The same figures feed the live dashboard (`dataflows.watch.dashboard`): `chart_data(messages)` turns metrics
 messages into the series, marks (refits, drift) and summary that both draw.
 """
 
@@ -20,11 +20,11 @@ from typing import Any
 
 import orjson
 
-from dataflows.codec import Invalid, parse_ts
-from dataflows.config import ConfigError, load_config
-from dataflows.kafka_security import KafkaSecurity
-from dataflows.logs import configure_logging
-from dataflows.runs import run_registry_dir, runs_of
+from dataflows.broker.security import KafkaSecurity
+from dataflows.flow.codec import Invalid, parse_ts
+from dataflows.flow.config import ConfigError, load_config
+from dataflows.flow.logs import configure_logging
+from dataflows.flow.runs import run_registry_dir, runs_of
 
 log = logging.getLogger("eddy.report")
 
@@ -63,8 +63,8 @@ def read_metrics_topic(
     bootstrap_servers: str, topic: str, timeout_s: float = 10.0, security: KafkaSecurity | None = None
 ) -> list[dict]:
     """Every metrics message on `topic`, from the beginning to its current end."""
-    from dataflows.kafka_admin import require_topics
-    from dataflows.kafka_io import read_to_end
+    from dataflows.broker.admin import require_topics
+    from dataflows.broker.consumer import read_to_end
 
     require_topics(bootstrap_servers, [topic], security=security)
     try:
@@ -77,7 +77,7 @@ def read_metrics_topic(
 
 def read_registry(directory: str | Path | None, runs: list[str] | None = None) -> list[dict]:
     """The refit records (`v000012.json`) kept in a model registry directory, oldest first: those of the
-    runs `runs` (each in its own subdirectory, `dataflows.runs`), run by run; with `runs` None or empty
+    runs `runs` (each in its own subdirectory, `dataflows.flow.runs`), run by run; with `runs` None or empty
     (metrics from before runs had ids), those directly in `directory`."""
     if not directory:
         return []
@@ -105,7 +105,7 @@ def _loads(value: bytes | None) -> dict | None:
 # ---------------------------------------------------------------- from messages to chart data
 
 
-def to_ms(text: str | None) -> int | None:
+def ms_or_none(text: str | None) -> int | None:
     """Epoch milliseconds of ISO text, exactly (as the codec reads it); None if absent or not ISO."""
     if not text:
         return None
@@ -170,8 +170,8 @@ def chart_data(
 ) -> dict:
     """Series over event time, marks (refits, drift) and a summary, from metrics messages in order."""
     messages = [m for m in messages if isinstance(m, dict) and m.get("type") in ("metrics", "final")]
-    messages = [m for m in messages if to_ms(m.get("event_time")) is not None]
-    xs = [to_ms(m["event_time"]) for m in messages]
+    messages = [m for m in messages if ms_or_none(m.get("event_time")) is not None]
+    xs = [ms_or_none(m["event_time"]) for m in messages]
     members = [m for m in MEMBERS if any(_quality(msg, m, "labels") is not None for msg in messages)]
     quality = {
         key: {member: [_quality(msg, member, key) for msg in messages] for member in members}
@@ -212,7 +212,7 @@ def _throughput(messages: list[dict]) -> list[float | None]:
     out: list[float | None] = []
     stamps: list[tuple[int, int]] = []  # (at, events) of the last message at each distinct stamp
     for msg in messages:
-        at, events = to_ms(msg.get("at")), _events(msg)
+        at, events = ms_or_none(msg.get("at")), _events(msg)
         earlier = [s for s in stamps if at is not None and s[0] < at]
         if earlier and events > earlier[-1][1]:
             rate = (events - earlier[-1][1]) * 1000 / (at - earlier[-1][0])
@@ -440,7 +440,7 @@ def _f(value: float | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dataflows.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dataflows.watch.report", description=__doc__.splitlines()[0])
     parser.add_argument("--metrics-file", help="a JSONL file of metrics messages (default: read the metrics topic)")
     parser.add_argument("--topic", help="metrics topic to read (default: from eddy.toml / EDDY_METRICS_TOPIC)")
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: from eddy.toml)")

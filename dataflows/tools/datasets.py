@@ -18,6 +18,8 @@ from pathlib import Path
 
 import orjson
 
+from features.timestamps import iso, to_ms
+
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 CATEGORIES = ["grocery", "restaurant", "fuel", "travel", "electronics", "fashion", "gift_cards", "digital_goods"]
@@ -29,11 +31,6 @@ class DatasetError(ValueError):
     """A data set file that cannot be read; the message names the file and line."""
 
 
-def iso(ts: datetime) -> str:
-    """ISO-8601 with milliseconds and an explicit UTC offset, as events carry it."""
-    return ts.isoformat(timespec="milliseconds")
-
-
 def phishing(limit: int | None = None) -> Iterator[dict]:
     """River's Phishing data set in its original order, one event a second from 2026-01-01."""
     from river import datasets
@@ -41,7 +38,7 @@ def phishing(limit: int | None = None) -> Iterator[dict]:
     for i, (x, y) in enumerate(datasets.Phishing()):
         if limit is not None and i >= limit:
             return
-        yield {"event_id": f"phishing-{i:05d}", "ts": iso(START + timedelta(seconds=i)), **x, "label": bool(y)}
+        yield {"event_id": f"phishing-{i:05d}", "ts": iso(to_ms(START + timedelta(seconds=i))), **x, "label": bool(y)}
 
 
 @dataclass
@@ -111,14 +108,9 @@ def transactions(
         person = rng.choices(people, cum_weights=cumulative)[0]
         shop = shop_by_id[rng.choice(person.favourites)] if rng.random() < 0.9 else rng.choice(shops)
         amount = math.exp(rng.gauss(person.log_amount, 0.35))
-        legit = {
-            "user_id": person.user_id,
-            "merchant_id": shop.merchant_id,
-            "amount": round(amount, 2),
-            "category": shop.category,
-            "country": person.country if rng.random() < 0.97 else shop.country,
-            "label": rng.random() < 0.001,
-        }
+        legit = _payment(
+            person, shop, amount, person.country if rng.random() < 0.97 else shop.country, rng.random() < 0.001
+        )
         order += 1
         heapq.heappush(pending, (clock, order, legit))
         if rng.random() < (fraud_rate / 2 if after_drift else fraud_rate):
@@ -129,47 +121,34 @@ def transactions(
                     burst_at += rng.uniform(5, 120)
                     target = rng.choice(risky)
                     order += 1
-                    heapq.heappush(
-                        pending,
-                        (
-                            burst_at,
-                            order,
-                            {
-                                "user_id": victim.user_id,
-                                "merchant_id": target.merchant_id,
-                                "amount": round(math.exp(person.log_amount + rng.uniform(1.2, 2.5)), 2),
-                                "category": target.category,
-                                "country": rng.choice([victim.country, target.country]),
-                                "label": rng.random() < 0.95,
-                            },
-                        ),
-                    )
+                    amount = math.exp(person.log_amount + rng.uniform(1.2, 2.5))
+                    country = rng.choice([victim.country, target.country])
+                    fraud = _payment(victim, target, amount, country, rng.random() < 0.95)
+                    heapq.heappush(pending, (burst_at, order, fraud))
             else:
                 target = rng.choice(testing_shops)
                 for _ in range(rng.randint(6, 15)):
                     burst_at += rng.uniform(1, 30)
                     victim = rng.choice(people)
                     order += 1
-                    heapq.heappush(
-                        pending,
-                        (
-                            burst_at,
-                            order,
-                            {
-                                "user_id": victim.user_id,
-                                "merchant_id": target.merchant_id,
-                                "amount": round(rng.uniform(0.5, 3.0), 2),
-                                "category": target.category,
-                                "country": target.country,
-                                "label": rng.random() < 0.95,
-                            },
-                        ),
-                    )
+                    fraud = _payment(victim, target, rng.uniform(0.5, 3.0), target.country, rng.random() < 0.95)
+                    heapq.heappush(pending, (burst_at, order, fraud))
         while pending and pending[0][0] <= clock and emitted < n:
             at, _, fields = heapq.heappop(pending)
             ts = START + timedelta(seconds=at / events_per_second)
-            yield {"event_id": f"tx-{emitted:08d}", "ts": iso(ts), **fields}
+            yield {"event_id": f"tx-{emitted:08d}", "ts": iso(to_ms(ts)), **fields}
             emitted += 1
+
+
+def _payment(user: _User, shop: _Merchant, amount: float, country: str, label: bool) -> dict:
+    return {
+        "user_id": user.user_id,
+        "merchant_id": shop.merchant_id,
+        "amount": round(amount, 2),
+        "category": shop.category,
+        "country": country,
+        "label": label,
+    }
 
 
 def read_file(path: str | Path, limit: int | None = None) -> Iterator[dict]:
@@ -231,6 +210,3 @@ def _csv_value(text: str) -> object:
         except ValueError:
             pass
     return text
-
-
-DATASETS = {"phishing", "transactions"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any
 
-from dataflows.codec import iso
-from dataflows.messages import Event, Metrics
+from dataflows.flow.messages import Event, Metrics
+from features.timestamps import iso
 from models import OnlineLearner
 
 ROC_AUC_METHOD = (
@@ -28,7 +28,7 @@ class MetricsReporter:
 
     def __init__(self, every_events: int = 1_000, every_s: float = 10.0, run: str | None = None) -> None:
         self.every_events = every_events
-        self.run = run  # the run id every message carries (`dataflows.runs`)
+        self.run = run  # the run id every message carries (`dataflows.flow.runs`)
         self.every_s = every_s
         self.events = 0
         self.labels = 0

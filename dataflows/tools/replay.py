@@ -1,8 +1,8 @@
 """Publish a data set to the events topic, optionally with its labels arriving later on the labels topic.
 
-python -m dataflows.replay transactions --limit 20000 --label-delay 5
-python -m dataflows.replay phishing --rate 200
-python -m dataflows.replay my_events.jsonl
+python -m dataflows.tools.replay transactions --limit 20000 --label-delay 5
+python -m dataflows.tools.replay phishing --rate 200
+python -m dataflows.tools.replay my_events.jsonl
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import orjson
 from kafka import KafkaProducer
 from tqdm import tqdm
 
-from dataflows import datasets
-from dataflows.codec import Invalid, parse_ts
-from dataflows.config import ConfigError, load_config
-from dataflows.kafka_admin import BrokerError, require_topics
-from dataflows.kafka_security import KafkaSecurity, kafka_python_settings
+from dataflows.broker.admin import BrokerError, require_topics
+from dataflows.broker.security import KafkaSecurity, kafka_python_settings
+from dataflows.flow.codec import Invalid, parse_ts
+from dataflows.flow.config import ConfigError, load_config
+from dataflows.tools import datasets
 
 log = logging.getLogger("eddy.replay")
 
@@ -142,7 +142,7 @@ def make_producer(bootstrap_servers: str, linger_ms: int = 20, security: KafkaSe
 def build_parser() -> argparse.ArgumentParser:
     config = load_config()
     parser = argparse.ArgumentParser(
-        prog="python -m dataflows.replay",
+        prog="python -m dataflows.tools.replay",
         description="Publish a data set to eddy's events topic; optionally publish its labels later on the "
         "labels topic, as labels arrive in real life (chargebacks, moderator decisions).",
     )

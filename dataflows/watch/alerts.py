@@ -12,9 +12,9 @@ The rules (`[alerts]` in eddy.toml; a threshold set to `false` turns its rule of
 
 The learner step judges every rule at every metrics report (`AlertEvaluator`, part of its recoverable
 state) and publishes an alert message on the alerts topic when a rule fires and when it clears. The same
-rules, as Prometheus alerting rules over the metrics `dataflows.prometheus` exports, for Alertmanager:
+rules, as Prometheus alerting rules over the metrics `dataflows.watch.prometheus` exports, for Alertmanager:
 
-    python -m dataflows.alerts rules > eddy-alerts.yml
+    python -m dataflows.watch.alerts rules > eddy-alerts.yml
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
-from dataflows.codec import iso
-from dataflows.config import ConfigError
+from dataflows.flow.config import ConfigError
+from features.timestamps import iso
 
 THRESHOLDS = {
     "roc_auc_rolling_below": float,
@@ -270,7 +270,7 @@ PROMETHEUS_FOR = {"roc_auc_rolling": "5m", "log_loss_rolling": "5m", "dead_lette
 
 
 def prometheus_rules(settings: AlertSettings | None = None) -> list[dict[str, Any]]:
-    """The enabled rules as Prometheus alerting rules over the metrics `dataflows.prometheus` exports."""
+    """The enabled rules as Prometheus alerting rules over the metrics `dataflows.watch.prometheus` exports."""
     s = settings or AlertSettings()
     if not s.enabled:
         return []
@@ -310,8 +310,9 @@ def rules_yaml(settings: AlertSettings | None = None, source: str = "eddy.toml")
     writes it, which YAML reads as the same string."""
     rules = prometheus_rules(settings)
     lines = [
-        f"# eddy's alert rules, from {source} [alerts] (python -m dataflows.alerts rules).",
-        "# Over the metrics of eddy's Prometheus exporter ([flow] prometheus_port, python -m dataflows.prometheus).",
+        f"# eddy's alert rules, from {source} [alerts] (python -m dataflows.watch.alerts rules).",
+        "# Over the metrics of eddy's Prometheus exporter"
+        " ([flow] prometheus_port, python -m dataflows.watch.prometheus).",
         "groups:",
         '  - name: "eddy"',
         "    rules:" if rules else "    rules: []",
@@ -328,15 +329,16 @@ def rules_yaml(settings: AlertSettings | None = None, source: str = "eddy.toml")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dataflows.config import load_config
+    from dataflows.flow.config import load_config
 
     parser = argparse.ArgumentParser(
-        prog="python -m dataflows.alerts",
+        prog="python -m dataflows.watch.alerts",
         description="eddy's alert rules ([alerts] in eddy.toml): list them, or write them as Prometheus rules.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
-        "rules", help="print the rules as a Prometheus alerting-rules file (python -m dataflows.alerts rules > x.yml)"
+        "rules",
+        help="print the rules as a Prometheus alerting-rules file (python -m dataflows.watch.alerts rules > x.yml)",
     )
     commands.add_parser("list", help="print each rule, its threshold and whether it is on")
     args = parser.parse_args(argv)

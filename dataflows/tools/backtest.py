@@ -1,8 +1,9 @@
 """Backtest: replay a JSONL or Parquet file of events through eddy's own dataflow, then write the report.
 
-python -m dataflows.backtest events.jsonl [--label-delay 60] [--out artifacts/backtest] [--sql-dir DIR] [--model NAME]
+python -m dataflows.tools.backtest events.jsonl [--label-delay 60] [--out artifacts/backtest]
+    [--sql-dir DIR] [--model NAME]
 
-The same flow as the live job (`dataflows.flow.build_flow`: same decoding, event-time order, SQL features,
+The same flow as the live job (`dataflows.flow.wiring.build_flow`: same decoding, event-time order, SQL features,
 River + LightGBM ensemble), with the file in place of the Kafka topics and files in place of the output
 topics: `predictions.jsonl`, `metrics.jsonl`, `dead_letters.jsonl`, `alerts.jsonl`, the model registry under
 `registry/`, and `report.html` / `report.png`. Try an SQL edit or another model here before running it live.
@@ -27,12 +28,12 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from dataflows.codec import Invalid, parse_ts
-from dataflows.config import Config, ConfigError, load_config
-from dataflows.flow import build_flow
-from dataflows.logs import configure_logging
-from dataflows.report import DEFAULT_DRIFT_AT, ReportError, format_summary, read_registry, write_report
-from dataflows.runs import is_run_id, runs_of
+from dataflows.flow.codec import Invalid, parse_ts
+from dataflows.flow.config import Config, ConfigError, load_config
+from dataflows.flow.logs import configure_logging
+from dataflows.flow.runs import is_run_id, runs_of
+from dataflows.flow.wiring import build_flow
+from dataflows.watch.report import DEFAULT_DRIFT_AT, ReportError, format_summary, read_registry, write_report
 from models.registry import flush_writes
 
 log = logging.getLogger("eddy.backtest")
@@ -215,7 +216,7 @@ def _line(name: str, record: KafkaSinkMessage) -> bytes:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dataflows.backtest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dataflows.tools.backtest", description=__doc__.splitlines()[0])
     parser.add_argument("file", help="events, .jsonl or .parquet (each with event_id, ts, the [fields] and label)")
     parser.add_argument(
         "--label-delay",

@@ -1,12 +1,12 @@
 """Bytewax's Kafka input without the wait in every partition poll: same step ids, offsets and messages.
 
-Bytewax 0.21's `KafkaSource` polls each partition with `consume(batch_size, timeout=1 ms)`, and librdkafka
-waits out the whole timeout unless `batch_size` messages are already there. So every poll of every input
-partition (six for two topics of three partitions) took ~1.1 ms even with messages waiting: ~7 ms of each
-~30 ms cycle of the single worker at half load, which every event's latency pays, and more since the
-backlog it builds grows the next cycle. Here a poll returns at once with what the consumer has fetched
-already (librdkafka fetches in the background); Bytewax waits 1 ms before it polls again a partition that
-returned nothing, so an idle flow does not spin.
+Bytewax 0.21's `KafkaSource` polls each partition with `consume(batch_size, timeout=1 ms)`, and librdkafka waits
+out the whole timeout unless `batch_size` messages are already there. So every poll of every input partition
+(six for two topics of three partitions) waits even with messages waiting, in every cycle of the worker, which
+every event's latency pays, and more since the backlog it builds grows the next cycle (its cost:
+docs/benchmarks.md, costs behind the code's choices). Here a poll returns at once with what the consumer has
+fetched already (librdkafka fetches in the background); Bytewax waits 1 ms before it polls again a partition
+that returned nothing, so an idle flow does not spin.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from bytewax.connectors.kafka import KafkaSource
 from bytewax.connectors.kafka.operators import KafkaOpOut, _kafka_error_split
 from bytewax.dataflow import Dataflow, operator
 
-from dataflows.kafka_logs import client_logger
+from dataflows.broker.client_logs import client_logger
 
 
 class _NoWaitConsumer:

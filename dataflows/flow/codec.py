@@ -12,7 +12,6 @@ and a producer whose clock is wrong may have stamped both; no clock, and so no m
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -24,8 +23,8 @@ from typing import Any
 import orjson
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 
-from dataflows.messages import Alert, DeadLetter, Event, Label, Metrics, Origin, Prediction
-from features.schema import to_ms
+from dataflows.flow.messages import Alert, DeadLetter, Event, Label, Metrics, Origin, Prediction
+from features.timestamps import iso, to_ms
 
 MIN_TS_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_TS_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -95,7 +94,7 @@ class Codec:
         event_id = _event_id(obj)
         ts = self._not_ahead(parse_ts(obj, "ts"), origin, "'ts'")
         values = {name: _field(obj, name, kind) for name, kind in self.fields.items()}
-        return Event(event_id, ts, values, _label(obj, required=False), origin, raw, key, time.time())
+        return Event(event_id, ts, values, _label(obj, required=False), origin, raw, key)
 
     def _label(self, obj: dict, origin: Origin) -> Label:
         event_id = _event_id(obj)
@@ -250,20 +249,6 @@ def _kafka_ts(msg: KafkaSourceMessage) -> int | None:
         return None
     kind, ts = msg.timestamp
     return ts if kind != 0 and ts >= 0 else None
-
-
-def iso(ts_ms: int) -> str:
-    """ISO-8601 in UTC to the millisecond, as `datetime.isoformat(timespec="milliseconds")` writes it.
-
-    Every prediction carries one: formatting a datetime each time was ~3 % of the flow's time, so the
-    seconds are formatted once (events of the same second share them) and the milliseconds appended."""
-    seconds, ms = divmod(ts_ms, 1000)
-    return f"{_iso_seconds(seconds)}.{ms:03d}+00:00"
-
-
-@functools.lru_cache(maxsize=4096)
-def _iso_seconds(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def encode_prediction(prediction: Prediction) -> KafkaSinkMessage:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from river import base
 
-from dataflows.config import Config, ConfigError
+from dataflows.flow.config import Config, ConfigError
 from models import make_model
 from models.ensemble import Ensemble
 
@@ -16,7 +16,7 @@ _ENSEMBLE_PARAMS = set(inspect.signature(Ensemble.__init__).parameters) - {"self
 
 def build_model(config: Config, run: str | None = None) -> base.Classifier:
     """`[model] name` as a River pipeline; with `[ensemble] enabled` (the default), inside the Ensemble, whose
-    refits go to the run's own directory of the registry (`dataflows.runs`) when `run` is given."""
+    refits go to the run's own directory of the registry (`dataflows.flow.runs`) when `run` is given."""
     try:
         river = make_model(config.model)
     except ValueError as exc:

@@ -1,6 +1,6 @@
 """The end-to-end demo behind `task demo`: payments in, the dataflow learning, results a person can read.
 
-    python -m dataflows.demo [--events 30000] [--label-delay 30]
+    python -m dataflows.tools.demo [--events 30000] [--label-delay 30]
 
 Expects the broker and topics to exist (`task demo` starts and resets them first).
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import orjson
 
-from dataflows import datasets
-from dataflows.config import REPO_ROOT, load_config
-from dataflows.kafka_admin import BrokerError, require_topics
-from dataflows.kafka_io import read_to_end
-from dataflows.replay import make_producer, replay
+from dataflows.broker.admin import BrokerError, require_topics
+from dataflows.broker.consumer import read_to_end
+from dataflows.flow.config import REPO_ROOT, load_config
+from dataflows.tools import datasets
+from dataflows.tools.replay import make_producer, replay
 
 MALFORMED = [
     b'{"event_id": "broken-1", "ts": "2026-01-01T00:00:00Z", "amount": "a lot"',
@@ -83,7 +83,7 @@ def show_results(config, events: list[dict], run_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = load_config()
-    parser = argparse.ArgumentParser(prog="python -m dataflows.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dataflows.tools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=30_000, help="transactions to replay (default: %(default)s)")
     parser.add_argument(
         "--label-delay",

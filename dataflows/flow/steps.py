@@ -1,16 +1,16 @@
 """The dataflow's three stateful steps, as Bytewax `StatefulBatchLogic`s over eddy's plain state objects.
 
 The ordering step and the learner run under one key; the feature step runs under one key per shard of each
-feature family (`dataflows.shards`): the ordering step splits each released micro-batch over the shards and
+feature family (`dataflows.flow.shards`): the ordering step splits each released micro-batch over the shards and
 the learner joins their features back in the canonical order.
 
 Each step keeps its live resources (DuckDB connection, clocks) beside its state, and saves and restores
-its state through one door, `dataflows.step_state.StepState`: it hands the door the plain `state()` of each
+its state through one door, `dataflows.flow.step_state.StepState`: it hands the door the plain `state()` of each
 object it holds and rebuilds them with their `from_state` on resume, so that the objects know nothing of
 Bytewax, Kafka or the recovery directory.
 
 A snapshot costs what its epoch changed, not the history held: the ordering step's dedupe ids and the
-feature step's window rows go to the recovery directory's journal (`dataflows.state_journal`) as one chunk
+feature step's window rows go to the recovery directory's journal (`dataflows.flow.state_journal`) as one chunk
 an epoch, and the bytes Bytewax stores hold the rest of the state and the journal position. The learner's
 state is bounded by its configuration (the model, the refit window, the events waiting for labels) and is
 saved whole, its refit window's slices by reference (`SharedBlobs`).
@@ -34,28 +34,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 
-from dataflows.alerts import AlertEvaluator, AlertSettings
-from dataflows.config import Config
-from dataflows.learners import build_model
-from dataflows.messages import (
+from dataflows.flow.config import Config
+from dataflows.flow.messages import (
     Alert,
     DeadLetter,
     Event,
+    FeaturedEvent,
     FeaturePart,
     Label,
     Metrics,
     Prediction,
     Release,
-    Scored,
     ShardBatch,
 )
-from dataflows.metrics import MetricsReporter
-from dataflows.ordering import EventTimeOrder
-from dataflows.prometheus import PrometheusExporter
-from dataflows.runs import new_run_id, run_registry_dir
-from dataflows.shards import FeatureJoin, Splitter, shard_count
-from dataflows.state_journal import SharedBlobs
-from dataflows.step_state import NOT_SAVED, StepState
+from dataflows.flow.model_choice import build_model
+from dataflows.flow.ordering import EventTimeOrder
+from dataflows.flow.runs import new_run_id, run_registry_dir
+from dataflows.flow.shards import FeatureJoin, Splitter, shard_count
+from dataflows.flow.state_journal import SharedBlobs
+from dataflows.flow.step_state import NOT_SAVED, StepState
+from dataflows.watch.alerts import AlertEvaluator, AlertSettings
+from dataflows.watch.metrics_reporter import MetricsReporter
+from dataflows.watch.prometheus import PrometheusExporter
 from features import FeatureEngine
 from models import OnlineLearner
 from models.registry import flush_writes
@@ -67,7 +67,7 @@ _NO_MARK = -(2**62)
 
 
 class OrderByEventTime(StatefulBatchLogic):
-    """Releases events and labels in canonical event-time order (see `dataflows.ordering`), each micro-batch
+    """Releases events and labels in canonical event-time order (see `dataflows.flow.ordering`), each micro-batch
     split into a release for the learner and a batch for each feature shard it has events for (`Splitter`):
     `(key, message)` pairs. `workers` is the flow's worker count: the shards per family unless
     `[flow] feature_shards` says otherwise."""
@@ -153,7 +153,7 @@ class OrderByEventTime(StatefulBatchLogic):
 
 
 class ComputeFeatures(StatefulBatchLogic):
-    """One shard of one feature family (`dataflows.shards`): computes the family's groups for the events of
+    """One shard of one feature family (`dataflows.flow.shards`): computes the family's groups for the events of
     its entities, in the micro-batches the ordering step released, and answers each `ShardBatch` with a
     `FeaturePart` in the same epoch. Its window buffer and indexes hold only its entities' history.
 
@@ -337,15 +337,15 @@ class ScoreAndLearn(StatefulBatchLogic):
         if self.exporter.enabled and registry_dir:
             self.exporter.watch_registry(run_registry_dir(registry_dir, getattr(self.state.reporter, "run", None)))
 
-    def on_batch(self, items: list[Release | FeaturePart | Scored | Label | DeadLetter]):
+    def on_batch(self, items: list[Release | FeaturePart | FeaturedEvent | Label | DeadLetter]):
         started = time.perf_counter()
         items = self.state.join.push(items)  # the released items whose features are all in, in order
         learner, reporter = self.state.learner, self.state.reporter
         out: list[Any] = []
-        inputs = {id(item): model_input(item.features) for item in items if isinstance(item, Scored)}
+        inputs = {id(item): model_input(item.features) for item in items if isinstance(item, FeaturedEvent)}
         learner.prepare(list(inputs.values()))
         for item in items:
-            if isinstance(item, Scored):
+            if isinstance(item, FeaturedEvent):
                 event = item.event
                 if self.lag_probe is not None:
                     self.lag_probe.seen(event.origin)
@@ -392,7 +392,7 @@ class ScoreAndLearn(StatefulBatchLogic):
         return datetime.fromtimestamp(self.state.reporter.next_at(time.time()), tz=UTC)
 
     def _report(self, now: float, final: bool = False) -> list[Metrics | Alert]:
-        """A metrics message, after the alerts its figures fire or clear (`dataflows.alerts`); it names the
+        """A metrics message, after the alerts its figures fire or clear (`dataflows.watch.alerts`); it names the
         alerts firing."""
         lag = self.lag_probe() if self.lag_probe else None
         metrics = self.state.reporter.report(self.state.learner, now, lag, final)

@@ -1,4 +1,4 @@
-"""The messages that flow through eddy, as frozen dataclasses (their byte forms live in `dataflows.codec`)."""
+"""The messages that flow through eddy, as frozen dataclasses (their byte forms live in `dataflows.flow.codec`)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ class Event:
     origin: Origin
     raw: bytes | None = None
     key: bytes | None = None
-    received_at: float = 0.0
 
     def as_row(self) -> dict[str, Any]:
         """The form the feature engine takes."""
@@ -58,8 +57,8 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
-class Scored:
-    """An event with the features it was scored with, on its way to the learner."""
+class FeaturedEvent:
+    """An event with its features, on its way to the learner (which scores it, then learns from it)."""
 
     event: Event
     features: dict[str, Any]
@@ -70,7 +69,7 @@ class Scored:
 class Release:
     """One micro-batch released by the ordering step, on its way to the learner: its place in the canonical
     sequence. `items` are events, labels and dead letters in canonical order; each event waits there for
-    its features from the feature shards named in `parts` (see `dataflows.shards.FeatureJoin`)."""
+    its features from the feature shards named in `parts` (see `dataflows.flow.shards.FeatureJoin`)."""
 
     seq: int
     items: list
@@ -112,7 +111,6 @@ class Prediction:
     features_version: str
     label_inline: bool
     features: dict[str, Any] | None = None
-    latency_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +122,6 @@ class Metrics:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """An alert rule firing or clearing (`dataflows.alerts`): what the alerts topic carries."""
+    """An alert rule firing or clearing (`dataflows.watch.alerts`): what the alerts topic carries."""
 
     figures: dict[str, Any] = field(default_factory=dict)

@@ -4,8 +4,8 @@ Bytewax keys saved state by step id: a renamed stateful step, or a renamed `Data
 state at all, yet with the input offsets of the old run, so the model would restart from nothing mid-stream.
 `guard_recovery_dir` reads the directory's snapshots first and stops with a clear message instead.
 
-    python -m dataflows.recovery init DIR [--partitions N]
-    python -m dataflows.recovery show DIR
+    python -m dataflows.flow.recovery init DIR [--partitions N]
+    python -m dataflows.flow.recovery show DIR
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dataflows.flow import FLOW_ID, STATEFUL_STEPS
-from dataflows.shards import shard_count_error, workers_from_argv
-from dataflows.state_journal import FILE as JOURNAL_FILE
-from dataflows.state_journal import snapshot_log
-from dataflows.step_state import StateFormatError, unpack
-from dataflows.steps import OrderByEventTime
+from dataflows.flow.shards import shard_count_error, workers_from_argv
+from dataflows.flow.state_journal import FILE as JOURNAL_FILE
+from dataflows.flow.state_journal import snapshot_log
+from dataflows.flow.step_state import StateFormatError, unpack
+from dataflows.flow.steps import OrderByEventTime
+from dataflows.flow.wiring import FLOW_ID, STATEFUL_STEPS
 
 
 class RecoveryError(RuntimeError):
@@ -87,7 +87,7 @@ def guard_recovery_dir(argv: list[str], shards: int | None = None) -> None:
     if not directory.is_dir() or not any(directory.glob("part-*.sqlite3")):
         raise RecoveryError(
             f"recovery directory {directory} is not initialised; create it once with "
-            f"`python -m dataflows.recovery init {directory}` (or `task run:recover`)"
+            f"`python -m dataflows.flow.recovery init {directory}` (or `task run:recover`)"
         )
     saved = saved_steps(directory)
     if not saved:
@@ -152,7 +152,7 @@ def init(directory: Path, partitions: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dataflows.recovery", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dataflows.flow.recovery", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("init", help="create a recovery directory (once; harmless if it exists)")
     create.add_argument("directory", type=Path)
