@@ -33,7 +33,7 @@ from river import metrics
 
 from dataflows.broker.admin import delete_topics, ensure_topics
 from dataflows.broker.consumer import assigned_consumer
-from dataflows.flow.config import REPO_ROOT, Topics, load_config
+from dataflows.flow.config import REPO_ROOT, Topics, load_config, topics_env
 from dataflows.tools import datasets
 from dataflows.tools.replay import make_producer, replay
 from models import make_model
@@ -51,13 +51,7 @@ def fresh_topics(bootstrap: str, partitions: int) -> Topics:
 def flow_env(topics: Topics, bootstrap: str, tail: bool, mode: str, ensemble: bool) -> dict[str, str]:
     return {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "EDDY_EVENTS_TOPIC": topics.events,
-        "EDDY_LABELS_TOPIC": topics.labels,
-        "EDDY_PREDICTIONS_TOPIC": topics.predictions,
-        "EDDY_METRICS_TOPIC": topics.metrics,
-        "EDDY_DEAD_LETTERS_TOPIC": topics.dead_letters,
-        "EDDY_ALERTS_TOPIC": topics.alerts,
+        **topics_env(topics, bootstrap),
         "EDDY_TAIL": "true" if tail else "false",
         "EDDY_MODE": mode,
         "EDDY_ENSEMBLE": "true" if ensemble else "false",

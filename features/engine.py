@@ -248,12 +248,6 @@ class FeatureEngine:
         state["_indexes"] = {}
         return state
 
-    def __setstate__(self, state: dict) -> None:
-        state.setdefault("_inserted", None)
-        state.setdefault("family", None)
-        self.__dict__.update(state)
-        self._statements = {}
-
     # -- internals --------------------------------------------------------------------------------------
 
     def _resume_counts(self, state: dict) -> None:

@@ -457,20 +457,6 @@ class QualityTracker:
         self._fold()
         return self.__dict__.copy()
 
-    def __setstate__(self, state: dict) -> None:
-        # A snapshot may hold the cumulative AUC as an `ExactROCAUC` (every score) and the queue as
-        # (label, score) pairs: the scores are binned and the queue split.
-        auc = state.get("auc")
-        if isinstance(auc, ExactROCAUC):
-            state["auc"] = binned = BinnedROCAUC()
-            negatives, positives = auc.negatives, auc.positives
-            binned.extend(np.zeros(len(negatives), dtype=bool), negatives)
-            binned.extend(np.ones(len(positives), dtype=bool), positives)
-        queued = state.pop("queued", [])
-        state.setdefault("queued_y", [bool(y) for y, _ in queued])
-        state.setdefault("queued_p", [p for _, p in queued])
-        self.__dict__.update(state)
-
     def update(self, y_true: bool, p_true: float) -> None:
         """Record one label with the probability of True that the model gave before learning it."""
         if p_true != p_true:

@@ -13,7 +13,7 @@ import orjson
 from bytewax.testing import run_main
 from kafka import KafkaProducer
 
-from dataflows.flow.config import Config, Topics, load_config
+from dataflows.flow.config import Config, Topics, load_config, topics_env
 from dataflows.flow.wiring import build_flow
 from models.registry import flush_writes
 from tests.kafka_io import read_topic
@@ -69,13 +69,7 @@ def outputs(bootstrap: str, topics: Topics) -> tuple[list[dict], list[dict], lis
 def flow_env(topics: Topics, bootstrap: str, config_path: Path | None = None, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "EDDY_EVENTS_TOPIC": topics.events,
-        "EDDY_LABELS_TOPIC": topics.labels,
-        "EDDY_PREDICTIONS_TOPIC": topics.predictions,
-        "EDDY_METRICS_TOPIC": topics.metrics,
-        "EDDY_DEAD_LETTERS_TOPIC": topics.dead_letters,
-        "EDDY_ALERTS_TOPIC": topics.alerts,
+        **topics_env(topics, bootstrap),
         "EDDY_TAIL": "false",
         **extra,
     }
@@ -189,6 +183,25 @@ def start_flow_logged(env: dict[str, str], log_path: Path, *args: str) -> subpro
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+def wait_until_started(log_path: Path, timeout_s: float = 60) -> None:
+    """Until the flow has logged its features (its sources are then being read), or `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while "features:" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def flow_that_fails(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A flow expected to refuse to start: its exit status and output, within a minute."""
+    return subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflows.main"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def committed_epoch(recovery_dir: Path) -> int:

@@ -94,6 +94,11 @@ _ENV_TOPICS = {
 }
 
 
+def topics_env(topics: Topics, bootstrap: str) -> dict[str, str]:
+    """The environment variables that point a flow started as a subprocess at `bootstrap` and `topics`."""
+    return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap} | {name: getattr(topics, attr) for name, attr in _ENV_TOPICS.items()}
+
+
 def parse_bool(text: str, name: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:

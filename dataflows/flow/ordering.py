@@ -117,17 +117,6 @@ class EventTimeOrder:
         state["_started"] = None
         return state
 
-    def __setstate__(self, state: dict) -> None:
-        state.setdefault("read_to", {})
-        state.setdefault("remembered", len(state["seen_order"]))
-        state.setdefault("forgotten", 0)
-        state.setdefault("_new_ids", None)
-        state.setdefault("max_clock_skew_ms", 1_800_000)
-        state.setdefault("leaps", {})
-        state.setdefault("unsupported", set())
-        state["counters"] = {"future_ts": 0, "labels_ahead": 0, **state["counters"]}
-        self.__dict__.update(state)
-
     # -- the dedupe memory as a journal: what a recovery snapshot writes instead of pickling it ----------
 
     def track_new_ids(self) -> None:

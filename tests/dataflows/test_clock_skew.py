@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from dataflows.tools import datasets
-from tests.flowkit import dead_letter_reasons, flow_env, publish, start_flow_logged
+from tests.flowkit import dead_letter_reasons, flow_env, publish, start_flow_logged, wait_until_started
 from tests.kafka_io import read_topic
 
 pytestmark = pytest.mark.kafka
@@ -39,9 +39,7 @@ def _run_with_a_broken_clock(bootstrap: str, topics, log, bad_partitions: list[i
     env = flow_env(topics, bootstrap, EDDY_TAIL="true", EDDY_ENSEMBLE="false")
     flow = start_flow_logged(env, log)
     try:
-        deadline = time.monotonic() + 60
-        while "features:" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until_started(log)
         # Dense in event time (1,100 events in 1.1 s, within the allowed lateness): after the lull the
         # partitions wake up one after the other, and the first one read must not make the others' events
         # late (the idle rule's own trade-off, which is not what this test is about).

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
@@ -12,7 +10,16 @@ import pytest
 
 from dataflows.flow.codec import parse_ts
 from dataflows.tools import datasets
-from tests.flowkit import REPO, by_id, config_for, dead_letter_reasons, flow_env, outputs, publish, run_flow
+from tests.flowkit import (
+    by_id,
+    config_for,
+    dead_letter_reasons,
+    flow_env,
+    flow_that_fails,
+    outputs,
+    publish,
+    run_flow,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -108,14 +115,7 @@ def test_predictions_carry_the_features_they_were_scored_with(kafka_bootstrap, m
 def test_the_flow_refuses_to_start_without_a_broker_within_seconds(tmp_path):
     env = flow_env(make_fake_topics(), "localhost:1")
     start = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "dataflows.main"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = flow_that_fails(env)
     assert result.returncode != 0
     assert "no Kafka broker answers at localhost:1" in result.stderr
     assert time.monotonic() - start < 30
@@ -123,14 +123,7 @@ def test_the_flow_refuses_to_start_without_a_broker_within_seconds(tmp_path):
 
 def test_the_flow_refuses_to_start_without_its_topics(kafka_bootstrap):
     env = flow_env(make_fake_topics(), kafka_bootstrap)
-    result = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "dataflows.main"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = flow_that_fails(env)
     assert result.returncode != 0
     assert "do not exist" in result.stderr
     assert "task topics" in result.stderr
@@ -188,7 +181,7 @@ def test_a_tailing_flow_started_before_its_producer_scores_every_event(kafka_boo
     import signal
     import time
 
-    from tests.flowkit import flow_env, start_flow_logged
+    from tests.flowkit import flow_env, start_flow_logged, wait_until_started
     from tests.kafka_io import read_topic
 
     topics = make_topics(partitions=3)
@@ -196,9 +189,7 @@ def test_a_tailing_flow_started_before_its_producer_scores_every_event(kafka_boo
     env = flow_env(topics, kafka_bootstrap, EDDY_TAIL="true", EDDY_ENSEMBLE="false")
     flow = start_flow_logged(env, log)
     try:
-        deadline = time.monotonic() + 60
-        while "features:" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until_started(log)
         events = list(datasets.transactions(3000, seed=13))
         # One partition runs ahead in event time; the other two speak up later (within the idle timeout):
         # their events must wait for them, not be refused as late.

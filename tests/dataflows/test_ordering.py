@@ -339,20 +339,11 @@ def test_one_event_far_ahead_never_makes_another_late_across_a_lull(stream, choi
     assert (len(dead) == 1) == (not bad_is_last)
 
 
-def test_a_pending_leap_survives_a_snapshot_and_old_snapshots_resume_without_one():
+def test_a_pending_leap_survives_a_snapshot():
     order = EventTimeOrder(["events:0"], lateness_ms=0, idle_timeout_s=5, max_clock_skew_ms=SKEW)
     order.push([event(1, T0, 0, 0), event(2, FAR_AHEAD, 0, 1)], now=0.0)
     resumed = pickle.loads(pickle.dumps(order.without_ids()))
     assert [d.reason for d in resumed.push([event(3, T0 + 10, 0, 2)], now=0.0).dead] == ["future_ts"]
-    # A snapshot written before the rule existed has none of its state: it resumes with the default skew.
-    state = order.__getstate__()
-    for name in ("leaps", "unsupported", "max_clock_skew_ms"):
-        del state[name]
-    state["counters"] = {k: v for k, v in state["counters"].items() if k not in ("future_ts", "labels_ahead")}
-    old = EventTimeOrder.__new__(EventTimeOrder)
-    old.__setstate__(state)
-    assert old.max_clock_skew_ms == 1_800_000 and old.leaps == {} and old.counters["future_ts"] == 0
-    assert old.push([event(4, T0 + 20, 0, 2)], now=0.0).dead == []
 
 
 def test_a_message_the_decoder_refused_passes_through_and_counts_as_read():

@@ -398,24 +398,3 @@ def test_pickled_tracker_does_not_grow_with_the_number_of_labels():
     # Only the bins in use are pickled: at most all of them, however many labels were counted.
     assert sizes[1_000_000] < 1.25 * sizes[100_000]
     assert sizes[1_000_000] < 2 * BINS * 8 + 25_000
-
-
-def test_tracker_restores_a_snapshot_holding_an_exact_auc_and_a_queue_of_pairs():
-    """A snapshot whose cumulative AUC keeps every score resumes with the same figures, binned."""
-    rng = np.random.default_rng(11)
-    pairs = list(zip((rng.random(300) < 0.2).tolist(), (rng.random(300) ** 4).tolist(), strict=True))
-    old, new = QualityTracker(window=50), QualityTracker(window=50)
-    exact = ExactROCAUC()
-    for i, (y, p) in enumerate(pairs):
-        if i == 250:
-            old.report(), new.report()
-        old.update(y, p)
-        new.update(y, p)
-        if i < 250:
-            exact.update(y, p)
-    state = {k: v for k, v in vars(old).items() if k not in ("queued_y", "queued_p")}
-    state.update(auc=exact, queued=pairs[250:])
-    restored = QualityTracker.__new__(QualityTracker)
-    restored.__setstate__(state)
-    assert isinstance(restored.auc, BinnedROCAUC)
-    assert restored.report() == new.report()
