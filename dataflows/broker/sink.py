@@ -40,7 +40,7 @@ from dataflows.broker.client_logs import client_logger
 log = logging.getLogger("eddy")
 
 LINGER_MS = 1
-"""How long librdkafka gathers messages before it sends them: short, since the worker no longer waits for them."""
+"""How long librdkafka gathers messages before it sends them: short, since the worker does not wait for them."""
 WAIT_S = 120.0
 """How long an epoch's end waits for an unreachable broker by default (`[flow] broker_wait_s`)."""
 STEP_S = 1.0

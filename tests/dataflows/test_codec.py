@@ -38,8 +38,8 @@ def test_a_good_event_is_decoded_with_types_normalised():
 
 @given(st.integers(MIN_TS_MS, MAX_TS_MS - 1))
 def test_iso_writes_what_datetime_writes_and_reads_back_exactly(ts_ms):
-    """Found by this test: ISO text was read as float seconds * 1000 and truncated, 1 ms early at times
-    (2004-10-19T06:53:40.649 read as ...648), where the feature engine's backfill reads it exactly."""
+    """Exactly, as the feature engine's backfill reads it: float seconds * 1000, truncated, would read
+    2004-10-19T06:53:40.649 as ...648."""
     expected = datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
     assert iso(ts_ms) == expected
     assert parse_ts({"ts": iso(ts_ms)}, "ts") == ts_ms
