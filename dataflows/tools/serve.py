@@ -1,0 +1,588 @@
+"""The HTTP scoring gateway: `python -m dataflows.serve` (or `task serve`).
+
+`POST /v1/score` takes one event (a JSON object) or a list of them, validates each with the flow's own codec
+(`dataflows.flow.codec`: a refused event gets 400 with the reason a dead letter would carry), publishes it to
+the events topic and answers with its prediction, read from the predictions topic and matched by `event_id`.
+The flow stays the one place that scores and learns: the gateway is Kafka request/reply in front of it.
+`POST /v1/labels` publishes labels (202 once the broker has them). `GET /v1/models` lists the registry's
+refits and River checkpoints of the newest run; `/healthz` (the process answers), `/readyz` (the broker is
+reachable and the replies are being read) and `/metrics` (Prometheus).
+
+Why Starlette on uvicorn: the gateway needs routing, a streamed request body and an ASGI server, and no more.
+FastAPI would bring pydantic models for the bodies, a second validator beside the codec, whose reasons must
+be the dead letters' own; Starlette is the layer FastAPI itself is built on.
+
+How a reply finds its request: each gateway process reads every partition of the predictions and
+dead-letters topics (assigned, no consumer group, from their ends when it starts) and wakes the request
+waiting for that `event_id`; ids it does not wait for are another gateway's and are skipped. So several
+gateways run side by side, each seeing all replies. A dead letter of an event the gateway published (keyed
+by its `event_id`: a duplicate id, say) answers its request 409 with the flow's reason at once.
+
+Never a hang: a request waits at most `[serve] timeout_s` (504); when the broker is unreachable (a metadata
+probe every `PROBE_S`, and librdkafka's report that every broker is down) requests are answered 503 at once,
+and those waiting are answered 503 when it is noticed. A slow or large client cannot hold memory: a body over
+`max_body_bytes` is refused (413) as it streams, a body not sent within the timeout gets 408, connections are
+capped (uvicorn's `limit_concurrency`, 503 past it) and so are the events waiting (`max_waiting`, 503).
+
+Which flow suits serving: arrival mode (`EDDY_MODE=arrival`). Event-time mode holds every event until the
+watermark passes it (`lateness_ms`), which a request would wait out (README, Serving).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from bytewax.connectors.kafka import KafkaSourceMessage
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dataflows.broker.client_logs import client_logger
+from dataflows.broker.security import librdkafka_settings
+from dataflows.flow.codec import Codec
+from dataflows.flow.config import Config, ConfigError, load_config
+from dataflows.flow.logs import configure_logging
+from dataflows.flow.messages import DeadLetter
+from dataflows.flow.runs import latest_run_dir
+from models.checkpoints import list_checkpoints
+
+log = logging.getLogger("eddy")
+
+PROBE_S = 0.5
+"""How often the gateway asks the broker for metadata, and how long it waits for the answer."""
+
+
+class Refused(Exception):
+    """A request answered with an error: its HTTP status and a body saying why."""
+
+    def __init__(self, status: int, error: str, **extra: Any):
+        super().__init__(error)
+        self.status, self.body = status, {"error": error, **extra}
+
+
+@dataclass
+class _Waiting:
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+class Replies:
+    """Requests waiting for their replies by `event_id`, bounded, woken from the reader thread."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._waiting: dict[str, _Waiting] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def expect(self, event_ids: list[str]) -> list[asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            taken = [eid for eid in event_ids if eid in self._waiting]
+            if taken:
+                raise Refused(409, f"event_id {taken[0]!r} is already waiting for its prediction", event_id=taken[0])
+            if len(self._waiting) + len(event_ids) > self.limit:
+                raise Refused(503, f"{len(self._waiting)} events wait for their predictions, the limit is {self.limit}")
+            futures = []
+            for eid in event_ids:
+                future = loop.create_future()
+                self._waiting[eid] = _Waiting(future, loop)
+                futures.append(future)
+        return futures
+
+    def forget(self, event_ids: list[str]) -> None:
+        with self._lock:
+            for eid in event_ids:
+                self._waiting.pop(eid, None)
+
+    def answer(self, event_id: str, outcome: dict | Refused) -> bool:
+        """Wake the request waiting for `event_id` (from any thread); False if none waits (another gateway's)."""
+        with self._lock:
+            waiting = self._waiting.pop(event_id, None)
+        if waiting is None:
+            return False
+        waiting.loop.call_soon_threadsafe(_settle, waiting.future, outcome)
+        return True
+
+    def fail_all(self, refusal: Refused) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+        for entry in waiting.values():
+            entry.loop.call_soon_threadsafe(_settle, entry.future, refusal)
+
+
+def _settle(future: asyncio.Future, outcome: dict | Refused) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, Refused):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class Gateway:
+    """The Kafka side of the gateway: a producer, a reader of the replies and a broker probe, on threads."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.settings = config.serve
+        topics = config.topics
+        self.codec = Codec(
+            topics.events, topics.labels, config.fields, config.flow.max_message_bytes, config.flow.max_clock_skew_ms
+        )
+        self.replies = Replies(self.settings.max_waiting)
+        self.broker_up = False
+        self.reading = False
+        self.broker_error = "not yet reached"
+        self._stop = threading.Event()
+        common = {
+            "bootstrap.servers": config.bootstrap_servers,
+            "logger": client_logger(),
+            "error_cb": self._client_error,
+            **librdkafka_settings(config.kafka_security),
+        }
+        # A message not delivered by the time its request gives up is dropped, not scored after the 504.
+        timeout_ms = max(1, int(self.settings.timeout_s * 1000))
+        self.producer = Producer({**common, "linger.ms": 1, "message.timeout.ms": timeout_ms})
+        self.consumer = Consumer(
+            {
+                **common,
+                "group.id": f"eddy-serve-{uuid.uuid4().hex}",  # required by librdkafka; assign() joins no group
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 5,
+                "fetch.error.backoff.ms": 50,
+            }
+        )
+        self.metrics = _Metrics()
+        self._threads = [
+            threading.Thread(target=self._probe_loop, name="eddy-serve-probe", daemon=True),
+            threading.Thread(target=self._read_loop, name="eddy-serve-replies", daemon=True),
+            threading.Thread(target=self._deliver_loop, name="eddy-serve-deliveries", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.replies.fail_all(Refused(503, "the gateway is shutting down"))
+        self.producer.flush(1.0)
+        self.consumer.close()
+
+    # -- the broker's health ---------------------------------------------------------------------------
+
+    def _client_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._down(f"every broker is down ({error.str()})")
+
+    def _down(self, why: str) -> None:
+        if self.broker_up:
+            log.warning("serve: Kafka broker at %s unreachable: %s", self.config.bootstrap_servers, why)
+        self.broker_up, self.broker_error = False, why
+        self.replies.fail_all(self._unreachable())
+
+    def _unreachable(self) -> Refused:
+        return Refused(503, f"the Kafka broker at {self.config.bootstrap_servers} is unreachable: {self.broker_error}")
+
+    def _probe_loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.producer.list_topics(self.config.topics.events, timeout=PROBE_S)
+            except KafkaException as exc:
+                self._down(str(exc.args[0].str() if exc.args else exc))
+            else:
+                if not self.broker_up:
+                    log.info("serve: Kafka broker at %s reachable", self.config.bootstrap_servers)
+                self.broker_up = True
+            self._stop.wait(max(0.0, PROBE_S - (time.monotonic() - started)))
+
+    def _deliver_loop(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.1)
+
+    # -- replies ---------------------------------------------------------------------------------------
+
+    def _assign_at_ends(self) -> bool:
+        """Read every partition of the predictions and dead-letters topics from their current ends: a reply to
+        anything published from now on is read. False while the broker cannot say where the ends are."""
+        partitions = []
+        try:
+            for topic in (self.config.topics.predictions, self.config.topics.dead_letters):
+                meta = self.consumer.list_topics(topic, timeout=PROBE_S).topics[topic]
+                if meta.error is not None:
+                    raise KafkaException(meta.error)
+                for p in sorted(meta.partitions):
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=PROBE_S)
+                    partitions.append(TopicPartition(topic, p, high if high >= 0 else OFFSET_END))
+        except KafkaException as exc:
+            self.broker_error = f"cannot read the reply topics: {exc}"
+            return False
+        self.consumer.assign(partitions)
+        log.info(
+            "serve: reading replies from '%s' and '%s' (%d partitions)",
+            self.config.topics.predictions,
+            self.config.topics.dead_letters,
+            len(partitions),
+        )
+        return True
+
+    def _read_loop(self) -> None:
+        while not self._stop.is_set() and not self.reading:
+            if self._assign_at_ends():
+                self.reading = True
+            else:
+                self._stop.wait(PROBE_S)
+        dead_letters = self.config.topics.dead_letters
+        while not self._stop.is_set():
+            # `poll` wakes at the first reply (`consume` would wait out its timeout for a full batch), then
+            # `consume` without waiting takes what has come with it.
+            first = self.consumer.poll(0.1)
+            if first is None:
+                continue
+            for message in [first, *self.consumer.consume(1000, 0)]:
+                if message.error() is not None:
+                    continue
+                if message.topic() == dead_letters:
+                    self._dead_letter(message)
+                else:
+                    self._prediction(message.value())
+
+    def _prediction(self, value: bytes | None) -> None:
+        try:
+            prediction = orjson.loads(value)
+            event_id = prediction["event_id"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return
+        if isinstance(event_id, str):
+            self.replies.answer(event_id, prediction)
+
+    def _dead_letter(self, message: Any) -> None:
+        key = message.key()
+        if not key:
+            return
+        headers = {name: (value or b"").decode(errors="replace") for name, value in message.headers() or []}
+        event_id = key.decode(errors="replace")
+        refusal = Refused(
+            409, headers.get("error", "refused by the flow"), reason=headers.get("reason"), event_id=event_id
+        )
+        self.replies.answer(event_id, refusal)
+
+    # -- requests --------------------------------------------------------------------------------------
+
+    def check_ready(self) -> None:
+        if not self.broker_up:
+            raise self._unreachable()
+        if not self.reading:
+            raise Refused(503, f"not reading replies yet: {self.broker_error}")
+
+    def validate(self, items: list[bytes], topic: str) -> list[Any]:
+        """Each item decoded by the flow's codec, or 400 naming the first refused one and the reason."""
+        decoded = []
+        for index, raw in enumerate(items):
+            msg = KafkaSourceMessage(key=None, value=raw, topic=topic, partition=0, offset=0)
+            result = self.codec.decode(msg)
+            if isinstance(result, DeadLetter):
+                self.metrics.refused.labels(result.reason).inc()
+                where = {"index": index} if len(items) > 1 else {}
+                raise Refused(400, result.error, reason=result.reason, **where)
+            decoded.append(result)
+        return decoded
+
+    def publish(self, topic: str, items: list[tuple[str, bytes]]) -> list[asyncio.Future]:
+        """Hand each (event_id, value) to the producer; futures that fail if the broker refuses them."""
+        loop = asyncio.get_running_loop()
+        deliveries = []
+        for event_id, value in items:
+            delivered = loop.create_future()
+            deliveries.append(delivered)
+
+            def report(error: KafkaError | None, _msg: Any, delivered: asyncio.Future = delivered) -> None:
+                outcome = {} if error is None else Refused(503, f"the broker did not take the message: {error.str()}")
+                loop.call_soon_threadsafe(_settle, delivered, outcome)
+
+            try:
+                self.producer.produce(topic, value, event_id.encode(), on_delivery=report)
+            except BufferError:
+                raise Refused(503, "the gateway's Kafka queue is full; retry shortly") from None
+            except KafkaException as exc:
+                raise Refused(503, f"cannot publish to '{topic}': {exc}") from None
+        return deliveries
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "eddy_serve_requests",
+            "HTTP requests answered, by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "eddy_serve_request_seconds",
+            "Time to answer a request, by route",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "eddy_serve_refused_events",
+            "Events and labels refused by the codec, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.waiting = Gauge(
+            "eddy_serve_waiting_events", "Events waiting for their predictions", registry=self.registry
+        )
+        self.broker_up = Gauge("eddy_serve_broker_up", "1 while the Kafka broker is reachable", registry=self.registry)
+
+
+# -- the HTTP side ---------------------------------------------------------------------------------------
+
+
+async def _body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused as soon as it passes `limit` bytes (413) or takes longer than `timeout_s` (408)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Refused(413, f"the body of {declared} bytes is over the limit of {limit} ([serve] max_body_bytes)")
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Refused(413, f"the body is over the limit of {limit} bytes ([serve] max_body_bytes)")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refused(408, f"the body did not arrive within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise Refused(400, "the client went away before sending its body") from None
+    return b"".join(chunks)
+
+
+def _items(body: bytes, max_events: int) -> tuple[list[bytes], bool]:
+    """The body as one JSON value per event (the body itself for a single object): (items, was it a list)."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return [body], False  # the codec says what is wrong with it
+    if not isinstance(value, list):
+        return [body], False
+    if not value:
+        raise Refused(400, "an empty list of events", reason="empty")
+    if len(value) > max_events:
+        raise Refused(400, f"{len(value)} events in one request, the limit is {max_events} ([serve] max_events)")
+    return [orjson.dumps(item) for item in value], True
+
+
+def build_app(gateway: Gateway) -> Starlette:
+    settings = gateway.settings
+    metrics = gateway.metrics
+
+    def answered(route: str):
+        def wrap(handler):
+            async def endpoint(request: Request) -> Response:
+                started = time.perf_counter()
+                try:
+                    response = await handler(request)
+                except Refused as refusal:
+                    response = JSONResponse(refusal.body, status_code=refusal.status)
+                metrics.requests.labels(route, str(response.status_code)).inc()
+                metrics.latency.labels(route).observe(time.perf_counter() - started)
+                return response
+
+            return endpoint
+
+        return wrap
+
+    @answered("score")
+    async def score(request: Request) -> Response:
+        gateway.check_ready()
+        body = await _body(request, settings.max_body_bytes, settings.timeout_s)
+        items, many = _items(body, settings.max_events)
+        events = gateway.validate(items, gateway.config.topics.events)
+        ids = [event.event_id for event in events]
+        if len(set(ids)) < len(ids):
+            duplicate = next(eid for eid, n in _counts(ids) if n > 1)
+            raise Refused(400, f"event_id {duplicate!r} appears twice in the request", reason="duplicate")
+        replies = gateway.replies.expect(ids)
+        try:
+            deliveries = gateway.publish(gateway.config.topics.events, list(zip(ids, items, strict=True)))
+            async with asyncio.timeout(settings.timeout_s):
+                await _first_failure(deliveries, replies)
+                predictions = await asyncio.gather(*replies)
+        except TimeoutError:
+            waiting = sum(not f.done() for f in replies)
+            raise Refused(
+                504,
+                f"{waiting} of {len(ids)} prediction(s) did not come within {settings.timeout_s:g} s "
+                "([serve] timeout_s): is the flow running, in arrival mode?",
+            ) from None
+        finally:
+            gateway.replies.forget(ids)
+            for future in replies:
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved, so that asyncio does not log it
+        return JSONResponse(predictions if many else predictions[0])
+
+    @answered("labels")
+    async def labels(request: Request) -> Response:
+        gateway.check_ready()
+        body = await _body(request, settings.max_body_bytes, settings.timeout_s)
+        items, _ = _items(body, settings.max_events)
+        decoded = gateway.validate(items, gateway.config.topics.labels)
+        deliveries = gateway.publish(
+            gateway.config.topics.labels, [(d.event_id, raw) for d, raw in zip(decoded, items, strict=True)]
+        )
+        try:
+            async with asyncio.timeout(settings.timeout_s):
+                await asyncio.gather(*deliveries)
+        except TimeoutError:
+            raise Refused(504, f"the broker did not take the label(s) within {settings.timeout_s:g} s") from None
+        return JSONResponse({"accepted": len(decoded)}, status_code=202)
+
+    @answered("models")
+    async def models(request: Request) -> Response:
+        return JSONResponse(registry_listing(gateway.config))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @answered("readyz")
+    async def readyz(request: Request) -> Response:
+        gateway.check_ready()
+        return JSONResponse({"status": "ready"})
+
+    async def prometheus(request: Request) -> Response:
+        metrics.waiting.set(len(gateway.replies))
+        metrics.broker_up.set(1 if gateway.broker_up else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/v1/score", score, methods=["POST"]),
+            Route("/v1/labels", labels, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ],
+    )
+
+
+async def _first_failure(deliveries: list[asyncio.Future], replies: list[asyncio.Future]) -> None:
+    """Raise the first delivery or reply failure as soon as it happens; return once every reply is in."""
+    pending = set(deliveries) | set(replies)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        for future in done:
+            if future.exception() is not None:
+                raise future.exception()
+        if all(f.done() for f in replies):
+            return
+
+
+def _counts(ids: list[str]) -> Iterator[tuple[str, int]]:
+    for eid, group in itertools.groupby(sorted(ids)):
+        yield eid, sum(1 for _ in group)
+
+
+def registry_listing(config: Config) -> dict[str, Any]:
+    """The newest run's refits (metadata, oldest first) and River checkpoints, as `GET /v1/models` shows them."""
+    registry_dir = Path(config.ensemble["registry_dir"])
+    run_dir = latest_run_dir(registry_dir)
+    if run_dir is None:
+        return {"registry_dir": str(registry_dir), "run": None, "refits": [], "checkpoints": []}
+    refits = []
+    for path in sorted(run_dir.glob("v*.json")):
+        try:
+            refits.append(orjson.loads(path.read_bytes()))
+        except (OSError, orjson.JSONDecodeError):
+            continue  # pruned or half-written while we looked
+    return {
+        "registry_dir": str(registry_dir),
+        "run": run_dir.name,
+        "refits": refits,
+        "checkpoints": [c.meta for c in list_checkpoints(run_dir)],
+    }
+
+
+def serve(config: Config) -> None:
+    """Run the gateway until interrupted."""
+    import uvicorn
+
+    gateway = Gateway(config)
+    gateway.start()
+    settings = config.serve
+    try:
+        uvicorn.run(
+            build_app(gateway),
+            host=settings.host,
+            port=settings.port,
+            limit_concurrency=settings.max_connections,
+            timeout_keep_alive=5,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        gateway.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dataflows.serve",
+        description="HTTP scoring gateway: POST /v1/score publishes events to the events topic and answers with "
+        "their predictions from the predictions topic (run the flow in arrival mode); POST /v1/labels, "
+        "GET /v1/models, /healthz, /readyz, /metrics. Settings: [serve] in eddy.toml.",
+    )
+    parser.add_argument("--host", help="address to listen on ([serve] host, EDDY_SERVE_HOST; default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on ([serve] port, EDDY_SERVE_PORT; default 8080)")
+    parser.add_argument(
+        "--timeout", type=float, help="seconds a request waits for its prediction ([serve] timeout_s; default 2)"
+    )
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    overrides = {"host": args.host, "port": args.port, "timeout_s": args.timeout}
+    config = replace(config, serve=replace(config.serve, **{k: v for k, v in overrides.items() if v is not None}))
+    if config.flow.mode != "arrival":
+        log.warning(
+            "serve: [flow] mode is %r here; a flow in event-time mode holds each event for up to lateness_ms "
+            "(%d ms) before scoring it: run the flow with EDDY_MODE=arrival for serving",
+            config.flow.mode,
+            config.flow.lateness_ms,
+        )
+    log.info(
+        "serve: listening on http://%s:%d, events to '%s'", config.serve.host, config.serve.port, config.topics.events
+    )
+    serve(config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
