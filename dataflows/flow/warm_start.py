@@ -18,7 +18,16 @@ from river import base
 from dataflows.flow.config import Config, ConfigError
 from dataflows.flow.model_choice import build_model
 from dataflows.flow.runs import run_registry_dir
-from models.checkpoints import SUBDIR, Checkpoint, CheckpointError, RiverCheckpoints, newest_checkpoint, warm_start
+from models import make_model
+from models.checkpoints import (
+    SUBDIR,
+    Checkpoint,
+    CheckpointError,
+    RiverCheckpoints,
+    kind,
+    newest_checkpoint,
+    warm_start,
+)
 
 log = logging.getLogger("eddy")
 
@@ -36,6 +45,16 @@ def warm_start_checkpoint(config: Config, features_version: str, run: str | None
             f"warm start: no River checkpoint in the model registry {registry_dir} ([ensemble] registry_dir); "
             "a run writes one every [model] checkpoint_every labels and at each refit. Start without "
             "--warm-start (EDDY_WARM_START=false)."
+        )
+    try:
+        configured = kind(make_model(config.model))
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: [model] name: {exc}") from None
+    if checkpoint.meta.get("kind") != configured:
+        raise ConfigError(
+            f"warm start: {checkpoint.path} holds a {checkpoint.meta.get('kind')} model; [model] name "
+            f"({config.model}) builds a {configured}: set [model] name to the checkpoint's model, or start "
+            "without --warm-start"
         )
     trained_on = checkpoint.meta.get("features_version")
     if trained_on != features_version and not settings.warm_start_any_features:

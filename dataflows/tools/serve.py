@@ -166,7 +166,8 @@ class Gateway:
                 **common,
                 "group.id": f"eddy-serve-{uuid.uuid4().hex}",  # required by librdkafka; assign() joins no group
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 5,
+                # The broker answers a fetch as soon as a reply arrives; this bounds only idle fetches.
+                "fetch.wait.max.ms": 100,
                 "fetch.error.backoff.ms": 50,
             }
         )
@@ -282,6 +283,8 @@ class Gateway:
         if not key:
             return
         headers = {name: (value or b"").decode(errors="replace") for name, value in message.headers() or []}
+        if headers.get("source_topic") != self.config.topics.events:
+            return  # a label refused under the same key: the event itself may still be scored
         event_id = key.decode(errors="replace")
         refusal = Refused(
             409, headers.get("error", "refused by the flow"), reason=headers.get("reason"), event_id=event_id

@@ -121,3 +121,14 @@ def test_a_warm_start_without_a_checkpoint_is_refused(kafka_bootstrap, make_topi
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2, out
     assert "no River checkpoint in the model registry" in out
+
+
+def test_a_checkpoint_of_another_model_is_refused(exported, kafka_bootstrap, make_topics):
+    topics = make_topics(1)
+    env = flow_env(
+        topics, kafka_bootstrap, exported["config"], EDDY_WARM_START="true", EDDY_MODEL="hoeffding_adaptive_tree"
+    )
+    proc = start_flow_process(env)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert "holds a ScaleAndEncode | LogisticRegression model; [model] name (hoeffding_adaptive_tree)" in out
