@@ -122,10 +122,12 @@ class RiverCheckpoints:
         """Take a checkpoint if `labels` (learned so far) reached a multiple of `every` or a refit came since the
         last call; True if one was taken. The first call only notes where the model is (a resumed run does
         not checkpoint what it had)."""
+        if labels == self._labels:
+            return False  # nothing learned since, so no refit either: refits take effect in `learn_one`
         refits = _refits(model)
         last_labels, last_refits = self._labels, self._refits
         self._labels, self._refits = labels, refits
-        if last_labels is None or labels == last_labels:
+        if last_labels is None:
             return False
         due_every = self.every > 0 and labels // self.every > last_labels // self.every
         if not (due_every or refits != last_refits):

@@ -243,7 +243,14 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             overrides["model_settings"] = replace(
                 overrides.get("model_settings", config.model_settings), **{attr: value}
             )
-    serve = {attr: kind(env[name]) for name, (attr, kind) in _ENV_SERVE.items() if name in env}
+    serve = {}
+    for name, (attr, kind) in _ENV_SERVE.items():
+        if name in env:
+            try:
+                serve[attr] = kind(env[name])
+            except ValueError:
+                what = "number" if kind is float else "whole number"
+                raise ConfigError(f"{name}={env[name]!r} is not a {what}") from None
     if serve:
         overrides["serve"] = replace(config.serve, **serve)
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
