@@ -27,6 +27,7 @@ import sys
 import time
 import zlib
 from collections import Counter
+from pathlib import Path
 
 import h11
 import httpx
@@ -195,6 +196,20 @@ def _wait_ready(urls: list[str], timeout_s: float = 180) -> None:
             time.sleep(0.5)
 
 
+def _http_stack() -> str:
+    """What uvicorn runs on here: httptools and uvloop when installed, else h11 and asyncio."""
+    import importlib.util
+
+    found = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name)]
+    return " + ".join(found) if found else "h11 + asyncio"
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _row(f: dict) -> str:
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(f["errors"].items())) or "0"
     return (
@@ -229,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict] = []
     try:
         _wait_ready(urls)
+        cpu_before = [_cpu_s(proc.pid) for proc in [*gateways, flow]]
         for rate in rates:
             bodies = _events(int(rate * args.seconds), f"r{rate:g}")
             figures = asyncio.run(offer(ports, rate, args.seconds, args.clients, bodies))
@@ -243,6 +259,12 @@ def main(argv: list[str] | None = None) -> None:
             bodies = _events(int(highest / 2 * args.seconds), "half")
             half = asyncio.run(offer(ports, highest / 2, args.seconds, args.clients, bodies))
             print(_row(half), flush=True)
+        cpu = [_cpu_s(proc.pid) - before for proc, before in zip([*gateways, flow], cpu_before, strict=True)]
+        requests = sum(f["requests"] for f in [*results, *([half] if half else [])])
+        cpu_ms = {
+            "gateway_ms_per_request": round(sum(cpu[:-1]) * 1000 / requests, 3),
+            "flow_ms_per_request": round(cpu[-1] * 1000 / requests, 3),
+        }
     finally:
         for proc in [*gateways, flow]:
             proc.terminate()
@@ -260,6 +282,10 @@ def main(argv: list[str] | None = None) -> None:
         print(_row(f))
     print(f"highest sustained rate: {highest:g}/s" + (f"; at half of it, p99 {half['p99_ms']} ms" if half else ""))
     print(
+        f"CPU per request: gateway {cpu_ms['gateway_ms_per_request']} ms, flow {cpu_ms['flow_ms_per_request']} ms "
+        f"(HTTP stack: {_http_stack()})"
+    )
+    print(
         json.dumps(
             {
                 "clients": args.clients,
@@ -269,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
                 "rates": results,
                 "highest_sustained_per_s": highest,
                 "at_half": half,
+                **cpu_ms,
+                "http_stack": _http_stack(),
                 "load_average": os.getloadavg(),
             }
         )
