@@ -198,10 +198,16 @@ def _wait_ready(urls: list[str], timeout_s: float = 180) -> None:
 
 def _http_stack() -> str:
     """What uvicorn runs on here: httptools and uvloop when installed, else h11 and asyncio."""
-    import importlib.util
+    import importlib
 
-    found = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name)]
-    return " + ".join(found) if found else "h11 + asyncio"
+    found = []
+    for name, instead in (("httptools", "h11"), ("uvloop", "asyncio")):
+        try:
+            importlib.import_module(name)
+            found.append(name)
+        except ImportError:
+            found.append(instead)
+    return " + ".join(found)
 
 
 def _cpu_s(pid: int) -> float:
