@@ -431,6 +431,8 @@ def build_app(gateway: Gateway) -> Starlette:
             raise Refused(400, f"event_id {duplicate!r} appears twice in the request", reason="duplicate")
         replies = gateway.replies.expect(ids)
         try:
+            # The broker may have been found down since `check_ready`, after the waiting requests were failed.
+            gateway.check_ready()
             deliveries = gateway.publish(gateway.config.topics.events, list(zip(ids, items, strict=True)))
             async with asyncio.timeout(settings.timeout_s):
                 await _first_failure(deliveries, replies)
