@@ -40,6 +40,7 @@ import river
 from river import base, compose
 
 from models.background import SerialWorker
+from models.registry import _atomic_write
 
 log = logging.getLogger("eddy")
 
@@ -229,18 +230,8 @@ def _write(directory: Path, keep: int, meta: dict[str, Any], blob: bytes) -> Non
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"c{meta['labels']:012d}"
     _atomic_write(stem.with_suffix(".pkl"), blob)
-    _atomic_write(stem.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True).encode())
+    _atomic_write(stem.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True))
     stems = sorted({p.stem for p in directory.glob("c*.json")} | {p.stem for p in directory.glob("c*.pkl")})
     for old in stems[:-keep]:
         for suffix in (".json", ".pkl"):
             (directory / old).with_suffix(suffix).unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

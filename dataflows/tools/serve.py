@@ -419,12 +419,16 @@ def build_app(gateway: Gateway) -> Starlette:
 
         return wrap
 
-    @answered("score")
-    async def score(request: Request) -> Response:
+    async def validated(request: Request, topic: str) -> tuple[list[bytes], bool, list[Any]]:
+        """The request's items (one JSON value each), whether it sent a list, and each decoded by the codec."""
         gateway.check_ready()
         body = await _body(request, settings.max_body_bytes, settings.timeout_s)
         items, many = _items(body, settings.max_events)
-        events = gateway.validate(items, gateway.config.topics.events)
+        return items, many, gateway.validate(items, topic)
+
+    @answered("score")
+    async def score(request: Request) -> Response:
+        items, many, events = await validated(request, gateway.config.topics.events)
         ids = [event.event_id for event in events]
         if len(set(ids)) < len(ids):
             duplicate = next(eid for eid, n in _counts(ids) if n > 1)
@@ -453,10 +457,7 @@ def build_app(gateway: Gateway) -> Starlette:
 
     @answered("labels")
     async def labels(request: Request) -> Response:
-        gateway.check_ready()
-        body = await _body(request, settings.max_body_bytes, settings.timeout_s)
-        items, _ = _items(body, settings.max_events)
-        decoded = gateway.validate(items, gateway.config.topics.labels)
+        items, _, decoded = await validated(request, gateway.config.topics.labels)
         deliveries = gateway.publish(
             gateway.config.topics.labels, [(d.event_id, raw) for d, raw in zip(decoded, items, strict=True)]
         )
