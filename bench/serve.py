@@ -35,6 +35,7 @@ import orjson
 
 from bench.flow import flow_env, fresh_topics
 from dataflows.broker.admin import delete_topics
+from dataflows.broker.consumer import read_to_end
 from dataflows.flow.config import REPO_ROOT, load_config
 from dataflows.tools import datasets
 
@@ -196,6 +197,19 @@ def _wait_ready(urls: list[str], timeout_s: float = 180) -> None:
             time.sleep(0.5)
 
 
+def _flow_latency(bootstrap: str, topics, event_ids: set[str]) -> dict:
+    """p50/p99 of the time between an event's and its prediction's Kafka timestamps (the gateway's producer
+    stamps the one, the flow's the other): the flow's share of a request's latency."""
+    sent, scored = (
+        {orjson.loads(r.value)["event_id"]: r.timestamp for r in read_to_end(bootstrap, topic, timeout_s=120)}
+        for topic in (topics.events, topics.predictions)
+    )
+    gaps = sorted(scored[e] - sent[e] for e in event_ids if e in sent and e in scored)
+    if not gaps:
+        return {}
+    return {"p50_ms": gaps[len(gaps) // 2], "p99_ms": gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))]}
+
+
 def _http_stack() -> str:
     """What uvicorn runs on here: httptools and uvloop when installed, else h11 and asyncio."""
     import importlib
@@ -264,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         if highest:
             bodies = _events(int(highest / 2 * args.seconds), "half")
             half = asyncio.run(offer(ports, highest / 2, args.seconds, args.clients, bodies))
+            half["in_flow"] = _flow_latency(bootstrap, topics, {event_id for event_id, _ in bodies})
             print(_row(half), flush=True)
         cpu = [_cpu_s(proc.pid) - before for proc, before in zip([*gateways, flow], cpu_before, strict=True)]
         requests = sum(f["requests"] for f in [*results, *([half] if half else [])])
@@ -287,6 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     for f in results:
         print(_row(f))
     print(f"highest sustained rate: {highest:g}/s" + (f"; at half of it, p99 {half['p99_ms']} ms" if half else ""))
+    if half and half["in_flow"]:
+        print(
+            f"of which in the flow (event to prediction, Kafka timestamps): p50 {half['in_flow']['p50_ms']} ms, "
+            f"p99 {half['in_flow']['p99_ms']} ms"
+        )
     print(
         f"CPU per request: gateway {cpu_ms['gateway_ms_per_request']} ms, flow {cpu_ms['flow_ms_per_request']} ms "
         f"(HTTP stack: {_http_stack()})"
