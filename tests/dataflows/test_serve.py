@@ -272,3 +272,28 @@ def test_serve_help():
         timeout=60,
     )
     assert out.returncode == 0 and "POST /v1/score" in out.stdout
+
+
+def test_the_models_route_lists_the_newest_runs_refits_and_checkpoints(tmp_path):
+    from dataclasses import replace
+
+    from dataflows.tools.serve import registry_listing
+    from models.checkpoints import RiverCheckpoints, flush_writes
+    from models.pipelines import make_model
+
+    registry = tmp_path / "registry"
+    older, newer = registry / "20261201T000000Z-aaaaaa", registry / "20261202T000000Z-bbbbbb"
+    for run, versions in ((older, (1,)), (newer, (1, 2))):
+        run.mkdir(parents=True)
+        for v in versions:
+            (run / f"v{v:06d}.json").write_text(orjson.dumps({"version": v, "accepted": v == 2}).decode())
+    model, checkpoints = make_model(), RiverCheckpoints(newer / "checkpoints", every=1)
+    checkpoints.observe(model, 0, "abc")
+    model.learn_one({"a": 1.0}, True)
+    checkpoints.observe(model, 1, "abc")
+    flush_writes()
+    config = load_config(env={})
+    listing = registry_listing(replace(config, ensemble={**config.ensemble, "registry_dir": str(registry)}))
+    assert listing["run"] == newer.name
+    assert listing["refits"] == [{"version": 1, "accepted": False}, {"version": 2, "accepted": True}]
+    assert [(c["labels"], c["features_version"]) for c in listing["checkpoints"]] == [(1, "abc")]
