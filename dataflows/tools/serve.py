@@ -12,17 +12,15 @@ Why Starlette on uvicorn: the gateway needs routing, a streamed request body and
 FastAPI would bring pydantic models for the bodies, a second validator beside the codec, whose reasons must
 be the dead letters' own; Starlette is the layer FastAPI itself is built on.
 
-How a reply finds its request: each gateway process reads every partition of the predictions and
-dead-letters topics (assigned, no consumer group, from their ends when it starts) and wakes the request
-waiting for that `event_id`; ids it does not wait for are another gateway's and are skipped. So several
-gateways run side by side, each seeing all replies. A dead letter of an event the gateway published (keyed
-by its `event_id`: a duplicate id, say) answers its request 409 with the flow's reason at once.
+How a reply finds its request, and how several gateways share the replies: `dataflows.broker.request_reply`.
+A dead letter of an event the gateway published (a duplicate `event_id`, say) answers its request 409 with
+the flow's reason at once.
 
-Never a hang: a request waits at most `[serve] timeout_s` (504); when the broker is unreachable (a metadata
-probe every `PROBE_S`, and librdkafka's report that every broker is down) requests are answered 503 at once,
-and those waiting are answered 503 when it is noticed. A slow or large client cannot hold memory: a body over
-`max_body_bytes` is refused (413) as it streams, a body not sent within the timeout gets 408, connections are
-capped (uvicorn's `limit_concurrency`, 503 past it) and so are the events waiting (`max_waiting`, 503).
+Never a hang: a request waits at most `[serve] timeout_s` (504); when the broker is unreachable requests are
+answered 503 at once, and those waiting are answered 503 when it is noticed. A slow or large client cannot
+hold memory: a body over `max_body_bytes` is refused (413) as it streams, a body not sent within the timeout
+gets 408, connections are capped (uvicorn's `limit_concurrency`, 503 past it) and so are the events waiting
+(`max_waiting`, 503).
 
 Which flow suits serving: arrival mode (`EDDY_MODE=arrival`). Event-time mode holds every event until the
 watermark passes it (`lateness_ms`), which a request would wait out (README, Serving).
@@ -34,17 +32,13 @@ import argparse
 import asyncio
 import itertools
 import logging
-import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
-from bytewax.connectors.kafka import KafkaSourceMessage
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -52,19 +46,21 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dataflows.broker.client_logs import client_logger
-from dataflows.broker.security import librdkafka_settings
-from dataflows.flow.codec import Codec
+from dataflows.broker.request_reply import (
+    AlreadyWaiting,
+    Busy,
+    InvalidMessage,
+    RefusedByFlow,
+    ReplyError,
+    RequestReply,
+    Unreachable,
+)
 from dataflows.flow.config import Config, ConfigError, load_config
 from dataflows.flow.logs import configure_logging
-from dataflows.flow.messages import DeadLetter
 from dataflows.flow.runs import latest_run_dir
 from models.checkpoints import list_checkpoints
 
 log = logging.getLogger("eddy")
-
-PROBE_S = 0.5
-"""How often the gateway asks the broker for metadata, and how long it waits for the answer."""
 
 
 class Refused(Exception):
@@ -75,262 +71,8 @@ class Refused(Exception):
         self.status, self.body = status, {"error": error, **extra}
 
 
-@dataclass
-class _Waiting:
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-
-
-class Replies:
-    """Requests waiting for their replies by `event_id`, bounded, woken from the reader thread."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._waiting: dict[str, _Waiting] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def expect(self, event_ids: list[str]) -> list[asyncio.Future]:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            taken = [eid for eid in event_ids if eid in self._waiting]
-            if taken:
-                raise Refused(409, f"event_id {taken[0]!r} is already waiting for its prediction", event_id=taken[0])
-            if len(self._waiting) + len(event_ids) > self.limit:
-                raise Refused(503, f"{len(self._waiting)} events wait for their predictions, the limit is {self.limit}")
-            futures = []
-            for eid in event_ids:
-                future = loop.create_future()
-                self._waiting[eid] = _Waiting(future, loop)
-                futures.append(future)
-        return futures
-
-    def forget(self, event_ids: list[str]) -> None:
-        with self._lock:
-            for eid in event_ids:
-                self._waiting.pop(eid, None)
-
-    def answer(self, event_id: str, outcome: dict | Refused) -> bool:
-        """Wake the request waiting for `event_id` (from any thread); False if none waits (another gateway's)."""
-        with self._lock:
-            waiting = self._waiting.pop(event_id, None)
-        if waiting is None:
-            return False
-        waiting.loop.call_soon_threadsafe(_settle, waiting.future, outcome)
-        return True
-
-    def fail_all(self, refusal: Refused) -> None:
-        with self._lock:
-            waiting, self._waiting = self._waiting, {}
-        for entry in waiting.values():
-            entry.loop.call_soon_threadsafe(_settle, entry.future, refusal)
-
-
-def _settle(future: asyncio.Future, outcome: dict | Refused) -> None:
-    if future.done():
-        return
-    if isinstance(outcome, Refused):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
-
-
-class Gateway:
-    """The Kafka side of the gateway: a producer, a reader of the replies and a broker probe, on threads."""
-
-    def __init__(self, config: Config):
-        self.config = config
-        self.settings = config.serve
-        topics = config.topics
-        self.codec = Codec(
-            topics.events, topics.labels, config.fields, config.flow.max_message_bytes, config.flow.max_clock_skew_ms
-        )
-        self.replies = Replies(self.settings.max_waiting)
-        self.broker_up = False
-        self.reading = False
-        self.broker_error = "not yet reached"
-        self._stop = threading.Event()
-        common = {
-            "bootstrap.servers": config.bootstrap_servers,
-            "logger": client_logger(),
-            "error_cb": self._client_error,
-            **librdkafka_settings(config.kafka_security),
-        }
-        # A message not delivered by the time its request gives up is dropped, not scored after the 504.
-        timeout_ms = max(1, int(self.settings.timeout_s * 1000))
-        self.producer = Producer({**common, "linger.ms": 1, "message.timeout.ms": timeout_ms})
-        self.consumer = Consumer(
-            {
-                **common,
-                "group.id": f"eddy-serve-{uuid.uuid4().hex}",  # required by librdkafka; assign() joins no group
-                "enable.auto.commit": False,
-                # The broker answers a fetch as soon as a reply arrives; this bounds only idle fetches.
-                "fetch.wait.max.ms": 100,
-                "fetch.error.backoff.ms": 50,
-            }
-        )
-        self.metrics = _Metrics()
-        self._threads = [
-            threading.Thread(target=self._probe_loop, name="eddy-serve-probe", daemon=True),
-            threading.Thread(target=self._read_loop, name="eddy-serve-replies", daemon=True),
-            threading.Thread(target=self._deliver_loop, name="eddy-serve-deliveries", daemon=True),
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self.replies.fail_all(Refused(503, "the gateway is shutting down"))
-        self.producer.flush(1.0)
-        self.consumer.close()
-
-    # -- the broker's health ---------------------------------------------------------------------------
-
-    def _client_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._down(f"every broker is down ({error.str()})")
-
-    def _down(self, why: str) -> None:
-        if self.broker_up:
-            log.warning("serve: Kafka broker at %s unreachable: %s", self.config.bootstrap_servers, why)
-        self.broker_up, self.broker_error = False, why
-        self.replies.fail_all(self._unreachable())
-
-    def _unreachable(self) -> Refused:
-        return Refused(503, f"the Kafka broker at {self.config.bootstrap_servers} is unreachable: {self.broker_error}")
-
-    def _probe_loop(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self.producer.list_topics(self.config.topics.events, timeout=PROBE_S)
-            except KafkaException as exc:
-                self._down(str(exc.args[0].str() if exc.args else exc))
-            else:
-                if not self.broker_up:
-                    log.info("serve: Kafka broker at %s reachable", self.config.bootstrap_servers)
-                self.broker_up = True
-            self._stop.wait(max(0.0, PROBE_S - (time.monotonic() - started)))
-
-    def _deliver_loop(self) -> None:
-        while not self._stop.is_set():
-            self.producer.poll(0.1)
-
-    # -- replies ---------------------------------------------------------------------------------------
-
-    def _assign_at_ends(self) -> bool:
-        """Read every partition of the predictions and dead-letters topics from their current ends: a reply to
-        anything published from now on is read. False while the broker cannot say where the ends are."""
-        partitions = []
-        try:
-            for topic in (self.config.topics.predictions, self.config.topics.dead_letters):
-                meta = self.consumer.list_topics(topic, timeout=PROBE_S).topics[topic]
-                if meta.error is not None:
-                    raise KafkaException(meta.error)
-                for p in sorted(meta.partitions):
-                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=PROBE_S)
-                    partitions.append(TopicPartition(topic, p, high if high >= 0 else OFFSET_END))
-        except KafkaException as exc:
-            self.broker_error = f"cannot read the reply topics: {exc}"
-            return False
-        self.consumer.assign(partitions)
-        log.info(
-            "serve: reading replies from '%s' and '%s' (%d partitions)",
-            self.config.topics.predictions,
-            self.config.topics.dead_letters,
-            len(partitions),
-        )
-        return True
-
-    def _read_loop(self) -> None:
-        while not self._stop.is_set() and not self.reading:
-            if self._assign_at_ends():
-                self.reading = True
-            else:
-                self._stop.wait(PROBE_S)
-        dead_letters = self.config.topics.dead_letters
-        while not self._stop.is_set():
-            # `poll` wakes at the first reply (`consume` would wait out its timeout for a full batch), then
-            # `consume` without waiting takes what has come with it.
-            first = self.consumer.poll(0.1)
-            if first is None:
-                continue
-            for message in [first, *self.consumer.consume(1000, 0)]:
-                if message.error() is not None:
-                    continue
-                if message.topic() == dead_letters:
-                    self._dead_letter(message)
-                else:
-                    self._prediction(message.value())
-
-    def _prediction(self, value: bytes | None) -> None:
-        try:
-            prediction = orjson.loads(value)
-            event_id = prediction["event_id"]
-        except (orjson.JSONDecodeError, TypeError, KeyError):
-            return
-        if isinstance(event_id, str):
-            self.replies.answer(event_id, prediction)
-
-    def _dead_letter(self, message: Any) -> None:
-        key = message.key()
-        if not key:
-            return
-        headers = {name: (value or b"").decode(errors="replace") for name, value in message.headers() or []}
-        if headers.get("source_topic") != self.config.topics.events:
-            return  # a label refused under the same key: the event itself may still be scored
-        event_id = key.decode(errors="replace")
-        refusal = Refused(
-            409, headers.get("error", "refused by the flow"), reason=headers.get("reason"), event_id=event_id
-        )
-        self.replies.answer(event_id, refusal)
-
-    # -- requests --------------------------------------------------------------------------------------
-
-    def check_ready(self) -> None:
-        if not self.broker_up:
-            raise self._unreachable()
-        if not self.reading:
-            raise Refused(503, f"not reading replies yet: {self.broker_error}")
-
-    def validate(self, items: list[bytes], topic: str) -> list[Any]:
-        """Each item decoded by the flow's codec, or 400 naming the first refused one and the reason."""
-        decoded = []
-        for index, raw in enumerate(items):
-            msg = KafkaSourceMessage(key=None, value=raw, topic=topic, partition=0, offset=0)
-            result = self.codec.decode(msg)
-            if isinstance(result, DeadLetter):
-                self.metrics.refused.labels(result.reason).inc()
-                where = {"index": index} if len(items) > 1 else {}
-                raise Refused(400, result.error, reason=result.reason, **where)
-            decoded.append(result)
-        return decoded
-
-    def publish(self, topic: str, items: list[tuple[str, bytes]]) -> list[asyncio.Future]:
-        """Hand each (event_id, value) to the producer; futures that fail if the broker refuses them."""
-        loop = asyncio.get_running_loop()
-        deliveries = []
-        for event_id, value in items:
-            delivered = loop.create_future()
-            deliveries.append(delivered)
-
-            def report(error: KafkaError | None, _msg: Any, delivered: asyncio.Future = delivered) -> None:
-                outcome = {} if error is None else Refused(503, f"the broker did not take the message: {error.str()}")
-                loop.call_soon_threadsafe(_settle, delivered, outcome)
-
-            try:
-                self.producer.produce(topic, value, event_id.encode(), on_delivery=report)
-            except BufferError:
-                raise Refused(503, "the gateway's Kafka queue is full; retry shortly") from None
-            except KafkaException as exc:
-                raise Refused(503, f"cannot publish to '{topic}': {exc}") from None
-        return deliveries
+STATUS = {InvalidMessage: 400, AlreadyWaiting: 409, RefusedByFlow: 409, Busy: 503, Unreachable: 503}
+"""The HTTP status of each way a request can fail on the Kafka side."""
 
 
 class _Metrics:
@@ -399,9 +141,9 @@ def _items(body: bytes, max_events: int) -> tuple[list[bytes], bool]:
     return [orjson.dumps(item) for item in value], True
 
 
-def build_app(gateway: Gateway) -> Starlette:
+def build_app(gateway: RequestReply, metrics: _Metrics | None = None) -> Starlette:
     settings = gateway.settings
-    metrics = gateway.metrics
+    metrics = metrics or _Metrics()
 
     def answered(route: str):
         def wrap(handler):
@@ -411,6 +153,11 @@ def build_app(gateway: Gateway) -> Starlette:
                     response = await handler(request)
                 except Refused as refusal:
                     response = JSONResponse(refusal.body, status_code=refusal.status)
+                except ReplyError as error:
+                    if isinstance(error, InvalidMessage):
+                        metrics.refused.labels(error.extra.get("reason", "invalid")).inc()
+                    body = {"error": str(error), **error.extra}
+                    response = JSONResponse(body, status_code=STATUS[type(error)])
                 metrics.requests.labels(route, str(response.status_code)).inc()
                 metrics.latency.labels(route).observe(time.perf_counter() - started)
                 return response
@@ -538,7 +285,7 @@ def serve(config: Config) -> None:
     """Run the gateway until interrupted."""
     import uvicorn
 
-    gateway = Gateway(config)
+    gateway = RequestReply(config)
     gateway.start()
     settings = config.serve
     try:
