@@ -34,7 +34,8 @@ def _build():
         guard_recovery_dir(sys.argv, shards)
         check_fresh_start(config, partitions, recovery_dir_from_argv(sys.argv))
         if not has_saved_state(recovery_dir_from_argv(sys.argv)):
-            warm_start_checkpoint(config, engine.features_version)  # refused now, not in the first epoch
+            # Refused now, not in the first epoch; pinned in the recovery directory if there is one.
+            warm_start_checkpoint(config, engine.features_version, state_dir=recovery_dir_from_argv(sys.argv))
     except (ConfigError, BrokerError, FeatureFileError, RecoveryError, StartOverError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None

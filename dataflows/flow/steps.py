@@ -324,7 +324,7 @@ class ScoreAndLearn(StatefulBatchLogic):
         self.features_version = require_catalog(config.sql_dir, config.fields).version
         if saved is None:
             run = new_run_id()
-            model = initial_model(config, run, self.features_version)
+            model = initial_model(config, run, self.features_version, state_dir)
             self.state = LearnerState(
                 OnlineLearner(model, config.flow.label_horizon_ms, config.flow.rolling_window),
                 MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s, run),

@@ -10,6 +10,7 @@ its weights belong to other features. A run resumed from its recovery directory 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from models.checkpoints import (
     CheckpointError,
     RiverCheckpoints,
     kind,
+    list_checkpoints,
     newest_checkpoint,
     warm_start,
 )
@@ -32,14 +34,21 @@ from models.checkpoints import (
 log = logging.getLogger("eddy")
 
 
-def warm_start_checkpoint(config: Config, features_version: str, run: str | None = None) -> Checkpoint | None:
+def warm_start_checkpoint(
+    config: Config, features_version: str, run: str | None = None, state_dir: Path | None = None
+) -> Checkpoint | None:
     """The checkpoint a run starting now warm-starts from (None unless `[model] warm_start`); ConfigError
-    when there is none, or when it was trained on other features and that is not allowed."""
+    when there is none, or when it was trained on other features and that is not allowed.
+
+    With a recovery directory (`state_dir`) the choice is pinned there (`PIN`): a run killed before its first
+    snapshot starts again from the same checkpoint, not from one it wrote itself before it was killed."""
     settings = config.model_settings
     if not settings.warm_start:
         return None
     registry_dir = config.ensemble.get("registry_dir")
-    checkpoint = newest_checkpoint(registry_dir, exclude=run) if registry_dir else None
+    checkpoint = _pinned(state_dir)
+    if checkpoint is None:
+        checkpoint = newest_checkpoint(registry_dir, exclude=run) if registry_dir else None
     if checkpoint is None:
         raise ConfigError(
             f"warm start: no River checkpoint in the model registry {registry_dir} ([ensemble] registry_dir); "
@@ -64,13 +73,39 @@ def warm_start_checkpoint(config: Config, features_version: str, run: str | None
             "--warm-start, or set [model] warm_start_any_features = true (EDDY_WARM_START_ANY_FEATURES=true) "
             "to start from it anyway."
         )
+    if state_dir is not None:
+        _pin(state_dir, checkpoint)
     return checkpoint
 
 
-def initial_model(config: Config, run: str, features_version: str) -> base.Classifier:
+PIN = "warm_start.json"
+"""The file in a recovery directory that names the checkpoint its run warm-started from."""
+
+
+def _pinned(state_dir: Path | None) -> Checkpoint | None:
+    pin = None if state_dir is None else Path(state_dir) / PIN
+    if pin is None or not pin.exists():
+        return None
+    path = Path(json.loads(pin.read_text())["checkpoint"])
+    found = [c for c in list_checkpoints(path.parent) if c.path == path]
+    if not found:
+        raise ConfigError(
+            f"warm start: {pin} names {path}, which is gone; this recovery directory's run warm-started from it "
+            "and has no snapshot yet: restore that checkpoint, or start with a fresh recovery directory"
+        )
+    return found[0]
+
+
+def _pin(state_dir: Path, checkpoint: Checkpoint) -> None:
+    pin = Path(state_dir) / PIN
+    if not pin.exists() and pin.parent.is_dir():
+        pin.write_text(json.dumps({"checkpoint": str(checkpoint.path)}) + "\n")
+
+
+def initial_model(config: Config, run: str, features_version: str, state_dir: Path | None = None) -> base.Classifier:
     """The model a run without recovery state starts with: `build_model`'s, warm-started if configured."""
     model = build_model(config, run)
-    checkpoint = warm_start_checkpoint(config, features_version, run)
+    checkpoint = warm_start_checkpoint(config, features_version, run, state_dir)
     if checkpoint is None:
         return model
     try:
