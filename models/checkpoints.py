@@ -189,7 +189,7 @@ def warm_start(model: base.Classifier, checkpoint: Checkpoint) -> base.Classifie
     if kind(payload["river"]) != kind(fresh):
         raise CheckpointError(
             f"{checkpoint.path} holds a {kind(payload['river'])} model; [model] name builds a {kind(fresh)}: "
-            "set [model] name to the checkpoint's model, or start without --warm-start"
+            "set [model] name to the checkpoint's model, or start without a warm start"
         )
     if payload["meta"]["river_version"] != river.__version__:
         log.warning(

@@ -74,7 +74,7 @@ class ModelSettings:
     """Labels learned between checkpoints of the River model (0: only at refits)."""
     checkpoint_keep: int = 5
     warm_start: bool = False
-    """A run without recovery state starts from the newest checkpoint in the registry (`--warm-start`)."""
+    """A run without recovery state starts from the newest checkpoint in the registry (EDDY_WARM_START)."""
     warm_start_any_features: bool = False
     """Warm-start from a checkpoint trained on other SQL definitions (refused unless this is true)."""
 

@@ -2,7 +2,7 @@
 the run's checkpoints go (`models.checkpoints`).
 
 A run with no recovery state starts cold, unless `[model] warm_start` (`EDDY_WARM_START=true`, or
-`--warm-start` on `task run`) asks for the newest River checkpoint in the model registry: the run then
+`task run:warm`) asks for the newest River checkpoint in the model registry: the run then
 scores its first event as the run that wrote the checkpoint would have. A checkpoint trained on other SQL
 definitions (another `features_version`) is refused unless `[model] warm_start_any_features` says otherwise:
 its weights belong to other features. A run resumed from its recovery directory resumes its own model.
@@ -52,8 +52,8 @@ def warm_start_checkpoint(
     if checkpoint is None:
         raise ConfigError(
             f"warm start: no River checkpoint in the model registry {registry_dir} ([ensemble] registry_dir); "
-            "a run writes one every [model] checkpoint_every labels and at each refit. Start without "
-            "--warm-start (EDDY_WARM_START=false)."
+            "a run writes one every [model] checkpoint_every labels and at each refit. Start cold instead "
+            "(EDDY_WARM_START=false)."
         )
     try:
         configured = kind(make_model(config.model))
@@ -63,15 +63,15 @@ def warm_start_checkpoint(
         raise ConfigError(
             f"warm start: {checkpoint.path} holds a {checkpoint.meta.get('kind')} model; [model] name "
             f"({config.model}) builds a {configured}: set [model] name to the checkpoint's model, or start "
-            "without --warm-start"
+            "cold (EDDY_WARM_START=false)"
         )
     trained_on = checkpoint.meta.get("features_version")
     if trained_on != features_version and not settings.warm_start_any_features:
         raise ConfigError(
             f"warm start: {checkpoint.path} was trained on features_version {trained_on}, the SQL in "
-            f"{config.sql_dir} is {features_version}: its weights belong to other features. Start without "
-            "--warm-start, or set [model] warm_start_any_features = true (EDDY_WARM_START_ANY_FEATURES=true) "
-            "to start from it anyway."
+            f"{config.sql_dir} is {features_version}: its weights belong to other features. Start cold "
+            "(EDDY_WARM_START=false), or set [model] warm_start_any_features = true "
+            "(EDDY_WARM_START_ANY_FEATURES=true) to start from it anyway."
         )
     if state_dir is not None:
         _pin(state_dir, checkpoint)
