@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import Counter as PrometheusCounter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -78,7 +78,7 @@ STATUS = {InvalidMessage: 400, AlreadyWaiting: 409, RefusedByFlow: 409, Busy: 50
 class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
+        self.requests = PrometheusCounter(
             "eddy_serve_requests",
             "HTTP requests answered, by route and status",
             ["route", "status"],
@@ -91,7 +91,7 @@ class _Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
-        self.refused = Counter(
+        self.refused = PrometheusCounter(
             "eddy_serve_refused_events",
             "Events and labels refused by the codec, by reason",
             ["reason"],
@@ -101,9 +101,6 @@ class _Metrics:
             "eddy_serve_waiting_events", "Events waiting for their predictions", registry=self.registry
         )
         self.broker_up = Gauge("eddy_serve_broker_up", "1 while the Kafka broker is reachable", registry=self.registry)
-
-
-# -- the HTTP side ---------------------------------------------------------------------------------------
 
 
 async def _body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -178,7 +175,7 @@ def build_app(gateway: RequestReply, metrics: _Metrics | None = None) -> Starlet
         items, many, events = await validated(request, gateway.config.topics.events)
         ids = [event.event_id for event in events]
         if len(set(ids)) < len(ids):
-            duplicate = next(eid for eid, n in _counts(ids) if n > 1)
+            duplicate = next(eid for eid, n in Counter(ids).items() if n > 1)
             raise Refused(400, f"event_id {duplicate!r} appears twice in the request", reason="duplicate")
         replies = gateway.replies.expect(ids)
         try:
@@ -254,11 +251,6 @@ async def _first_failure(deliveries: list[asyncio.Future], replies: list[asyncio
                 raise future.exception()
         if all(f.done() for f in replies):
             return
-
-
-def _counts(ids: list[str]) -> Iterator[tuple[str, int]]:
-    for eid, group in itertools.groupby(sorted(ids)):
-        yield eid, sum(1 for _ in group)
 
 
 def registry_listing(config: Config) -> dict[str, Any]:
