@@ -12,10 +12,11 @@ import sys
 
 from dataflows.broker.admin import BrokerError
 from dataflows.flow.config import ConfigError, load_config
-from dataflows.flow.fresh_start import StartOverError, check_fresh_start
+from dataflows.flow.fresh_start import StartOverError, check_fresh_start, has_saved_state
 from dataflows.flow.logs import configure_logging
 from dataflows.flow.recovery import RecoveryError, guard_recovery_dir, recovery_dir_from_argv
 from dataflows.flow.shards import Splitter, shard_count, workers_from_argv
+from dataflows.flow.warm_start import warm_start_checkpoint
 from dataflows.flow.wiring import build_flow, check_inputs
 from features import FeatureEngine, FeatureFileError
 
@@ -32,6 +33,9 @@ def _build():
         shards = shard_count(config.flow.feature_shards, workers)
         guard_recovery_dir(sys.argv, shards)
         check_fresh_start(config, partitions, recovery_dir_from_argv(sys.argv))
+        if not has_saved_state(recovery_dir_from_argv(sys.argv)):
+            # Refused now, not in the first epoch; pinned in the recovery directory if there is one.
+            warm_start_checkpoint(config, engine.features_version, state_dir=recovery_dir_from_argv(sys.argv))
     except (ConfigError, BrokerError, FeatureFileError, RecoveryError, StartOverError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None

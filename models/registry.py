@@ -134,10 +134,10 @@ def _write(directory: Path, keep: int, record: dict[str, Any], member: LightGBMM
             path.unlink(missing_ok=True)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, data: str | bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
         tmp.replace(path)
     except BaseException:
         # A failed write (disk full, the target a directory) must not leave a partial file behind.

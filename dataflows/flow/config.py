@@ -67,6 +67,35 @@ MODES = {"event_time", "arrival"}
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    """Checkpoints of the River model and warm starts from them; `[model]` in eddy.toml besides `name`."""
+
+    checkpoint_every: int = 10_000
+    """Labels learned between checkpoints of the River model (0: only at refits)."""
+    checkpoint_keep: int = 5
+    warm_start: bool = False
+    """A run without recovery state starts from the newest checkpoint in the registry (EDDY_WARM_START)."""
+    warm_start_any_features: bool = False
+    """Warm-start from a checkpoint trained on other SQL definitions (refused unless this is true)."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The HTTP scoring gateway (`python -m dataflows.serve`); `[serve]` in eddy.toml."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    timeout_s: float = 2.0
+    """How long a request waits for its prediction before it is answered 504."""
+    max_body_bytes: int = 1_048_576
+    max_events: int = 1_000
+    """Events one request may carry."""
+    max_waiting: int = 10_000
+    """Events waiting for their predictions, over every request; past it a request is answered 503."""
+    max_connections: int = 1_000
+
+
+@dataclass(frozen=True)
 class Config:
     bootstrap_servers: str = "localhost:9092"
     partitions: int = 3
@@ -82,7 +111,20 @@ class Config:
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     alerts: AlertSettings | None = None
     """`[alerts]` (`dataflows.watch.alerts`); None: the built-in rules."""
+    model_settings: ModelSettings = field(default_factory=ModelSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
+
+_ENV_MODEL_FLAGS = {
+    "EDDY_WARM_START": "warm_start",
+    "EDDY_WARM_START_ANY_FEATURES": "warm_start_any_features",
+}
+
+_ENV_SERVE = {
+    "EDDY_SERVE_HOST": ("host", str),
+    "EDDY_SERVE_PORT": ("port", int),
+    "EDDY_SERVE_TIMEOUT_S": ("timeout_s", float),
+}
 
 _ENV_TOPICS = {
     "EDDY_EVENTS_TOPIC": "events",
@@ -139,6 +181,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         ensemble=_ensemble_settings(raw.get("ensemble", {}), base),
         source=str(path) if path.exists() else "built-in defaults",
         alerts=_alert_settings(raw.get("alerts", {}), path),
+        model_settings=_table_settings(ModelSettings, "model", raw.get("model", {}), path, extra={"name"}),
+        serve=_table_settings(ServeSettings, "serve", raw.get("serve", {}), path),
     )
     unknown_kafka = set(kafka) - KAFKA_KEYS - set(SECRET_ENV)  # secrets get their own message below
     if unknown_kafka:
@@ -198,6 +242,22 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         if not text.strip().isdigit():
             raise ConfigError(f"EDDY_MAX_CLOCK_SKEW_MS={text!r} is not a whole number of milliseconds >= 0 (0: off)")
         overrides["flow"] = replace(overrides.get("flow", config.flow), max_clock_skew_ms=int(text))
+    for name, attr in _ENV_MODEL_FLAGS.items():
+        if name in env:
+            value = parse_bool(env[name], name)
+            overrides["model_settings"] = replace(
+                overrides.get("model_settings", config.model_settings), **{attr: value}
+            )
+    serve = {}
+    for name, (attr, kind) in _ENV_SERVE.items():
+        if name in env:
+            try:
+                serve[attr] = kind(env[name])
+            except ValueError:
+                what = "number" if kind is float else "whole number"
+                raise ConfigError(f"{name}={env[name]!r} is not a {what}") from None
+    if serve:
+        overrides["serve"] = replace(config.serve, **serve)
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
     if topic_overrides:
         overrides["topics"] = replace(config.topics, **topic_overrides)
@@ -214,30 +274,37 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
 
 
 def _flow_settings(table: dict, path: Path) -> FlowSettings:
-    known = {f.name: f.type for f in fields(FlowSettings)}
-    unknown = set(table) - set(known) - {"tail"}
+    return _table_settings(FlowSettings, "flow", table, path, extra={"tail"})
+
+
+def _table_settings(cls, section: str, table: dict, path: Path, extra: set[str] = frozenset()):
+    """`cls` (a dataclass of settings with scalar defaults) from the `[section]` table, each value checked
+    against its default's type; `extra` names keys read elsewhere."""
+    known = {f.name: f.type for f in fields(cls)}
+    unknown = set(table) - set(known) - set(extra)
     if unknown:
-        raise ConfigError(f"{path}: unknown [flow] key(s) {sorted(unknown)}; known: {sorted(known)} and tail")
+        also = f" and {', '.join(sorted(extra))}" if extra else ""
+        raise ConfigError(f"{path}: unknown [{section}] key(s) {sorted(unknown)}; known: {sorted(known)}{also}")
     values = {}
     for name, value in table.items():
-        if name == "tail":
+        if name in extra:
             continue
-        default = getattr(FlowSettings, name)
+        default = getattr(cls, name)
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                raise ConfigError(f"{path}: [flow] {name} must be true or false, got {value!r}")
+                raise ConfigError(f"{path}: [{section}] {name} must be true or false, got {value!r}")
             values[name] = value
         elif isinstance(default, str):
             values[name] = str(value)
         elif isinstance(default, int) and not isinstance(default, bool):
             if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{path}: [flow] {name} must be a whole number >= 0, got {value!r}")
+                raise ConfigError(f"{path}: [{section}] {name} must be a whole number >= 0, got {value!r}")
             values[name] = value
         else:
             if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"{path}: [flow] {name} must be a number > 0, got {value!r}")
+                raise ConfigError(f"{path}: [{section}] {name} must be a number > 0, got {value!r}")
             values[name] = float(value)
-    return FlowSettings(**values)
+    return cls(**values)
 
 
 def _alert_settings(table: dict, path: Path) -> AlertSettings:

@@ -47,16 +47,17 @@ from dataflows.flow.messages import (
     Release,
     ShardBatch,
 )
-from dataflows.flow.model_choice import build_model
 from dataflows.flow.ordering import EventTimeOrder
 from dataflows.flow.runs import new_run_id, run_registry_dir
 from dataflows.flow.shards import FeatureJoin, Splitter, shard_count
 from dataflows.flow.state_journal import SharedBlobs
 from dataflows.flow.step_state import NOT_SAVED, StepState
+from dataflows.flow.warm_start import checkpoints_for, initial_model
 from dataflows.watch.alerts import AlertEvaluator, AlertSettings
 from dataflows.watch.metrics_reporter import MetricsReporter
 from dataflows.watch.prometheus import PrometheusExporter
 from features import FeatureEngine
+from features.catalog import require_catalog
 from models import OnlineLearner
 from models.registry import flush_writes
 
@@ -320,10 +321,12 @@ class ScoreAndLearn(StatefulBatchLogic):
         chunks = self.store.open(key, saved)
         self.blobs = SharedBlobs()
         alert_settings = AlertEvaluator(config.alerts).settings
+        self.features_version = require_catalog(config.sql_dir, config.fields).version
         if saved is None:
             run = new_run_id()
+            model = initial_model(config, run, self.features_version, state_dir)
             self.state = LearnerState(
-                OnlineLearner(build_model(config, run), config.flow.label_horizon_ms, config.flow.rolling_window),
+                OnlineLearner(model, config.flow.label_horizon_ms, config.flow.rolling_window),
                 MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s, run),
                 alerts=AlertEvaluator(alert_settings),
             )
@@ -336,6 +339,8 @@ class ScoreAndLearn(StatefulBatchLogic):
         registry_dir = config.ensemble.get("registry_dir") if config.ensemble.get("enabled", True) else None
         if self.exporter.enabled and registry_dir:
             self.exporter.watch_registry(run_registry_dir(registry_dir, getattr(self.state.reporter, "run", None)))
+        self.checkpoints = checkpoints_for(config, getattr(self.state.reporter, "run", None))
+        self._checkpoint(None)  # notes where the model is: a resumed run does not checkpoint what it had
 
     def on_batch(self, items: list[Release | FeaturePart | FeaturedEvent | Label | DeadLetter]):
         started = time.perf_counter()
@@ -352,6 +357,7 @@ class ScoreAndLearn(StatefulBatchLogic):
                 x = inputs[id(item)]
                 meta = {"ts": event.ts / 1000, "offset": event.origin.offset, "features_version": item.features_version}
                 result = learner.score(event.event_id, event.ts, x, event.label, meta)
+                self._checkpoint(item.features_version)
                 out.append(
                     Prediction(
                         event_id=event.event_id,
@@ -374,12 +380,23 @@ class ScoreAndLearn(StatefulBatchLogic):
                 if self.lag_probe is not None:
                     self.lag_probe.seen(item.origin)
                 learner.label(item.event_id, item.label)
+                self._checkpoint(None)
                 reporter.labels += 1
             else:
                 reporter.dead_letter(item.reason)
                 out.append(item)
         self.exporter.observe_batch(self.STEP, time.perf_counter() - started, len(items))
         return out, self.RETAIN
+
+    def _checkpoint(self, features_version: str | None) -> None:
+        """A River checkpoint when one is due (`models.checkpoints`), marked with the SQL version of the
+        latest event scored."""
+        if features_version is not None:
+            self.features_version = features_version
+        if self.checkpoints is not None:
+            counters = self.state.learner.counters
+            learned = counters["labels_inline"] + counters["labels_delayed"] + counters["labels_early"]
+            self.checkpoints.observe(self.state.learner.model, learned, self.features_version)
 
     def on_notify(self):
         return self._report(time.time()), self.RETAIN

@@ -11,9 +11,7 @@ restarts it under a running flow, and stops it at the end. Against an uninterrup
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -37,44 +35,13 @@ from tests.flowkit import (
     start_flow_logged,
     transactions_input,
 )
+from tests.own_broker import OwnBroker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 N_EVENTS = 30_000  # enough that the flow is still running when the broker goes, on a fast machine too
 PARTITIONS = 3
 RUN_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OwnBroker:
-    """A broker of this module's own, started and stopped with `scripts/kafka.sh`."""
-
-    def __init__(self, home: Path):
-        port, controller = _free_port(), _free_port()
-        self.bootstrap = f"localhost:{port}"
-        self.env = {
-            **os.environ,
-            "KAFKA_PORT": str(port),
-            "KAFKA_CONTROLLER_PORT": str(controller),
-            "EDDY_KAFKA_HOME": str(home),
-        }
-
-    def _script(self, command: str) -> None:
-        result = subprocess.run(
-            [str(REPO / "scripts" / "kafka.sh"), command], env=self.env, capture_output=True, text=True, timeout=180
-        )
-        assert result.returncode == 0, f"kafka.sh {command} failed:\n{result.stdout}\n{result.stderr}"
-
-    def up(self) -> None:
-        self._script("up")
-
-    def down(self) -> None:
-        self._script("down")
 
 
 @pytest.fixture(scope="module")

@@ -89,3 +89,22 @@ def test_the_clock_skew_defaults_to_half_an_hour_and_is_set_by_file_or_environme
     path.write_text("[flow]\nmax_clock_skew_ms = -1\n")
     with pytest.raises(ConfigError, match=r"\[flow\] max_clock_skew_ms must be a whole number >= 0"):
         load_config(path, env={})
+
+
+def test_serve_and_model_settings_come_from_file_or_environment(tmp_path: Path):
+    defaults = load_config(env={})
+    assert (defaults.serve.port, defaults.serve.timeout_s, defaults.serve.host) == (8080, 2.0, "127.0.0.1")
+    assert (defaults.model_settings.checkpoint_every, defaults.model_settings.warm_start) == (10_000, False)
+    path = tmp_path / "eddy.toml"
+    path.write_text("[model]\nname = 'logistic_regression'\ncheckpoint_every = 500\n[serve]\nport = 9000\n")
+    config = load_config(path, env={"EDDY_SERVE_TIMEOUT_S": "0.5", "EDDY_WARM_START": "true"})
+    assert (config.serve.port, config.serve.timeout_s) == (9000, 0.5)
+    assert (config.model_settings.checkpoint_every, config.model_settings.warm_start) == (500, True)
+    with pytest.raises(ConfigError, match="EDDY_SERVE_PORT='eighty' is not a whole number"):
+        load_config(path, env={"EDDY_SERVE_PORT": "eighty"})
+    path.write_text("[serve]\nprot = 9000\n")
+    with pytest.raises(ConfigError, match=r"unknown \[serve\] key\(s\) \['prot'\]"):
+        load_config(path, env={})
+    path.write_text("[model]\nwarm_start = 'yes'\n")
+    with pytest.raises(ConfigError, match=r"\[model\] warm_start must be true or false"):
+        load_config(path, env={})

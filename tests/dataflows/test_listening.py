@@ -78,3 +78,31 @@ def test_the_prometheus_command_defaults_to_loopback(capsys):
     assert exit_.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--addr ADDR address to listen on (default: 127.0.0.1" in out
+
+
+def test_the_scoring_gateway_listens_on_loopback_by_default(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    assert load_config(env={}).serve.host == "127.0.0.1"
+    port = _free_port()
+    # No broker is needed to listen: the gateway answers /healthz, and 503 elsewhere until one is reachable.
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "localhost:1"}
+    repo = Path(__file__).resolve().parents[2]
+    with (tmp_path / "gateway.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dataflows.serve", "--port", str(port)], env=env, cwd=repo, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening_addresses(port):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
+            time.sleep(0.1)
+        assert _listening_addresses(port) == {"127.0.0.1"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
