@@ -82,6 +82,9 @@ class Config:
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     alerts: AlertSettings | None = None
     """`[alerts]` (`dataflows.watch.alerts`); None: the built-in rules."""
+    label_default: bool | None = None
+    """`[labels] default`: the label an event is learned as when none came within the label horizon
+    (implicit negatives); None: such events are dropped and counted as expired."""
 
 
 _ENV_TOPICS = {
@@ -134,6 +137,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         ensemble=_ensemble_settings(raw.get("ensemble", {}), base),
         source=str(path) if path.exists() else "built-in defaults",
         alerts=_alert_settings(raw.get("alerts", {}), path),
+        label_default=_label_default(raw.get("labels", {}), path),
     )
     unknown_kafka = set(kafka) - KAFKA_KEYS - set(SECRET_ENV)  # secrets get their own message below
     if unknown_kafka:
@@ -193,6 +197,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         if not text.strip().isdigit():
             raise ConfigError(f"EDDY_MAX_CLOCK_SKEW_MS={text!r} is not a whole number of milliseconds >= 0 (0: off)")
         overrides["flow"] = replace(overrides.get("flow", config.flow), max_clock_skew_ms=int(text))
+    if "EDDY_LABEL_DEFAULT" in env:
+        overrides["label_default"] = _label_default_env(env["EDDY_LABEL_DEFAULT"])
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
     if topic_overrides:
         overrides["topics"] = replace(config.topics, **topic_overrides)
@@ -233,6 +239,31 @@ def _flow_settings(table: dict, path: Path) -> FlowSettings:
                 raise ConfigError(f"{path}: [flow] {name} must be a number > 0, got {value!r}")
             values[name] = float(value)
     return FlowSettings(**values)
+
+
+def _label_default(table: dict, path: Path) -> bool | None:
+    unknown = set(table) - {"default"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown [labels] key(s) {sorted(unknown)}; known: ['default']")
+    value = table.get("default")
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(
+            f"{path}: [labels] default must be true or false (the label an unlabelled event is learned as "
+            f"at its horizon), got {value!r}; leave it out to drop such events"
+        )
+    return value
+
+
+def _label_default_env(text: str) -> bool | None:
+    lowered = text.strip().lower()
+    if lowered in {"", "none"}:
+        return None
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    raise ConfigError(
+        f"EDDY_LABEL_DEFAULT={text!r}: use true or false (the label an unlabelled event is learned as at its "
+        "horizon) or none (drop such events)"
+    )
 
 
 def _alert_settings(table: dict, path: Path) -> AlertSettings:
