@@ -118,3 +118,17 @@ def test_the_log_loss_is_finite_on_certain_members():
     for y in (True, False) * 50:
         blend.update({"river": 1.0, "lightgbm": 0.0}, y)
     assert math.isfinite(blend.combine({"river": 1.0, "lightgbm": 0.0}))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.01, 0.99), st.floats(0.01, 0.99), st.booleans()), min_size=1, max_size=200))
+def test_without_forgetting_the_hedged_stack_is_never_worse_than_the_best_member_by_more_than_ln3(stream):
+    blend = HedgedStack(decay=1.0)
+    totals = {"river": 0.0, "lightgbm": 0.0, "blend": 0.0}
+    for river, lightgbm, y in stream:
+        scores = {"river": river, "lightgbm": lightgbm}
+        totals["blend"] += clipped_log_loss(y, blend.combine(scores))
+        totals["river"] += clipped_log_loss(y, river)
+        totals["lightgbm"] += clipped_log_loss(y, lightgbm)
+        blend.update(scores, y)
+    assert totals["blend"] <= min(totals["river"], totals["lightgbm"]) + math.log(3) + 1e-9
