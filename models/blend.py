@@ -10,7 +10,7 @@ positives).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 EPS = 1e-6
 LOGIT_LIMIT = math.log((1 - EPS) / EPS)
@@ -201,6 +201,13 @@ class HedgedStack:
         score, shares = self.mixture.blend(experts)
         coefficients = self.stack.weights(scores)
         return score, {**shares, **{f"stack_{name}": w for name, w in coefficients.items()}}
+
+    def describe(self, members: Sequence[str]) -> dict[str, float]:
+        """The weights `blend` gives when all `members` score, without touching the state: the mixture's
+        shares of the members and the stack, then the stack's coefficients (0 for a member not met yet)."""
+        shares = self.mixture.weights(dict.fromkeys([*members, "stack"], 0.5))
+        coefficients = {f"stack_{name}": self.stack.coefficients.get(name, 0.0) for name in members}
+        return {**shares, **coefficients, "stack_bias": self.stack.bias}
 
     def update(self, scores: Mapping[str, float | None], y: bool) -> None:
         self.mixture.update(self._experts(scores), y)

@@ -132,3 +132,15 @@ def test_without_forgetting_the_hedged_stack_is_never_worse_than_the_best_member
         totals["lightgbm"] += clipped_log_loss(y, lightgbm)
         blend.update(scores, y)
     assert totals["blend"] <= min(totals["river"], totals["lightgbm"]) + math.log(3) + 1e-9
+
+
+def test_describe_gives_the_weights_of_a_blend_without_changing_it():
+    blend = HedgedStack()
+    events = list(complementary(0, n=300))
+    for scores, y in events:
+        blend.update(scores, y)
+    before = pickle.dumps(blend)
+    described = blend.describe(["river", "lightgbm"])
+    assert pickle.dumps(blend) == before
+    assert described == blend.blend(events[0][0])[1]
+    assert sum(described[name] for name in ("river", "lightgbm", "stack")) == pytest.approx(1.0)

@@ -235,3 +235,17 @@ def test_without_forgetting_the_blend_is_never_worse_than_the_best_member_by_mor
         totals["b"] += clipped_log_loss(y, pb)
         blend.update(scores, y)
     assert totals["blend"] <= min(totals["a"], totals["b"]) + math.log(2) + 1e-9
+
+
+def test_health_reports_the_blend_once_lightgbm_is_in_force():
+    model = small()
+    for x, y in PHISHING[:119]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    assert model.health()["blend"] is None
+    for x, y in PHISHING[119:400]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    blend = model.health()["blend"]
+    assert sum(blend[name] for name in ("river", "lightgbm", "stack")) == pytest.approx(1.0)
+    assert blend["stack_lightgbm"] != 0.0  # the stack learned what LightGBM adds
