@@ -100,3 +100,10 @@ def test_agrawals_rule_changes_at_the_drift():
     before, after = events[: n // 2 - 500], events[n // 2 + 500 :]  # the drift spans 1,000 events
     assert agreement(rules[0], before) > 0.99 and agreement(rules[1], after) > 0.99
     assert agreement(rules[0], after) < 0.8 and agreement(rules[1], before) < 0.8
+
+
+def test_the_replay_tool_knows_agrawal_by_name():
+    from dataflows.tools.replay import build_parser, load_dataset
+
+    assert list(load_dataset("agrawal", 20, seed=3, drift_at=None)) == list(datasets.agrawal(20, seed=3, drift_at=None))
+    assert "agrawal" in build_parser().format_help()
