@@ -26,6 +26,7 @@ COUNTERS = (
     "labels_early",
     "labels_unmatched",
     "labels_expired",
+    "labels_default",
 )
 
 STATE = (
@@ -76,7 +77,10 @@ class OnlineLearner:
     with each other).
 
     Time is event time: the latest `ts_ms` seen, or passed to `expire`. An event whose label has not
-    come `label_horizon_ms` after its `ts_ms` is dropped and counted in `labels_expired`; a label whose
+    come `label_horizon_ms` after its `ts_ms` is dropped and counted in `labels_expired`, or, with a
+    `label_default`, learned as that label (implicit negatives: fraud and churn labels come only for the
+    positives) with the features and scores it had when it was scored, and counted in `labels_default`;
+    events expire in the order of their deadlines (ties by id), so any batching gives the same model. A label whose
     event has not come within `label_horizon_ms` of its arrival (unknown, expired or already labelled)
     is dropped and counted in `labels_unmatched`. So pending state is bounded by the horizon.
 
@@ -100,6 +104,9 @@ class OnlineLearner:
         How long, in event time, an event waits for its label (and a label for its event).
     window
         How many of the latest labels the rolling quality figures cover.
+    label_default
+        The label an event that reaches its horizon without one is learned as; None (the default) drops it.
+        It is configuration, not state: `from_state` takes it afresh.
 
     Examples
     --------
@@ -125,12 +132,16 @@ class OnlineLearner:
 
     """
 
-    def __init__(self, model: base.Classifier, label_horizon_ms: int, window: int = 1000) -> None:
+    def __init__(
+        self, model: base.Classifier, label_horizon_ms: int, window: int = 1000, label_default: bool | None = None
+    ) -> None:
+        _check_label(label_default)
         if label_horizon_ms < 0:
             raise ValueError(f"OnlineLearner: label_horizon_ms must be >= 0, got {label_horizon_ms}")
         self.model = model
         self.label_horizon_ms = label_horizon_ms
         self.window = window
+        self.label_default = label_default
         self.tracker = QualityTracker(window)
         self.members: dict[str, QualityTracker] = {}
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -160,15 +171,7 @@ class OnlineLearner:
         detailed = getattr(self.model, "predict_proba_one_detailed", None)
         if detailed is None:
             p = self.predict(x)
-            return (
-                p,
-                {"river": p},
-                {
-                    "river": self.counters["labels_inline"]
-                    + self.counters["labels_delayed"]
-                    + self.counters["labels_early"]
-                },
-            )
+            return p, {"river": p}, {"river": self.labels_learned}
         scored = detailed(x)
         return float(scored.score), dict(scored.scores), dict(scored.versions)
 
@@ -223,8 +226,20 @@ class OnlineLearner:
         self._compact()
         return False
 
+    @property
+    def labels_learned(self) -> int:
+        """How many labels the model has learned, implicit ones (`label_default`) included."""
+        counters = self.counters
+        return (
+            counters["labels_inline"]
+            + counters["labels_delayed"]
+            + counters["labels_early"]
+            + counters.get("labels_default", 0)
+        )
+
     def expire(self, now_ts_ms: int) -> int:
-        """Drop what waited longer than the horizon by event time `now_ts_ms`; how many events expired."""
+        """Drop (or, with a `label_default`, learn) what waited longer than the horizon by event time
+        `now_ts_ms`; how many events reached their horizon."""
         self._advance(now_ts_ms)
         expired = self._expire()
         self._compact()
@@ -247,10 +262,12 @@ class OnlineLearner:
         return {name: getattr(self, name) for name in STATE}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> OnlineLearner:
-        """The learner `state` (from `state()`) describes."""
+    def from_state(cls, state: dict[str, Any], label_default: bool | None = None) -> OnlineLearner:
+        """The learner `state` (from `state()`) describes, learning `label_default` at the horizon."""
+        _check_label(label_default)
         learner = cls.__new__(cls)
-        learner.__dict__.update({name: state[name] for name in STATE})
+        learner.__dict__.update({name: state[name] for name in STATE}, label_default=label_default)
+        learner.counters.setdefault("labels_default", 0)  # a state saved before the counter existed
         return learner
 
     def _learn(self, x: dict, y: bool, p: float, scores: dict, meta: dict | None) -> None:
@@ -278,6 +295,7 @@ class OnlineLearner:
 
     def _expire(self) -> int:
         now, horizon, expired = self.now_ms, self.label_horizon_ms, 0
+        default = self.label_default
         deadlines = self.event_deadlines
         while deadlines and deadlines[0][0] < now:
             deadline, event_id = heapq.heappop(deadlines)
@@ -285,7 +303,10 @@ class OnlineLearner:
             if entry is not None and entry[2] + horizon == deadline:
                 del self.pending_events[event_id]
                 expired += 1
-        self.counters["labels_expired"] += expired
+                if default is not None:
+                    x, p, _, scores, meta = entry
+                    self._learn(x, default, p, scores, meta)
+        self.counters["labels_default" if default is not None else "labels_expired"] += expired
         labels = self.label_deadlines
         while labels and labels[0][0] < now:
             deadline, event_id = labels.popleft()

@@ -113,6 +113,9 @@ class Config:
     """`[alerts]` (`dataflows.watch.alerts`); None: the built-in rules."""
     model_settings: ModelSettings = field(default_factory=ModelSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    label_default: bool | None = None
+    """`[labels] default`: the label an event is learned as when none came within the label horizon
+    (implicit negatives); None: such events are dropped and counted as expired."""
 
 
 _ENV_MODEL_FLAGS = {
@@ -183,6 +186,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         alerts=_alert_settings(raw.get("alerts", {}), path),
         model_settings=_table_settings(ModelSettings, "model", raw.get("model", {}), path, extra={"name"}),
         serve=_table_settings(ServeSettings, "serve", raw.get("serve", {}), path),
+        label_default=_label_default(raw.get("labels", {}), path),
     )
     unknown_kafka = set(kafka) - KAFKA_KEYS - set(SECRET_ENV)  # secrets get their own message below
     if unknown_kafka:
@@ -258,6 +262,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
                 raise ConfigError(f"{name}={env[name]!r} is not a {what}") from None
     if serve:
         overrides["serve"] = replace(config.serve, **serve)
+    if "EDDY_LABEL_DEFAULT" in env:
+        overrides["label_default"] = _label_default_env(env["EDDY_LABEL_DEFAULT"])
     topic_overrides = {attr: env[name] for name, attr in _ENV_TOPICS.items() if name in env}
     if topic_overrides:
         overrides["topics"] = replace(config.topics, **topic_overrides)
@@ -305,6 +311,31 @@ def _table_settings(cls, section: str, table: dict, path: Path, extra: set[str] 
                 raise ConfigError(f"{path}: [{section}] {name} must be a number > 0, got {value!r}")
             values[name] = float(value)
     return cls(**values)
+
+
+def _label_default(table: dict, path: Path) -> bool | None:
+    unknown = set(table) - {"default"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown [labels] key(s) {sorted(unknown)}; known: ['default']")
+    value = table.get("default")
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(
+            f"{path}: [labels] default must be true or false (the label an unlabelled event is learned as "
+            f"at its horizon), got {value!r}; leave it out to drop such events"
+        )
+    return value
+
+
+def _label_default_env(text: str) -> bool | None:
+    lowered = text.strip().lower()
+    if lowered in {"", "none"}:
+        return None
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    raise ConfigError(
+        f"EDDY_LABEL_DEFAULT={text!r}: use true or false (the label an unlabelled event is learned as at its "
+        "horizon) or none (drop such events)"
+    )
 
 
 def _alert_settings(table: dict, path: Path) -> AlertSettings:

@@ -296,11 +296,13 @@ class LearnerState:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], alert_settings: AlertSettings) -> LearnerState:
+    def from_state(
+        cls, state: dict[str, Any], alert_settings: AlertSettings, label_default: bool | None = None
+    ) -> LearnerState:
         """The learner step's objects as `state` (from `state()`) describes them, the alert rules those of
-        `alert_settings` (the configuration's now)."""
+        `alert_settings` and the implicit label `label_default` (the configuration's now)."""
         return cls(
-            OnlineLearner.from_state(state["learner"]),
+            OnlineLearner.from_state(state["learner"], label_default),
             MetricsReporter.from_state(state["reporter"]),
             FeatureJoin.from_state(state["join"]),
             AlertEvaluator.from_state(state["alerts"], alert_settings),
@@ -326,13 +328,20 @@ class ScoreAndLearn(StatefulBatchLogic):
             run = new_run_id()
             model = initial_model(config, run, self.features_version, state_dir)
             self.state = LearnerState(
-                OnlineLearner(model, config.flow.label_horizon_ms, config.flow.rolling_window),
+                OnlineLearner(
+                    model,
+                    config.flow.label_horizon_ms,
+                    config.flow.rolling_window,
+                    label_default=config.label_default,
+                ),
                 MetricsReporter(config.flow.metrics_every_events, config.flow.metrics_every_s, run),
                 alerts=AlertEvaluator(alert_settings),
             )
         else:
             blobs = self.blobs.restore(chunks["blobs"], saved["position"].first["blobs"])
-            self.state = LearnerState.from_state(SharedBlobs.load(saved["state"], blobs), alert_settings)
+            self.state = LearnerState.from_state(
+                SharedBlobs.load(saved["state"], blobs), alert_settings, config.label_default
+            )
         self.lag_probe = lag_probe
         self.include_features = config.include_features
         self.exporter = PrometheusExporter(config.flow.prometheus_port, config.flow.prometheus_host)

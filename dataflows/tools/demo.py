@@ -8,6 +8,7 @@ Expects the broker and topics to exist (`task demo` starts and resets them first
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -64,6 +65,7 @@ def show_results(config, events: list[dict], run_s: float) -> None:
             f"\n   LightGBM refits in force: versions {versions}; first used for event {first['event_id']} "
             f"(registry: {config.ensemble.get('registry_dir', '-')})"
         )
+    print_blend(predictions, (final.get("refits") or {}).get("blend"))
     reasons = final.get("dead_letters", {})
     print(
         f"\n   dead letters on '{t.dead_letters}': {len(dead)} "
@@ -79,6 +81,24 @@ def show_results(config, events: list[dict], run_s: float) -> None:
         print(f"     {p['event_id']}  score {p['score']:.3f}  fraud: {labels.get(p['event_id'])}")
     if predictions:
         print(f"\n   one prediction as published:\n     {orjson.dumps(predictions[len(predictions) // 2]).decode()}")
+
+
+def print_blend(predictions: list[dict], blend: dict | None) -> None:
+    """How much LightGBM contributes: the events it scored, how far the ensemble's score moved from River's
+    on them, and the blend's weights at the end (`models.blend.HedgedStack`)."""
+    both = [p for p in predictions if p["scores"].get("lightgbm") is not None]
+    if not both or not blend:
+        print("\n   blend: River alone (no LightGBM model in force yet)")
+        return
+    moved = sorted(abs(p["score"] - p["scores"]["river"]) for p in both)
+    median, p99 = moved[(len(moved) - 1) // 2], moved[math.ceil(0.99 * len(moved)) - 1]
+    print(
+        f"\n   blend: LightGBM scored {len(both):,} of {len(predictions):,} events; on them the ensemble's score "
+        f"differs from River's by {median:.4f} (median), {p99:.4f} (p99)"
+    )
+    shares = ", ".join(f"{name} {blend.get(name, 0.0):.2f}" for name in ("river", "lightgbm", "stack"))
+    stack = ", ".join(f"{name} {blend.get(f'stack_{name}', 0.0):+.2f}" for name in ("river", "lightgbm", "bias"))
+    print(f"   blend weights at the end: mixture {shares}; stack coefficients on the logits {stack}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,9 +44,11 @@ class ReplayResult:
 def load_dataset(
     name: str, limit: int | None, seed: int = 42, drift_at: float | None = 0.5, events_per_second: float = 1.0
 ) -> Iterator[dict]:
-    """Events of a named data set (`phishing`, `transactions`) or of a JSONL/CSV file."""
+    """Events of a named data set (`phishing`, `transactions`, `agrawal`) or of a JSONL/CSV file."""
     if name == "phishing":
         return datasets.phishing(limit)
+    if name == "agrawal":
+        return datasets.agrawal(limit or 100_000, seed=seed, drift_at=drift_at, events_per_second=events_per_second)
     if name == "transactions":
         return datasets.transactions(
             limit or 100_000, seed=seed, drift_at=drift_at, events_per_second=events_per_second
@@ -149,13 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "dataset",
         help="'phishing' (River's Phishing data set), 'transactions' (synthetic card "
-        "payments with fraud and a concept drift), or a .jsonl/.csv file of events",
+        "payments with fraud and a concept drift), 'agrawal' (River's Agrawal loan generator whose rule changes "
+        "at --drift-at; EDDY_CONFIG=configs/agrawal.toml), or a .jsonl/.csv file of events",
     )
     parser.add_argument(
         "--limit",
         type=int,
         default=None,
-        help="publish at most N events (transactions: how many to generate, default 100000)",
+        help="publish at most N events (transactions, agrawal: how many to generate, default 100000)",
     )
     parser.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
     parser.add_argument(
@@ -166,12 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="strip labels from events and publish them on the labels topic this many seconds "
         "later (default: labels stay inline in the events)",
     )
-    parser.add_argument("--seed", type=int, default=42, help="transactions: random seed (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="transactions, agrawal: random seed (default: %(default)s)"
+    )
     parser.add_argument(
         "--drift-at",
         type=float,
         default=0.5,
-        help="transactions: fraction of the stream where the fraud pattern changes "
+        help="transactions, agrawal: fraction of the stream where the fraud pattern (the loan rule) changes "
         "(default: %(default)s; negative for no drift)",
     )
     parser.add_argument(
@@ -179,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         metavar="N",
-        help="transactions: events per second of event time, i.e. how close their `ts` are (default: %(default)s; "
-        "100 packs the same events 100x closer, so windows hold 100x more of them); not the sending rate (--rate)",
+        help="transactions, agrawal: events per second of event time, i.e. how close their `ts` are "
+        "(default: %(default)s; 100 packs the same events 100x closer, so windows hold 100x more of them); "
+        "not the sending rate (--rate)",
     )
     parser.add_argument(
         "--key", default="event_id", help="event field used as the Kafka message key (default: %(default)s)"
@@ -213,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         security = load_config().kafka_security
         require_topics(args.bootstrap_servers, topics, security=security)
         producer = make_producer(args.bootstrap_servers, security=security)
-        total = args.limit if args.limit is not None else (100_000 if args.dataset == "transactions" else None)
+        total = (
+            args.limit if args.limit is not None else (100_000 if args.dataset in {"transactions", "agrawal"} else None)
+        )
         with tqdm(
             total=total, unit="ev", disable=args.quiet, desc=f"replay {args.dataset}", file=sys.stderr, mininterval=0.5
         ) as bar:

@@ -153,7 +153,7 @@ def _refits(learner: OnlineLearner) -> dict | None:
 def _versions(learner: OnlineLearner) -> dict:
     """Each member's version now: River's is the labels it learned; LightGBM's the refit in force."""
     model = learner.model
-    learned = learner.counters["labels_inline"] + learner.counters["labels_delayed"] + learner.counters["labels_early"]
+    learned = learner.labels_learned
     if hasattr(model, "lightgbm_version"):
         return {"river": learned, "lightgbm": model.lightgbm_version}
     return {"river": learned}

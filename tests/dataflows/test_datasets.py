@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import tomllib
 from datetime import datetime
 
 import pytest
 
+from dataflows.flow.config import REPO_ROOT
 from dataflows.tools import datasets
 
 
@@ -70,3 +72,38 @@ def test_a_jsonl_line_that_is_not_an_object_names_the_line(tmp_path):
     path.write_text('{"event_id": "a"}\n[1, 2]\n')
     with pytest.raises(datasets.DatasetError, match=r"bad\.jsonl:2: expected a JSON object, got list"):
         list(datasets.read_file(path))
+
+
+def test_agrawal_is_deterministic_for_a_seed_and_typed_as_its_config_declares():
+    events = list(datasets.agrawal(500, seed=5))
+    assert events == list(datasets.agrawal(500, seed=5)) != list(datasets.agrawal(500, seed=6))
+    assert [e["event_id"] for e in events] == [f"agrawal-{i:08d}" for i in range(500)]
+    assert sorted(e["ts"] for e in events) == [e["ts"] for e in events]
+    declared = tomllib.loads((REPO_ROOT / "configs" / "agrawal.toml").read_text())["fields"]
+    assert declared == datasets.AGRAWAL_FIELDS
+    python = {"double": float, "bigint": int}
+    for event in events:
+        assert {name: type(event[name]) for name in declared} == {n: python[k] for n, k in declared.items()}
+        assert isinstance(event["label"], bool)
+
+
+def test_agrawals_rule_changes_at_the_drift():
+    from river.datasets import synth
+
+    n = 8_000
+    events = list(datasets.agrawal(n, seed=1, perturbation=0.0))
+    rules = [getattr(synth.Agrawal, f"_classification_function_{f}") for f in datasets.AGRAWAL_FUNCTIONS]
+
+    def agreement(rule, part):
+        return sum(rule(*(e[name] for name in datasets.AGRAWAL_FIELDS)) == e["label"] for e in part) / len(part)
+
+    before, after = events[: n // 2 - 500], events[n // 2 + 500 :]  # the drift spans 1,000 events
+    assert agreement(rules[0], before) > 0.99 and agreement(rules[1], after) > 0.99
+    assert agreement(rules[0], after) < 0.8 and agreement(rules[1], before) < 0.8
+
+
+def test_the_replay_tool_knows_agrawal_by_name():
+    from dataflows.tools.replay import build_parser, load_dataset
+
+    assert list(load_dataset("agrawal", 20, seed=3, drift_at=None)) == list(datasets.agrawal(20, seed=3, drift_at=None))
+    assert "agrawal" in build_parser().format_help()

@@ -33,14 +33,15 @@ def test_river_alone_until_a_lightgbm_model_is_in_force():
     for x, y in PHISHING[:120]:
         scored = model.predict_proba_one_detailed(x)
         assert scored.scores["lightgbm"] is None and scored.versions["lightgbm"] is None
-        assert scored.weights == {"river": 1.0, "lightgbm": 0.0}
+        shares = {k: scored.weights[k] for k in ("river", "lightgbm", "stack")}
+        assert shares == {"river": 1.0, "lightgbm": 0.0, "stack": 0.0}
         assert scored.score == river.predict_proba_one(x)[True]
         assert model.predict_proba_one(x) == {False: 1 - scored.score, True: scored.score}
         model.learn_one(x, y)
         river.learn_one(x, y)
     scored = model.predict_proba_one_detailed(PHISHING[120][0])
     assert scored.versions == {"river": 120, "lightgbm": 1}
-    assert sum(scored.weights.values()) == pytest.approx(1.0)
+    assert sum(scored.weights[k] for k in ("river", "lightgbm", "stack")) == pytest.approx(1.0)
     low, high = sorted(scored.scores.values())
     assert low <= scored.score <= high
 
@@ -234,3 +235,17 @@ def test_without_forgetting_the_blend_is_never_worse_than_the_best_member_by_mor
         totals["b"] += clipped_log_loss(y, pb)
         blend.update(scores, y)
     assert totals["blend"] <= min(totals["a"], totals["b"]) + math.log(2) + 1e-9
+
+
+def test_health_reports_the_blend_once_lightgbm_is_in_force():
+    model = small()
+    for x, y in PHISHING[:119]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    assert model.health()["blend"] is None
+    for x, y in PHISHING[119:400]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    blend = model.health()["blend"]
+    assert sum(blend[name] for name in ("river", "lightgbm", "stack")) == pytest.approx(1.0)
+    assert blend["stack_lightgbm"] != 0.0  # the stack learned what LightGBM adds

@@ -343,3 +343,75 @@ def flat(report: dict, prefix: str = "") -> dict:
     for name, value in report.items():
         out.update(flat(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}": value})
     return out
+
+
+class Recording(dummy.NoChangeClassifier):
+    """A River classifier that keeps what it learned, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.learned: list[tuple[dict, bool]] = []
+
+    def learn_one(self, x, y):
+        self.learned.append((dict(x), y))
+        super().learn_one(x, y)
+
+
+def test_with_a_label_default_an_unlabelled_event_is_learned_at_its_horizon_with_its_scoring_features():
+    online = OnlineLearner(Recording(), label_horizon_ms=HORIZON, label_default=False)
+    online.score("paid", 0, {"amount": 12.0, "n_10m": 1.0})
+    online.score("fraud", 10, {"amount": 900.0, "n_10m": 5.0})
+    assert online.label("fraud", True)
+    online.score("later", HORIZON, {"amount": 13.0})  # not past the horizon of "paid" yet: nothing more learned
+    assert online.model.learned == [({"amount": 900.0, "n_10m": 5.0}, True)]
+    online.expire(HORIZON + 1)
+    assert online.model.learned[1] == ({"amount": 12.0, "n_10m": 1.0}, False)  # as scored, not as of now
+    report = online.report()
+    assert (report["labels_default"], report["labels_expired"], report["labels"]) == (1, 0, 2)
+    assert online.predict_detailed({"amount": 1.0})[2] == {"river": 2}
+    online.expire(2 * HORIZON + 1)
+    assert online.model.learned[2] == ({"amount": 13.0}, False)
+    assert (online.report()["labels_default"], online.report()["pending_events"]) == (2, 0)
+
+
+def test_without_a_label_default_an_unlabelled_event_is_dropped_at_its_horizon():
+    online = OnlineLearner(Recording(), label_horizon_ms=HORIZON)
+    online.score("paid", 0, {"amount": 12.0})
+    online.expire(HORIZON + 1)
+    assert online.model.learned == []
+    assert (online.report()["labels_default"], online.report()["labels_expired"]) == (0, 1)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(at=st.integers(0, 300), batch=st.integers(1, 40))
+def test_implicit_labels_are_the_same_across_snapshots_and_batching(at, batch):
+    """A flow checks expiry as each event is scored or at a batch's end (`expire`): either way, and across a
+    snapshot, the same events are learned as negatives in the same order."""
+
+    def feed(online: OnlineLearner, start: int, stop: int) -> list:
+        out = []
+        for i in range(start, stop):
+            x, y = EVENTS[i % len(EVENTS)]
+            out.append(online.score(f"e{i}", i * 100, x))
+            if y and i % 3:
+                online.label(f"e{i}", True)
+            if i % batch == 0:
+                online.expire(i * 100)
+        return out
+
+    def fresh() -> OnlineLearner:
+        return OnlineLearner(Recording(), label_horizon_ms=2_000, window=50, label_default=False)
+
+    whole = fresh()
+    expected = feed(whole, 0, 300)
+    online = fresh()
+    assert feed(online, 0, at) == expected[:at]
+    rebuilt = OnlineLearner.from_state(pickle.loads(pickle.dumps(online.state())), label_default=False)
+    assert feed(rebuilt, at, 300) == expected[at:]
+    assert rebuilt.model.learned == whole.model.learned
+    assert rebuilt.report()["labels_default"] == whole.report()["labels_default"] > 0
+
+
+def test_a_label_default_must_be_a_bool():
+    with pytest.raises(TypeError, match="label"):
+        OnlineLearner(Recording(), label_horizon_ms=HORIZON, label_default="no")
