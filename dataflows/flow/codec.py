@@ -40,6 +40,7 @@ REASONS = (
     "absurd_ts",
     "future_ts",
     "wrong_type",
+    "empty_text",
     "not_finite",
     "invalid_label",
     "duplicate",
@@ -193,6 +194,8 @@ def _field(obj: dict, name: str, kind: str) -> Any:
     if name not in obj:
         raise Invalid("missing_field", f"missing field '{name}' (declared as {kind} in [fields])")
     value = obj[name]
+    if kind == "text":
+        return _text(name, value)
     if value is None:
         return None
     if kind == "string":
@@ -209,6 +212,18 @@ def _field(obj: dict, name: str, kind: str) -> Any:
     elif kind == "boolean" and isinstance(value, bool):
         return value
     raise Invalid("wrong_type", f"field '{name}' must be {kind}, got {_json_type(value)} {value!r:.80}")
+
+
+def _text(name: str, value: Any) -> str:
+    """A text field's value: a string with something in it, since the learner has nothing to learn from an
+    empty one (and a null text is far more often a producer's bug than a message that says nothing)."""
+    if not isinstance(value, str):
+        if value is None:
+            raise Invalid("empty_text", f"text field '{name}' is null; send the message's text")
+        raise Invalid("wrong_type", f"text field '{name}' must be a string, got {_json_type(value)} {value!r:.80}")
+    if not value or value.isspace():
+        raise Invalid("empty_text", f"text field '{name}' is empty ({len(value)} characters, all whitespace)")
+    return value
 
 
 class _NotFinite:

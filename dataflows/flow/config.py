@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 from dataflows.broker.security import SECRET_ENV, SETTING_ENV, KafkaSecurity, SecurityConfigError, security_from
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIELD_TYPES = {"string", "double", "bigint", "boolean"}
+FIELD_TYPES = {"string", "double", "bigint", "boolean", "text"}
 
 
 KAFKA_KEYS = {"bootstrap_servers", "partitions", *SETTING_ENV}
@@ -82,6 +82,13 @@ class Config:
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     alerts: AlertSettings | None = None
     """`[alerts]` (`dataflows.watch.alerts`); None: the built-in rules."""
+    text: dict = field(default_factory=dict)
+    """`[text]`: how `text` fields become features (`models.text.TextSettings`), checked when loaded."""
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        """The `[fields]` declared as free text."""
+        return tuple(name for name, kind in self.fields.items() if kind == "text")
 
 
 _ENV_TOPICS = {
@@ -134,6 +141,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         ensemble=_ensemble_settings(raw.get("ensemble", {}), base),
         source=str(path) if path.exists() else "built-in defaults",
         alerts=_alert_settings(raw.get("alerts", {}), path),
+        text=_text_settings(raw.get("text", {}), path),
     )
     unknown_kafka = set(kafka) - KAFKA_KEYS - set(SECRET_ENV)  # secrets get their own message below
     if unknown_kafka:
@@ -233,6 +241,16 @@ def _flow_settings(table: dict, path: Path) -> FlowSettings:
                 raise ConfigError(f"{path}: [flow] {name} must be a number > 0, got {value!r}")
             values[name] = float(value)
     return FlowSettings(**values)
+
+
+def _text_settings(table: dict, path: Path) -> dict:
+    from models.text import TextSettings  # imported here: River's extractors load with it
+
+    try:
+        TextSettings.from_table(table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: [text] {exc}") from None
+    return dict(table)
 
 
 def _alert_settings(table: dict, path: Path) -> AlertSettings:
