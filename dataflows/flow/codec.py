@@ -221,8 +221,10 @@ def _text(name: str, value: Any) -> str:
         if value is None:
             raise Invalid("empty_text", f"text field '{name}' is null; send the message's text")
         raise Invalid("wrong_type", f"text field '{name}' must be a string, got {_json_type(value)} {value!r:.80}")
-    if not value or value.isspace():
-        raise Invalid("empty_text", f"text field '{name}' is empty ({len(value)} characters, all whitespace)")
+    if not value:
+        raise Invalid("empty_text", f"text field '{name}' is empty")
+    if value.isspace():
+        raise Invalid("empty_text", f"text field '{name}' is empty: {len(value)} characters, all whitespace")
     return value
 
 
