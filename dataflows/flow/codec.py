@@ -235,8 +235,14 @@ class _NotFinite:
 
 def _explain_json_error(value: bytes, exc: Exception) -> Invalid:
     """orjson refuses NaN and Infinity like any syntax error; say which field carries one."""
+    constants: list[str] = []
+
+    def constant(text: str) -> _NotFinite:
+        constants.append(text)
+        return _NotFinite(text)
+
     try:
-        obj = json.loads(value, parse_constant=_NotFinite)
+        obj = json.loads(value, parse_constant=constant)
     except (ValueError, UnicodeDecodeError):
         obj = None
     if isinstance(obj, dict):
@@ -244,7 +250,9 @@ def _explain_json_error(value: bytes, exc: Exception) -> Invalid:
         if bad:
             name, text = next(iter(bad.items()))
             return Invalid("not_finite", f"field '{name}' is {text}")
-    if obj is not None or "infinity" in str(exc):
+    # Python's parser also takes what orjson rightly refuses, a lone UTF-16 surrogate ("\ud800") for one:
+    # only a NaN or an infinity it met makes the message not_finite.
+    if constants or "infinity" in str(exc):
         return Invalid("not_finite", f"a number is NaN or infinite: {exc}")
     return Invalid("not_json", f"not valid JSON: {exc}")
 

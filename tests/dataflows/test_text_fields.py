@@ -76,3 +76,9 @@ def test_bad_text_config_is_named(tmp_path: Path, text: str, says: str):
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert says in str(info.value)
+
+
+def test_a_lone_surrogate_is_not_json_and_says_so():
+    value = b'{"event_id": "m1", "ts": "2026-01-01T00:00:00Z", "body": "\\ud800 x", "channel": "email"}'
+    letter = CODEC.decode(KafkaSourceMessage(key=None, value=value, topic="events", partition=0, offset=3))
+    assert letter.reason == "not_json" and "surrogate" in letter.error
