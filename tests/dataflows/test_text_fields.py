@@ -67,7 +67,7 @@ def test_the_messages_config_learns_its_text_with_river_and_gives_lightgbm_hashe
         ('[text]\nmethod = "lda"\n', "[text] method = 'lda'; use one of tfidf, bag_of_words"),
         ("[text]\nbuckets = -1\n", "[text] buckets must be a whole number >= 1"),
         ("[text]\nngrams = 2\n", "[text] unknown key(s) ['ngrams']"),
-        ("[fields]\nbody = \"txt\"\n", "unknown type(s) {'body': 'txt'}"),
+        ('[fields]\nbody = "txt"\n', "unknown type(s) {'body': 'txt'}"),
     ],
 )
 def test_bad_text_config_is_named(tmp_path: Path, text: str, says: str):
