@@ -36,23 +36,58 @@ METHODS = ("tfidf", "bag_of_words")
 
 def hash_terms(terms: Iterable[str | tuple[str, ...]], prefix: str, buckets: int) -> list[str]:
     """Each term (an n-gram is a tuple of words) as the name of its bucket."""
-    crc32 = zlib.crc32
-    out = []
-    for term in terms:
-        text = term if type(term) is str else " ".join(term)
-        # surrogatepass: a lone surrogate (a broken UTF-16 pair that JSON can carry as \\ud800) hashes too
-        out.append(f"{prefix}{crc32(text.encode('utf-8', 'surrogatepass')) % buckets}")
-    return out
+    crc32, names = zlib.crc32, _bucket_names(prefix, buckets)
+    # surrogatepass: a lone surrogate (a broken UTF-16 pair that JSON can carry as \\ud800) hashes too
+    return [
+        names[crc32((term if type(term) is str else " ".join(term)).encode("utf-8", "surrogatepass")) % buckets]
+        for term in terms
+    ]
 
 
-class HashedBagOfWords(feature_extraction.BagOfWords):
+@functools.lru_cache(maxsize=64)
+def _bucket_names(prefix: str, buckets: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}" for i in range(buckets))
+
+
+class _LastText:
+    """Remembers the last text's terms and features: a River pipeline processes each event's text three
+    times (to score it, then to transform and learn it), and between scoring and learning nothing changes
+    them: the terms are a function of the text alone, and TF-IDF's weights change only as it learns a
+    document (`n` counts them). Not state: a copy or a snapshot starts without it."""
+
+    _last_terms: tuple[str, list] | None = None
+    _last_features: tuple[tuple[str, int], dict] | None = None
+
+    def process_text(self, x):
+        text = x[self.on]
+        last = self._last_terms
+        if last is not None and last[0] == text:
+            return last[1]
+        terms = super().process_text(x)
+        self._last_terms = (text, terms)
+        return terms
+
+    def transform_one(self, x):
+        key = (x[self.on], getattr(self, "n", 0))
+        last = self._last_features
+        if last is not None and last[0] == key:
+            return dict(last[1])
+        features = super().transform_one(x)
+        self._last_features = (key, features)
+        return dict(features)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_last_terms", "_last_features")}
+
+
+class HashedBagOfWords(_LastText, feature_extraction.BagOfWords):
     """River's `BagOfWords` on the field `on`, its terms hashed into `buckets` (see the module's docstring)."""
 
     def __init__(
         self,
         on: str,
         buckets: int = 4096,
-        ngram_range: tuple[int, int] = (1, 2),
+        ngram_range: tuple[int, int] = (1, 1),
         lowercase: bool = True,
         strip_accents: bool = True,
         tokenizer_pattern: str = TOKEN_PATTERN,
@@ -68,7 +103,7 @@ class HashedBagOfWords(feature_extraction.BagOfWords):
         self.processing_steps.append(functools.partial(hash_terms, prefix=f"{on}#", buckets=buckets))
 
 
-class HashedTFIDF(feature_extraction.TFIDF):
+class HashedTFIDF(_LastText, feature_extraction.TFIDF):
     """River's `TFIDF` (L2-normalised) on the field `on`, its terms hashed into `buckets`: its document
     frequencies hold at most `buckets` counts."""
 
@@ -76,7 +111,7 @@ class HashedTFIDF(feature_extraction.TFIDF):
         self,
         on: str,
         buckets: int = 4096,
-        ngram_range: tuple[int, int] = (1, 2),
+        ngram_range: tuple[int, int] = (1, 1),
         lowercase: bool = True,
         strip_accents: bool = True,
         tokenizer_pattern: str = TOKEN_PATTERN,
@@ -98,7 +133,7 @@ class TextSettings:
 
     method: str = "tfidf"
     buckets: int = 4096
-    ngram_max: int = 2
+    ngram_max: int = 1
     lowercase: bool = True
     strip_accents: bool = True
     token_pattern: str = TOKEN_PATTERN
@@ -153,7 +188,7 @@ class HashedText:
     which LightGBM reads as missing.
 
     >>> HashedText(("body",), TextSettings(lightgbm_buckets=8))({"body": "win win cash", "n": 3})
-    {'n': 3, 'body#6': 2, 'body#1': 1, 'body#7': 1, 'body#5': 1}
+    {'n': 3, 'body#6': 2, 'body#1': 1}
     """
 
     def __init__(self, fields: tuple[str, ...], settings: TextSettings):
