@@ -50,13 +50,11 @@ def _bucket_names(prefix: str, buckets: int) -> tuple[str, ...]:
 
 
 class _LastText:
-    """Remembers the last text's terms and features: a River pipeline processes each event's text three
-    times (to score it, then to transform and learn it), and between scoring and learning nothing changes
-    them: the terms are a function of the text alone, and TF-IDF's weights change only as it learns a
-    document (`n` counts them). Not state: a copy or a snapshot starts without it."""
+    """Remembers the terms of the last text: a River pipeline processes each event's text three times (to
+    score it, then to learn it and transform it), and the terms are a function of the text alone. Not state:
+    a copy or a snapshot starts without it."""
 
     _last_terms: tuple[str, list] | None = None
-    _last_features: tuple[tuple[str, int], dict] | None = None
 
     def process_text(self, x):
         text = x[self.on]
@@ -67,21 +65,12 @@ class _LastText:
         self._last_terms = (text, terms)
         return terms
 
-    def transform_one(self, x):
-        key = (x[self.on], getattr(self, "n", 0))
-        last = self._last_features
-        if last is not None and last[0] == key:
-            return dict(last[1])
-        features = super().transform_one(x)
-        self._last_features = (key, features)
-        return dict(features)
-
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_last_terms", "_last_features")}
+        return {k: v for k, v in self.__dict__.items() if k != "_last_terms"}
 
 
-class HashedBagOfWords(_LastText, feature_extraction.BagOfWords):
-    """River's `BagOfWords` on the field `on`, its terms hashed into `buckets` (see the module's docstring)."""
+class _HashedTerms(_LastText):
+    """River's extractor on the field `on`, its terms hashed into `buckets` (see the module's docstring)."""
 
     def __init__(
         self,
@@ -103,28 +92,13 @@ class HashedBagOfWords(_LastText, feature_extraction.BagOfWords):
         self.processing_steps.append(functools.partial(hash_terms, prefix=f"{on}#", buckets=buckets))
 
 
-class HashedTFIDF(_LastText, feature_extraction.TFIDF):
+class HashedBagOfWords(_HashedTerms, feature_extraction.BagOfWords):
+    """River's `BagOfWords` on the field `on`, its terms hashed into `buckets`: term counts."""
+
+
+class HashedTFIDF(_HashedTerms, feature_extraction.TFIDF):
     """River's `TFIDF` (L2-normalised) on the field `on`, its terms hashed into `buckets`: its document
     frequencies hold at most `buckets` counts."""
-
-    def __init__(
-        self,
-        on: str,
-        buckets: int = 4096,
-        ngram_range: tuple[int, int] = (1, 1),
-        lowercase: bool = True,
-        strip_accents: bool = True,
-        tokenizer_pattern: str = TOKEN_PATTERN,
-    ):
-        super().__init__(
-            on=on,
-            strip_accents=strip_accents,
-            lowercase=lowercase,
-            tokenizer_pattern=tokenizer_pattern,
-            ngram_range=tuple(ngram_range),
-        )
-        self.buckets = buckets
-        self.processing_steps.append(functools.partial(hash_terms, prefix=f"{on}#", buckets=buckets))
 
 
 @dataclass(frozen=True)
