@@ -1,6 +1,6 @@
 """Benchmark: a free-text field through the whole dataflow, against the same flow without it and bare River.
 
-    python -m bench.text [--events 20000] [--latency-seconds 20] [--no-ensemble]
+    python -m bench.text [--events 20000] [--latency-seconds 20] [--no-ensemble] [--repeats 2]
 
 On the `messages` data set (support messages with spam, `body` ~200 characters, `configs/messages.toml`):
 1. eddy's end-to-end throughput (events on a 3-partition topic, `EDDY_TAIL=false`, less the same run's
@@ -120,6 +120,10 @@ def river_bare(events: list[dict], text: bool) -> tuple[dict, list[float]]:
     return figures, scores
 
 
+def _rate(run: tuple[dict, list]) -> int:
+    return run[0]["events_per_s"]
+
+
 def exact_auc(labels: list[bool], scores: list[float]) -> float:
     """Mann-Whitney: the share of (spam, genuine) pairs ranked right, ties counting 1/2."""
     ranked = sorted(zip(scores, labels, strict=True))
@@ -141,6 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--events", type=int, default=20_000, help="messages for the throughput runs")
     parser.add_argument("--latency-seconds", type=float, default=20, help="length of each latency run")
     parser.add_argument("--no-ensemble", dest="ensemble", action="store_false", help="skip the ensemble's run")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="throughput runs of eddy and of bare River, the best of them reported: other work on a shared "
+        "machine only ever slows a run down (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     bootstrap = load_config().bootstrap_servers
     events = list(datasets.messages(args.events))
@@ -154,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name, stream in (("text", events), ("no_text", plain)):
             os.environ["EDDY_CONFIG"] = str(configs[name])
             print(f"eddy, {len(stream):,} messages, River alone, {name} ...", file=sys.stderr)
-            runs[name], scores = throughput(bootstrap, stream, ensemble=False)
+            tries = [throughput(bootstrap, stream, ensemble=False) for _ in range(args.repeats)]
+            runs[name], scores = max(tries, key=_rate)
             if name == "text":
                 eddy_scores = scores
         rate = runs["text"]["events_per_s"] / 2
@@ -170,8 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ.pop("EDDY_CONFIG")
 
     print("River bare on the same pipeline ...", file=sys.stderr)
-    bare_text, bare_scores = river_bare(events, text=True)
-    bare_plain, _ = river_bare(events, text=False)
+    bare_text, bare_scores = max((river_bare(events, text=True) for _ in range(args.repeats)), key=_rate)
+    bare_plain, _ = max((river_bare(events, text=False) for _ in range(args.repeats)), key=_rate)
     ids = [e["event_id"] for e in events]
     auc = {
         "eddy": round(exact_auc(labels, [eddy_scores[i] for i in ids]), 6),
