@@ -82,3 +82,21 @@ def test_a_lone_surrogate_is_not_json_and_says_so():
     value = b'{"event_id": "m1", "ts": "2026-01-01T00:00:00Z", "body": "\\ud800 x", "channel": "email"}'
     letter = CODEC.decode(KafkaSourceMessage(key=None, value=value, topic="events", partition=0, offset=3))
     assert letter.reason == "not_json" and "surrogate" in letter.error
+
+
+def test_the_messages_data_set_is_deterministic_and_its_spam_vocabulary_drifts_halfway():
+    from dataflows.tools.datasets import messages
+    from dataflows.tools.replay import load_dataset
+
+    events = list(messages(4_000, seed=1))
+    assert events == list(messages(4_000, seed=1)) != list(messages(4_000, seed=2))
+    assert list(load_dataset("messages", 4_000, seed=1)) == events
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+    assert 180 <= sum(len(e["body"]) for e in events) / len(events) <= 220
+    assert 0.08 <= sum(e["label"] for e in events) / len(events) <= 0.15
+    before = " ".join(e["body"].lower() for e in events[:2_000] if e["label"])
+    after = " ".join(e["body"].lower() for e in events[2_000:] if e["label"])
+    for word in ("wallet", "crypto", "overdue"):
+        assert word not in before and word in after
+    for word in ("prize", "winner", "gift card"):
+        assert word in before and word not in after
