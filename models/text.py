@@ -165,6 +165,10 @@ class HashedText:
     {'n': 3, 'body#6': 2, 'body#1': 1}
     """
 
+    MEMO = 4_096
+    """Texts whose counts are remembered: the ensemble asks for a micro-batch's rows to score them, then for
+    each row again as it learns it."""
+
     def __init__(self, fields: tuple[str, ...], settings: TextSettings):
         self.fields = tuple(fields)
         self.settings = settings
@@ -174,8 +178,20 @@ class HashedText:
         for name in self.fields:
             text = x.get(name)
             if type(text) is str:
-                out.update(self.settings.hashed_counts(name, text))
+                out.update(self._counts(name, text))
         return out
+
+    def _counts(self, name: str, text: str) -> dict[str, int]:
+        memo = self.__dict__.setdefault("_memo", {})
+        counts = memo.get((name, text))
+        if counts is None:
+            if len(memo) >= self.MEMO:
+                memo.clear()
+            counts = memo[name, text] = self.settings.hashed_counts(name, text)
+        return counts
+
+    def __getstate__(self) -> dict:
+        return {"fields": self.fields, "settings": self.settings}
 
 
 class TextColumns(base.Transformer):

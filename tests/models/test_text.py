@@ -114,6 +114,10 @@ def test_lightgbm_sees_a_bounded_vector_of_the_same_terms():
         assert {k: v for k, v in row.items() if k != "channel"} == expected
         seen |= set(row)
     assert len(seen) <= 16 + 1
+    resumed = pickle.loads(pickle.dumps(view))  # what it remembers of texts is no part of a snapshot
+    assert set(vars(resumed)) == {"fields", "settings"} and resumed(rows(EVENTS[:1])[0][0]) == view(
+        rows(EVENTS[:1])[0][0]
+    )
 
 
 def test_the_ensemble_refits_lightgbm_on_the_hashed_text(tmp_path):
