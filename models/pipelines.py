@@ -97,6 +97,8 @@ class ScaleAndEncode(base.Transformer):
     {'amount': 0.0, 'body#8': 1.0}
     """
 
+    text: TextColumns | None = None  # what a step pickled without text fields resumes with
+
     def __init__(self, text: TextColumns | None = None) -> None:
         self.text = text
         self.scaler = preprocessing.StandardScaler()
