@@ -71,8 +71,9 @@ def read_timestamps(bootstrap: str, topic: str, expected: int, timeout_s: float)
     return out
 
 
-def run_to_end(bootstrap: str, events: list[dict], ensemble: bool) -> tuple[float, int]:
-    """Wall seconds of `python -m bytewax.run dataflows.main` over `events` (EDDY_TAIL=false), predictions."""
+def run_to_end(bootstrap: str, events: list[dict], ensemble: bool, read=None) -> tuple[float, int]:
+    """Wall seconds of `python -m bytewax.run dataflows.main` over `events` (EDDY_TAIL=false), predictions
+    (what `read(bootstrap, topic, expected)` makes of the predictions topic, when given)."""
     topics = fresh_topics(bootstrap, 3)
     try:
         if events:
@@ -88,7 +89,10 @@ def run_to_end(bootstrap: str, events: list[dict], ensemble: bool) -> tuple[floa
         wall = time.monotonic() - started
         if flow.returncode != 0:
             raise SystemExit(f"the flow failed:\n{flow.stderr[-3000:]}")
-        predicted = len(read_timestamps(bootstrap, topics.predictions, len(events), 120)) if events else 0
+        if read is not None:
+            predicted = read(bootstrap, topics.predictions, len(events))
+        else:
+            predicted = len(read_timestamps(bootstrap, topics.predictions, len(events), 120)) if events else 0
     finally:
         delete_topics(bootstrap, topics.all())
     return wall, predicted

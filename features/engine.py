@@ -91,7 +91,7 @@ class FeatureEngine:
     sql_dir
         Folder of feature files (`*.sql`), see `sql/README.md`.
     fields
-        The event fields and their types ("string", "double", "bigint", "boolean"): `[fields]` in eddy.toml.
+        The event fields and their types ("string", "double", "bigint", "boolean", "text"): `[fields]` in eddy.toml.
     threads
         DuckDB threads; 1 keeps one engine on one core (scale with more dataflow workers).
     auto_reload

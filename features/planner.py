@@ -111,6 +111,7 @@ def _sample(fields: dict[str, str], horizon_ms: int) -> pa.Table:
         "double": lambda: rng.choice([None, 0.0, 1.5, -2.0, rng.uniform(-100, 100)]),
         "bigint": lambda: rng.choice([None, 0, 1, rng.randint(-100, 100)]),
         "boolean": lambda: rng.choice([None, True, False]),
+        "text": lambda: rng.choice(["free text", "Free  TEXT, again!", "é\u200fو", ""]),
     }
     events, ts = [], 1_767_225_600_000
     for i in range(120):

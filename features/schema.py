@@ -14,7 +14,14 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-FIELD_TYPES = {"string": pa.string(), "double": pa.float64(), "bigint": pa.int64(), "boolean": pa.bool_()}
+FIELD_TYPES = {
+    "string": pa.string(),
+    "double": pa.float64(),
+    "bigint": pa.int64(),
+    "boolean": pa.bool_(),
+    "text": pa.string(),
+}
+"""`text` is free text: a VARCHAR to the SQL like `string`; only the learner treats it differently."""
 TS_TYPE = pa.timestamp("us")
 HIDDEN = frozenset({"label"})
 
@@ -25,7 +32,7 @@ def event_columns(fields: dict[str, str]) -> list[str]:
 
 
 def arrow_schema(fields: dict[str, str]) -> pa.Schema:
-    """The Arrow schema of `events` for a `[fields]` table (name -> string|double|bigint|boolean)."""
+    """The Arrow schema of `events` for a `[fields]` table (name -> string|double|bigint|boolean|text)."""
     columns = [pa.field("event_id", pa.string()), pa.field("ts", TS_TYPE)]
     for name in event_columns(fields)[2:]:
         kind = fields[name]

@@ -57,7 +57,7 @@ _FUNCTIONS = {
 # Which column kinds each aggregate takes here; anything else runs the file's SQL, whose result types are
 # DuckDB's own (a sum of BIGINT is a HUGEINT, for one).
 _KINDS = {
-    "count": {"double", "bigint", "string", "boolean", "ts"},
+    "count": {"double", "bigint", "string", "boolean", "text", "ts"},
     "sum": {"double"},
     "avg": {"double", "bigint"},
     "min": {"double", "bigint", "ts"},

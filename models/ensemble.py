@@ -6,7 +6,7 @@ import copy
 import math
 import operator
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -86,6 +86,9 @@ class Ensemble(base.Classifier):
         "thread", "process" or None (fit synchronously at the effect point); the predictions are the same.
     seed
         LightGBM's seed.
+    lightgbm_view
+        What LightGBM sees of a row, when not the row itself: `models.text.HashedText` turns free text into
+        a fixed number of term-count columns. The refit window keeps rows as LightGBM sees them.
 
     Examples
     --------
@@ -133,6 +136,7 @@ class Ensemble(base.Classifier):
         blend_l2: float = 1e-4,
         background: str | None = "thread",
         seed: int = 42,
+        lightgbm_view: Callable[[Mapping], dict] | None = None,
     ):
         if lag < 0:
             raise ValueError(f"lag must be >= 0; got {lag}")
@@ -157,6 +161,7 @@ class Ensemble(base.Classifier):
         self.blend_l2 = blend_l2
         self.background = background
         self.seed = seed
+        self.lightgbm_view = lightgbm_view
 
         self.river = make_model() if river_model is None else river_model.clone()
         self.lightgbm: LightGBMMember | None = None
@@ -232,12 +237,13 @@ class Ensemble(base.Classifier):
         self.river.learn_one(x, y)
         self._n_learned += 1
         seconds = _epoch_seconds(ts)
-        self._rows.append(Row(x, y, self._n_learned, seconds, offset, features_version))
+        row = self._lightgbm_row(x)
+        self._rows.append(Row(row, y, self._n_learned, seconds, offset, features_version))
         self._window_bounds.seal(self._rows)
         if self.background == "process":
             if self._slices is None:
                 self._slices = PickledSlices(self.window, self._first_position_needed)
-            self._slices.add(self._n_learned, x)
+            self._slices.add(self._n_learned, row)
         if self._refit_is_due(seconds):
             self._start_refit(features_version)
         for job, result in self._queue.due(self._n_learned):
@@ -292,7 +298,7 @@ class Ensemble(base.Classifier):
         if self.lightgbm is None:  # kept so that a first model taking effect mid-batch scores the rest at once
             self._prepared = (None, {id(x): (x, None) for x in xs}, xs)
         else:
-            scores = self.lightgbm.predict_many(xs)
+            scores = self.lightgbm.predict_many(list(map(self._lightgbm_row, xs)))
             self._prepared = (
                 self.lightgbm_version,
                 {id(x): (x, float(p)) for x, p in zip(xs, scores, strict=True)},
@@ -317,7 +323,11 @@ class Ensemble(base.Classifier):
                 # A refit took effect mid-batch: score the batch again, in one call, with the model in force.
                 self.prepare(xs)
                 return self._prepared[1][id(x)][1]
-        return self.lightgbm.predict_proba(x)
+        return self.lightgbm.predict_proba(self._lightgbm_row(x))
+
+    def _lightgbm_row(self, x: Mapping) -> Mapping:
+        view = getattr(self, "lightgbm_view", None)  # a state saved before the view existed has none
+        return x if view is None else view(x)
 
     def _track(self, scores: dict[str, float | None], score: float, y: bool) -> None:
         for name, p in (*scores.items(), ("ensemble", score)):

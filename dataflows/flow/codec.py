@@ -40,6 +40,7 @@ REASONS = (
     "absurd_ts",
     "future_ts",
     "wrong_type",
+    "empty_text",
     "not_finite",
     "invalid_label",
     "duplicate",
@@ -193,6 +194,8 @@ def _field(obj: dict, name: str, kind: str) -> Any:
     if name not in obj:
         raise Invalid("missing_field", f"missing field '{name}' (declared as {kind} in [fields])")
     value = obj[name]
+    if kind == "text":
+        return _text(name, value)
     if value is None:
         return None
     if kind == "string":
@@ -211,6 +214,20 @@ def _field(obj: dict, name: str, kind: str) -> Any:
     raise Invalid("wrong_type", f"field '{name}' must be {kind}, got {_json_type(value)} {value!r:.80}")
 
 
+def _text(name: str, value: Any) -> str:
+    """A text field's value: a string with something in it, since the learner has nothing to learn from an
+    empty one (and a null text is far more often a producer's bug than a message that says nothing)."""
+    if not isinstance(value, str):
+        if value is None:
+            raise Invalid("empty_text", f"text field '{name}' is null; send the message's text")
+        raise Invalid("wrong_type", f"text field '{name}' must be a string, got {_json_type(value)} {value!r:.80}")
+    if not value:
+        raise Invalid("empty_text", f"text field '{name}' is empty")
+    if value.isspace():
+        raise Invalid("empty_text", f"text field '{name}' is empty: {len(value)} characters, all whitespace")
+    return value
+
+
 class _NotFinite:
     def __init__(self, text: str):
         self.text = text
@@ -218,8 +235,14 @@ class _NotFinite:
 
 def _explain_json_error(value: bytes, exc: Exception) -> Invalid:
     """orjson refuses NaN and Infinity like any syntax error; say which field carries one."""
+    constants: list[str] = []
+
+    def constant(text: str) -> _NotFinite:
+        constants.append(text)
+        return _NotFinite(text)
+
     try:
-        obj = json.loads(value, parse_constant=_NotFinite)
+        obj = json.loads(value, parse_constant=constant)
     except (ValueError, UnicodeDecodeError):
         obj = None
     if isinstance(obj, dict):
@@ -227,7 +250,9 @@ def _explain_json_error(value: bytes, exc: Exception) -> Invalid:
         if bad:
             name, text = next(iter(bad.items()))
             return Invalid("not_finite", f"field '{name}' is {text}")
-    if obj is not None or "infinity" in str(exc):
+    # Python's parser also takes what orjson rightly refuses, a lone UTF-16 surrogate ("\ud800") for one:
+    # only a NaN or an infinity it met makes the message not_finite.
+    if constants or "infinity" in str(exc):
         return Invalid("not_finite", f"a number is NaN or infinite: {exc}")
     return Invalid("not_json", f"not valid JSON: {exc}")
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 from dataflows.broker.security import SECRET_ENV, SETTING_ENV, KafkaSecurity, SecurityConfigError, security_from
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIELD_TYPES = {"string", "double", "bigint", "boolean"}
+FIELD_TYPES = {"string", "double", "bigint", "boolean", "text"}
 
 
 KAFKA_KEYS = {"bootstrap_servers", "partitions", *SETTING_ENV}
@@ -116,6 +116,13 @@ class Config:
     label_default: bool | None = None
     """`[labels] default`: the label an event is learned as when none came within the label horizon
     (implicit negatives); None: such events are dropped and counted as expired."""
+    text: dict = field(default_factory=dict)
+    """`[text]`: how `text` fields become features (`models.text.TextSettings`), checked when loaded."""
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        """The `[fields]` declared as free text."""
+        return tuple(name for name, kind in self.fields.items() if kind == "text")
 
 
 _ENV_MODEL_FLAGS = {
@@ -187,6 +194,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         model_settings=_table_settings(ModelSettings, "model", raw.get("model", {}), path, extra={"name"}),
         serve=_table_settings(ServeSettings, "serve", raw.get("serve", {}), path),
         label_default=_label_default(raw.get("labels", {}), path),
+        text=_text_settings(raw.get("text", {}), path),
     )
     unknown_kafka = set(kafka) - KAFKA_KEYS - set(SECRET_ENV)  # secrets get their own message below
     if unknown_kafka:
@@ -336,6 +344,16 @@ def _label_default_env(text: str) -> bool | None:
         f"EDDY_LABEL_DEFAULT={text!r}: use true or false (the label an unlabelled event is learned as at its "
         "horizon) or none (drop such events)"
     )
+
+
+def _text_settings(table: dict, path: Path) -> dict:
+    from models.text import TextSettings  # imported here: River's extractors load with it
+
+    try:
+        TextSettings.from_table(table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: [text] {exc}") from None
+    return dict(table)
 
 
 def _alert_settings(table: dict, path: Path) -> AlertSettings:

@@ -10,15 +10,17 @@ from river import base
 from dataflows.flow.config import Config, ConfigError
 from models import make_model
 from models.ensemble import Ensemble
+from models.text import HashedText, TextSettings
 
-_ENSEMBLE_PARAMS = set(inspect.signature(Ensemble.__init__).parameters) - {"self", "river_model"}
+_ENSEMBLE_PARAMS = set(inspect.signature(Ensemble.__init__).parameters) - {"self", "river_model", "lightgbm_view"}
 
 
 def build_model(config: Config, run: str | None = None) -> base.Classifier:
     """`[model] name` as a River pipeline; with `[ensemble] enabled` (the default), inside the Ensemble, whose
     refits go to the run's own directory of the registry (`dataflows.flow.runs`) when `run` is given."""
     try:
-        river = make_model(config.model)
+        text = TextSettings.from_table(config.text)
+        river = make_model(config.model, config.text_fields, text)
     except ValueError as exc:
         raise ConfigError(f"{config.source}: [model] name: {exc}") from exc
     settings = dict(config.ensemble)
@@ -35,6 +37,8 @@ def build_model(config: Config, run: str | None = None) -> base.Classifier:
     if settings.get("background") == "none":
         settings["background"] = None
     try:
+        if config.text_fields:  # LightGBM gets the text as hashed term counts (`models.text`)
+            settings["lightgbm_view"] = HashedText(config.text_fields, text)
         return Ensemble(river_model=river, **settings)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{config.source}: [ensemble]: {exc}") from exc

@@ -260,3 +260,105 @@ def _csv_value(text: str) -> object:
         except ValueError:
             pass
     return text
+
+
+_TICKET_OPENERS = [
+    "Hello team,",
+    "Hi,",
+    "Good morning,",
+    "Dear support,",
+    "Hey there,",
+    "Hi again,",
+]
+_TICKET_TOPICS = [
+    "my order {n} has not arrived yet and the tracking page has not changed for {d} days",
+    "I cannot reset my password, the reset email never reaches my inbox",
+    "the invoice for {month} shows a charge twice, could you check my account",
+    "the app crashes when I open the settings page on my phone",
+    "I would like to change the delivery address of order {n}",
+    "how do I export my data to a spreadsheet before the end of {month}",
+    "the discount code from your newsletter is refused at checkout",
+    "I was charged after cancelling my subscription in {month}",
+    "the package from order {n} arrived damaged, the box was open",
+    "can you explain the difference between the basic and the premium plan",
+    "my colleague cannot log in since the update yesterday",
+    "please close my account and delete my personal data",
+]
+_TICKET_CLOSERS = [
+    "Thanks a lot for your help.",
+    "Kind regards.",
+    "Best wishes, and thank you.",
+    "Looking forward to your answer.",
+    "Thank you in advance.",
+    "Cheers.",
+]
+_SPAM_BEFORE = [
+    "Congratulations, you are the lucky winner of our prize draw",
+    "claim your free gift card now before the offer expires",
+    "you have been selected for an exclusive reward, click here",
+    "winner winner: a brand new phone is waiting for you",
+    "limited offer: claim your prize today, totally free",
+]
+_SPAM_AFTER = [
+    "your wallet will be suspended unless you verify your account",
+    "urgent: confirm your crypto transfer within {d} hours",
+    "security alert, unusual login detected, verify your identity via the link",
+    "your invoice {n} is overdue, pay now through the secure portal",
+    "double your bitcoin deposit today with our verified trading bot",
+]
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August"]
+
+
+def messages(n: int = 20_000, seed: int = 42, drift_at: float | None = 0.5, spam_rate: float = 0.12) -> Iterator[dict]:
+    """Support messages on a help desk, some of them spam (`label`), deterministic for a given seed.
+
+    Fields: `sender` (string), `channel` (string) and `body` (text, ~200 characters). Spam before the drift
+    (at fraction `drift_at` of the stream) is prize-draw and gift-card bait; after it, phishing about wallets,
+    overdue invoices and account verification, in words the first half never used for spam. Some genuine
+    messages borrow spam words ("invoice", "account", "free") and some spam is written plainly, so the body's
+    words decide most but not all of the label; spammers also send in bursts from fresh addresses, which a
+    per-sender window sees."""
+    rng = random.Random(seed)
+    customers = [f"c{c:05d}@example.com" for c in range(3_000)]
+    drift_index = None if drift_at is None else int(n * drift_at)
+    clock = 0.0
+    burst: list[str] = []
+    for i in range(n):
+        after_drift = drift_index is not None and i >= drift_index
+        clock += rng.expovariate(1 / 3.0)
+        if burst:
+            sender, spam = burst.pop(), True
+        elif rng.random() < spam_rate / 3:
+            spammer = f"s{rng.randrange(10**6):06d}@{rng.choice(['mail', 'promo', 'secure'])}.example.net"
+            burst = [spammer] * rng.randint(0, 4)
+            sender, spam = spammer, True
+        else:
+            sender, spam = rng.choice(customers), False
+        body = _message_body(rng, spam, after_drift)
+        yield {
+            "event_id": f"msg-{i:07d}",
+            "ts": iso(to_ms(START + timedelta(seconds=clock))),
+            "sender": sender,
+            "channel": rng.choice(["email", "chat", "form"] if not spam else ["email", "email", "form"]),
+            "body": body,
+            "label": spam,
+        }
+
+
+def _message_body(rng: random.Random, spam: bool, after_drift: bool) -> str:
+    fill = {"n": rng.randrange(10_000, 99_999), "d": rng.randint(2, 21), "month": rng.choice(_MONTHS)}
+    if spam and rng.random() < 0.85:
+        first, second = rng.sample(_SPAM_AFTER if after_drift else _SPAM_BEFORE, 2)
+        parts = [rng.choice(_TICKET_OPENERS), first.format(**fill) + ".", second.format(**fill).capitalize() + "."]
+        parts.append(rng.choice(["Act now!", "Do not miss it.", "Reply STOP to opt out.", "Regards, the team."]))
+        parts.append(f"Visit www.offer-{fill['n']}.example.net to continue, reference {fill['d']}-{fill['n']}.")
+    else:
+        first, second = rng.sample(_TICKET_TOPICS, 2)
+        parts = [rng.choice(_TICKET_OPENERS), first.format(**fill).capitalize() + "."]
+        if rng.random() < 0.7:
+            parts.append(f"Also, {second.format(**fill)}.")
+        if rng.random() < 0.1:  # genuine messages that sound like spam
+            parts.append(rng.choice(["Is the free offer real?", "Please verify my account.", "Which invoice?"]))
+        parts.append(rng.choice(_TICKET_CLOSERS))
+        parts.append(f"Customer reference {fill['n']}, sent from my {rng.choice(['phone', 'laptop', 'tablet'])}.")
+    return " ".join(parts)

@@ -2,6 +2,7 @@
 
 python -m dataflows.tools.replay transactions --limit 20000 --label-delay 5
 python -m dataflows.tools.replay phishing --rate 200
+python -m dataflows.tools.replay messages --label-delay 30   # with EDDY_CONFIG=configs/messages.toml
 python -m dataflows.tools.replay my_events.jsonl
 """
 
@@ -41,10 +42,14 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
 
 
+MESSAGES_DEFAULT = 20_000
+"""Support messages `messages` generates without --limit."""
+
+
 def load_dataset(
     name: str, limit: int | None, seed: int = 42, drift_at: float | None = 0.5, events_per_second: float = 1.0
 ) -> Iterator[dict]:
-    """Events of a named data set (`phishing`, `transactions`, `agrawal`) or of a JSONL/CSV file."""
+    """Events of a named data set (`phishing`, `transactions`, `agrawal`, `messages`) or of a JSONL/CSV file."""
     if name == "phishing":
         return datasets.phishing(limit)
     if name == "agrawal":
@@ -53,6 +58,8 @@ def load_dataset(
         return datasets.transactions(
             limit or 100_000, seed=seed, drift_at=drift_at, events_per_second=events_per_second
         )
+    if name == "messages":
+        return datasets.messages(limit or MESSAGES_DEFAULT, seed=seed, drift_at=drift_at)
     # A file is read whole before anything is sent, so a malformed line fails the replay before it starts.
     return iter(list(datasets.read_file(name, limit)))
 
@@ -152,13 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         "dataset",
         help="'phishing' (River's Phishing data set), 'transactions' (synthetic card "
         "payments with fraud and a concept drift), 'agrawal' (River's Agrawal loan generator whose rule changes "
-        "at --drift-at; EDDY_CONFIG=configs/agrawal.toml), or a .jsonl/.csv file of events",
+        "at --drift-at; EDDY_CONFIG=configs/agrawal.toml), 'messages' (support messages with spam whose vocabulary "
+        "changes halfway; a text field, for EDDY_CONFIG=configs/messages.toml), or a .jsonl/.csv file of events",
     )
     parser.add_argument(
         "--limit",
         type=int,
         default=None,
-        help="publish at most N events (transactions, agrawal: how many to generate, default 100000)",
+        help="publish at most N events (transactions, agrawal: how many to generate, default 100000; messages: 20000)",
     )
     parser.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
     parser.add_argument(
@@ -170,13 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         "later (default: labels stay inline in the events)",
     )
     parser.add_argument(
-        "--seed", type=int, default=42, help="transactions, agrawal: random seed (default: %(default)s)"
+        "--seed", type=int, default=42, help="transactions, agrawal, messages: random seed (default: %(default)s)"
     )
     parser.add_argument(
         "--drift-at",
         type=float,
         default=0.5,
-        help="transactions, agrawal: fraction of the stream where the fraud pattern (the loan rule) changes "
+        help="transactions, agrawal, messages: fraction of the stream where the fraud pattern (the loan rule, the spam "
+        "vocabulary) changes "
         "(default: %(default)s; negative for no drift)",
     )
     parser.add_argument(
@@ -219,9 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         security = load_config().kafka_security
         require_topics(args.bootstrap_servers, topics, security=security)
         producer = make_producer(args.bootstrap_servers, security=security)
-        total = (
-            args.limit if args.limit is not None else (100_000 if args.dataset in {"transactions", "agrawal"} else None)
-        )
+        defaults = {"transactions": 100_000, "agrawal": 100_000, "messages": MESSAGES_DEFAULT}
+        total = args.limit if args.limit is not None else defaults.get(args.dataset)
         with tqdm(
             total=total, unit="ev", disable=args.quiet, desc=f"replay {args.dataset}", file=sys.stderr, mininterval=0.5
         ) as bar:
