@@ -271,7 +271,7 @@ class Ensemble(base.Classifier):
             "rejected": self.registry.rejected,
             "last": last,
             "fitted_by_flow": dict(self._fitted_by_flow),
-            "blend": self._blend.describe(MEMBERS) if self.lightgbm and hasattr(self._blend, "describe") else None,
+            "blend": self._blend.describe(MEMBERS) if self.lightgbm else None,
             **self.registry.write_health(),
         }
 

@@ -234,7 +234,7 @@ class OnlineLearner:
             counters["labels_inline"]
             + counters["labels_delayed"]
             + counters["labels_early"]
-            + counters.get("labels_default", 0)
+            + counters["labels_default"]
         )
 
     def expire(self, now_ts_ms: int) -> int:
@@ -267,7 +267,6 @@ class OnlineLearner:
         _check_label(label_default)
         learner = cls.__new__(cls)
         learner.__dict__.update({name: state[name] for name in STATE}, label_default=label_default)
-        learner.counters.setdefault("labels_default", 0)  # a state saved before the counter existed
         return learner
 
     def _learn(self, x: dict, y: bool, p: float, scores: dict, meta: dict | None) -> None:
