@@ -350,7 +350,7 @@ class ScoreAndLearn(StatefulBatchLogic):
                 if self.lag_probe is not None:
                     self.lag_probe.seen(event.origin)
                 x = inputs[id(item)]
-                meta = {"ts": event.ts / 1000, "offset": event.origin.offset, "features_version": item.features_version}
+                meta = {"ts": event.ts / 1000, "source": event.origin.at, "features_version": item.features_version}
                 result = learner.score(event.event_id, event.ts, x, event.label, meta)
                 out.append(
                     Prediction(
