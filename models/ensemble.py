@@ -97,6 +97,9 @@ class Ensemble(base.Classifier):
         refit on the rows since the change, once `drift_min_rows` of them are in.
     drift_min_rows
         Labelled rows after a detected change that a drift-triggered refit waits for and trains on at least.
+    lightgbm_fields
+        Keys of `x` that LightGBM learns from and River does not: raw categorical fields, which a linear
+        model would one-hot into a weight per value (LightGBM splits on them as categories).
     registry_dir, keep
         Where refits are saved, and how many versions are kept.
     blend_decay
@@ -158,7 +161,8 @@ class Ensemble(base.Classifier):
         search_trials: int = 0,
         refit_whole: bool = True,
         drift_detector: str | None = "adwin",
-        drift_min_rows: int = 1000,
+        drift_min_rows: int = 2000,
+        lightgbm_fields: tuple[str, ...] | list[str] = (),
     ):
         if lag < 0:
             raise ValueError(f"lag must be >= 0; got {lag}")
@@ -191,6 +195,8 @@ class Ensemble(base.Classifier):
         self.refit_whole = refit_whole
         self.drift_detector = drift_detector
         self.drift_min_rows = drift_min_rows
+        self.lightgbm_fields = lightgbm_fields
+        self._river_skips = frozenset(lightgbm_fields)
 
         self.river = make_model() if river_model is None else river_model.clone()
         self.lightgbm: LightGBMMember | None = None
@@ -273,7 +279,7 @@ class Ensemble(base.Classifier):
         self._last = None
         self._track(scores, score, y)
         self._blend.update(scores, y)
-        self.river.learn_one(x, y)
+        self.river.learn_one(self._for_river(x), y)
         self._n_learned += 1
         if self._detectors:
             self._watch_drift(scores, y)
@@ -352,7 +358,7 @@ class Ensemble(base.Classifier):
             )
 
     def _member_scores(self, x: Mapping) -> dict[str, float | None]:
-        proba = self.river.predict_proba_one(x)
+        proba = self.river.predict_proba_one(self._for_river(x))
         river = float(proba.get(True, 0.5)) if proba else 0.5
         return {"river": river, "lightgbm": self._lightgbm_score(x)}
 
@@ -371,6 +377,10 @@ class Ensemble(base.Classifier):
                 return self._prepared[1][id(x)][1]
         return self.lightgbm.predict_proba(x)
 
+    def _for_river(self, x: Mapping) -> Mapping:
+        skips = self._river_skips
+        return {k: v for k, v in x.items() if k not in skips} if skips else x
+
     def _track(self, scores: dict[str, float | None], score: float, y: bool) -> None:
         for name, p in (*scores.items(), ("ensemble", score)):
             if p is not None:
@@ -388,7 +398,9 @@ class Ensemble(base.Classifier):
             before = detector.estimation
             detector.update(abs(float(y) - p))
             if detector.drift_detected and detector.estimation > before and self._drift is None:
-                since = self._n_learned - int(detector.width) + 1
+                # A change already acted on stays the oldest row refits train on: a detector that sees an
+                # older change later (River's error rises more slowly) must not bring the old rows back.
+                since = max(self._n_learned - int(detector.width) + 1, self._drift_since or 0)
                 self._drift = Drift(
                     since=since,
                     refit_at=max(self._n_learned, since + self.drift_min_rows - 1),
@@ -515,6 +527,8 @@ _ADDED = {
     "_drift": None,
     "_drift_since": None,
     "_triggers": {},
+    "lightgbm_fields": (),
+    "_river_skips": frozenset(),
 }
 """Attributes a model pickled without them restores with: the behaviour it was saved with."""
 

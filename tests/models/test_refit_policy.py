@@ -116,7 +116,15 @@ def run(model: Ensemble, stream) -> list[tuple]:
     ]
 
 
-DRIFT = {"refit_every": 2_000, "window": 3_000, "lag": 100, "num_boost_round": 30, "keep": 50, "background": None}
+DRIFT = {
+    "refit_every": 2_000,
+    "window": 3_000,
+    "lag": 100,
+    "num_boost_round": 30,
+    "keep": 50,
+    "background": None,
+    "drift_min_rows": 1_000,
+}
 
 
 def test_a_rise_in_a_members_error_starts_an_early_refit_on_the_rows_since_the_change_deterministically():
