@@ -162,7 +162,7 @@ class Ensemble(base.Classifier):
         refit_whole: bool = True,
         drift_detector: str | None = "adwin",
         drift_min_rows: int = 2000,
-        lightgbm_fields: tuple[str, ...] | list[str] = (),
+        lightgbm_fields: list[str] | None = None,
     ):
         if lag < 0:
             raise ValueError(f"lag must be >= 0; got {lag}")
@@ -196,7 +196,7 @@ class Ensemble(base.Classifier):
         self.drift_detector = drift_detector
         self.drift_min_rows = drift_min_rows
         self.lightgbm_fields = lightgbm_fields
-        self._river_skips = frozenset(lightgbm_fields)
+        self._river_skips = frozenset(lightgbm_fields or ())
 
         self.river = make_model() if river_model is None else river_model.clone()
         self.lightgbm: LightGBMMember | None = None
@@ -527,7 +527,7 @@ _ADDED = {
     "_drift": None,
     "_drift_since": None,
     "_triggers": {},
-    "lightgbm_fields": (),
+    "lightgbm_fields": None,
     "_river_skips": frozenset(),
 }
 """Attributes a model pickled without them restores with: the behaviour it was saved with."""

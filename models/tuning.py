@@ -8,8 +8,8 @@ trial trains on the older part of the window and stops early on the newer part (
 shuffled), so a trial's cost is its rounds until the validation log loss stops improving.
 
 Class imbalance is searched rather than fixed: `scale_pos_weight` ranges from 1 (probabilities as they are,
-what log loss rewards) to the negatives-to-positives ratio (the rare class weighted level), and the holdout's
-log loss decides.
+what log loss rewards) to the square root of the negatives-to-positives ratio (the rare class weighted half way
+to level, on a log scale), and the holdout's log loss decides.
 
 >>> import random
 >>> from models.lightgbm_member import Encoded
@@ -37,8 +37,19 @@ from models import lightgbm_member
 from models.gate import log_loss
 from models.lightgbm_member import Encoded
 
-SPACE = ("learning_rate", "num_leaves", "min_data_in_leaf", "feature_fraction", "lambda_l2", "scale_pos_weight")
-"""The parameters a search tunes; the others stay as `DEFAULT_PARAMS` (and `lgbm_params`) set them."""
+RANGES: dict[str, tuple[float, float | None]] = {
+    "learning_rate": (0.03, 0.15),
+    "num_leaves": (15, 63),
+    "min_data_in_leaf": (20, 200),
+    "feature_fraction": (0.7, 1.0),
+    "lambda_l2": (1e-3, 10.0),
+    "scale_pos_weight": (1.0, None),  # up to the square root of the negatives-to-positives ratio
+}
+"""The parameters a search tunes and their ranges (log scale but for `feature_fraction`); the others stay as
+`DEFAULT_PARAMS` (and `lgbm_params`) set them. Narrow on purpose: a holdout of a few thousand rows with a rare
+class picks noise among wide ranges."""
+SPACE = tuple(RANGES)
+DEFAULTS = {"feature_fraction": 1.0, "lambda_l2": 1e-3, "scale_pos_weight": 1.0}
 
 MAX_ROUNDS = 400
 """Boosting rounds a trial may use before early stopping ends it."""
@@ -78,20 +89,13 @@ def search(
     base = lightgbm_member.merged_params(params, seed)
     positives = float(window.labels[train].sum())
     negatives = float(len(window.labels[train])) - positives
-    imbalance = max(1.0, negatives / positives) if positives else 1.0
+    imbalance = math.sqrt(max(1.0, negatives / positives)) if positives else 1.0
     datasets = lightgbm_member._datasets(window, train, valid)
     valid_labels = window.labels[valid]
     best: dict[str, Any] = {}
 
     def objective(trial: optuna.Trial) -> float:
-        tuned = {
-            "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.3, log=True),
-            "num_leaves": trial.suggest_int("num_leaves", 7, 127, log=True),
-            "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 5, 200, log=True),
-            "feature_fraction": trial.suggest_float("feature_fraction", 0.5, 1.0),
-            "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
-            "scale_pos_weight": trial.suggest_float("scale_pos_weight", 1.0, imbalance, log=True),
-        }
+        tuned = {name: _suggest(trial, name, low, high, imbalance) for name, (low, high) in RANGES.items()}
         booster = lightgbm_member.train(
             window, train, {**base, **tuned}, max_rounds, valid, STOPPING_ROUNDS, datasets=datasets
         )
@@ -107,14 +111,7 @@ def search(
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, min(5, trials // 2)))
     study = optuna.create_study(direction="minimize", sampler=sampler)
     study.enqueue_trial(
-        {
-            "learning_rate": float(np.clip(base["learning_rate"], 0.02, 0.3)),
-            "num_leaves": int(np.clip(base["num_leaves"], 7, 127)),
-            "min_data_in_leaf": int(np.clip(base["min_data_in_leaf"], 5, 200)),
-            "feature_fraction": float(np.clip(base.get("feature_fraction", 1.0), 0.5, 1.0)),
-            "lambda_l2": float(np.clip(base.get("lambda_l2", 1e-3), 1e-3, 10.0)),
-            "scale_pos_weight": float(np.clip(base.get("scale_pos_weight", 1.0), 1.0, imbalance)),
-        }
+        {name: _clip(name, base[name] if name in base else DEFAULTS[name], imbalance) for name in RANGES}
     )
     study.optimize(objective, n_trials=trials)
     trial = study.best_trial
@@ -126,3 +123,21 @@ def search(
         best["model_str"],
         best["scores"],
     )
+
+
+def _bounds(name: str, imbalance: float) -> tuple[float, float]:
+    low, high = RANGES[name]
+    return low, imbalance if high is None else high
+
+
+def _suggest(trial, name: str, low: float, high: float | None, imbalance: float) -> float | int:
+    low, high = _bounds(name, imbalance)
+    if isinstance(low, int) and isinstance(high, int):
+        return trial.suggest_int(name, low, high, log=True)
+    return trial.suggest_float(name, low, high, log=name != "feature_fraction")
+
+
+def _clip(name: str, value: float, imbalance: float) -> float | int:
+    low, high = _bounds(name, imbalance)
+    clipped = min(max(value, low), high)
+    return int(clipped) if isinstance(low, int) and isinstance(high, int) else float(clipped)

@@ -41,15 +41,15 @@ def build_model(config: Config, run: str | None = None) -> base.Classifier:
         raise ConfigError(f"{config.source}: [ensemble]: {exc}") from exc
 
 
-def _categorical_fields(config: Config, setting: bool | list) -> tuple[str, ...]:
+def _categorical_fields(config: Config, setting: bool | list) -> list[str]:
     """`[ensemble] categorical_fields`: the `[fields]` of type string that LightGBM learns from as they are
     (River does not: a linear model would one-hot them into a weight per value). `true`: every string field;
     `false`: none; a list: those."""
     strings = [name for name, kind in config.fields.items() if kind == "string"]
     if setting is True:
-        return tuple(strings)
+        return strings
     if setting is False:
-        return ()
+        return []
     if not isinstance(setting, list) or not all(isinstance(name, str) for name in setting):
         raise ConfigError(
             f"{config.source}: [ensemble] categorical_fields must be true, false or a list of field names; "
@@ -61,4 +61,4 @@ def _categorical_fields(config: Config, setting: bool | list) -> tuple[str, ...]
             f"{config.source}: [ensemble] categorical_fields names {unknown}, which [fields] does not declare as "
             f"strings; string fields: {strings}"
         )
-    return tuple(setting)
+    return list(setting)

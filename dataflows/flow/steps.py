@@ -436,13 +436,13 @@ class ScoreAndLearn(StatefulBatchLogic):
         )
 
 
-def _lightgbm_fields(learner: OnlineLearner) -> tuple[str, ...]:
+def _lightgbm_fields(learner: OnlineLearner) -> list[str]:
     """The raw event fields the learner's model takes beside the features (the ensemble's categorical fields,
     which it hands to LightGBM only): those of the model in the state, so a resumed run gives what it saved."""
-    return getattr(learner.model, "lightgbm_fields", None) or ()
+    return getattr(learner.model, "lightgbm_fields", None) or []
 
 
-def _with_fields(item: FeaturedEvent, names: tuple[str, ...]) -> dict[str, Any]:
+def _with_fields(item: FeaturedEvent, names: list[str]) -> dict[str, Any]:
     """The event's own values of `names` beside its features (a feature of the same name wins)."""
     fields = item.event.fields
     return {**{name: fields[name] for name in names if name in fields}, **item.features}

@@ -41,7 +41,7 @@ def step_for(tmp_path, **ensemble) -> ScoreAndLearn:
 def test_string_fields_reach_lightgbm_as_categories_and_never_river(tmp_path):
     step = step_for(tmp_path)
     model = step.state.learner.model
-    assert model.lightgbm_fields == ("user_id", "merchant_id", "category", "country")
+    assert model.lightgbm_fields == ["user_id", "merchant_id", "category", "country"]
     stream = events(1_200)
     step.on_batch(stream)
     schema = model.lightgbm.schema
@@ -66,7 +66,7 @@ def test_categorical_fields_false_keeps_the_features_only(tmp_path):
     step = step_for(tmp_path, categorical_fields=False)
     step.on_batch(events(600))
     model = step.state.learner.model
-    assert model.lightgbm_fields == ()
+    assert model.lightgbm_fields == []
     assert [r["features"] for r in model.registry.versions()] == [["noise"]]
 
 
