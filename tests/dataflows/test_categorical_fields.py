@@ -76,4 +76,4 @@ def test_categorical_fields_naming_a_field_that_is_not_a_string_fails_fast(tmp_p
         build_model(replace(base, ensemble={**base.ensemble, "categorical_fields": ["amount"]}))
     assert build_model(
         replace(base, ensemble={**base.ensemble, "categorical_fields": ["country"]})
-    ).lightgbm_fields == ("country",)
+    ).lightgbm_fields == ["country"]
