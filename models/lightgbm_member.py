@@ -23,8 +23,9 @@ CHUNK = 8  # rows a background refit thread handles between GIL releases: the sc
 
 MAX_CATEGORIES = 1000
 ROWS_PER_CATEGORY = 20
-"""A string feature with more values than `MAX_CATEGORIES`, or than one per `ROWS_PER_CATEGORY` rows, in a window
-is left out of that window's model."""
+FEW_CATEGORIES = 50
+"""A string feature with more values than `MAX_CATEGORIES`, or than `FEW_CATEGORIES` and one per `ROWS_PER_CATEGORY`
+rows, in a window is left out of that window's model."""
 
 DEFAULT_PARAMS: dict = {
     "objective": "binary",
@@ -65,9 +66,10 @@ class Schema:
     @classmethod
     def infer(cls, rows: Sequence[Mapping], yield_gil: bool = False) -> Schema:
         """Every feature seen in `rows`, sorted by name; a feature with any string value is categorical, and
-        left out if it has more than `MAX_CATEGORIES` values or more than one per `ROWS_PER_CATEGORY` rows (an
-        identifier: a split on it learns the window's entities by heart). The codes are the values' ranks,
-        fixed with the model version; a value the window did not hold reads as missing.
+        left out if it has more than `MAX_CATEGORIES` values, or more than `FEW_CATEGORIES` and more than one per
+        `ROWS_PER_CATEGORY` rows (an identifier: a split on it learns the window's entities by heart). The
+        codes are the values' ranks, fixed with the model version; a value the window did not hold reads as
+        missing.
 
         A row whose values are all exactly float, int or bool (the usual case) holds no string, which one
         `set(map(type, ...))` tells at C speed; only other rows are walked value by value. `yield_gil` as
@@ -82,7 +84,7 @@ class Schema:
                 for name, value in x.items():
                     if isinstance(value, str):
                         strings.setdefault(name, set()).add(value)
-        most = min(MAX_CATEGORIES, len(rows) // ROWS_PER_CATEGORY)
+        most = max(FEW_CATEGORIES, min(MAX_CATEGORIES, len(rows) // ROWS_PER_CATEGORY))
         columns = tuple(sorted(names - {name for name, values in strings.items() if len(values) > most}))
         codes = tuple({v: i for i, v in enumerate(sorted(strings[c]))} if c in strings else None for c in columns)
         return cls(columns, codes)

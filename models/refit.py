@@ -307,8 +307,6 @@ def _pool() -> ProcessPoolExecutor:
 
 
 def _ready() -> bool:
-    import optuna  # noqa: F401 (imported now, so that the first search does not pay for it within its lag)
-
     return True
 
 

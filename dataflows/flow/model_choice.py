@@ -33,8 +33,9 @@ def build_model(config: Config, run: str | None = None) -> base.Classifier:
     settings["lightgbm_fields"] = _categorical_fields(config, settings.pop("categorical_fields", True))
     if run and settings.get("registry_dir"):
         settings["registry_dir"] = str(Path(settings["registry_dir"]) / run)
-    if settings.get("background") == "none":
-        settings["background"] = None
+    for key in ("background", "drift_detector"):  # TOML has no null
+        if settings.get(key) == "none":
+            settings[key] = None
     try:
         return Ensemble(river_model=river, **settings)
     except (TypeError, ValueError) as exc:
