@@ -162,7 +162,7 @@ MODES = ("thread", "process", None)
 
 WAIT_S = 30.0
 """How long the flow waits at an effect point for a background fit before it fits there itself (a fit takes
-~1 s; the default `lag` gives it the time of 10,000 labels before that)."""
+about a second; the default `lag` gives it the time of 1,000 labels before that)."""
 
 
 class RefitQueue:
