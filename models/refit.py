@@ -9,6 +9,7 @@ deterministic. Either way its result is applied at exactly `effect_at`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -242,7 +243,10 @@ def _result(job: RefitJob, future: Future | None, wait_s: float) -> RefitResult:
     if future is None:
         return run(job, yield_gil=False)
     try:
-        return future.result(timeout=wait_s)
+        if future.done():
+            return future.result()
+        with _waited_on():
+            return future.result(timeout=wait_s)
     except TimeoutError:
         log.warning(
             "refit v%d: the background fit is not done %.0f s after its effect point; fitting it here instead "
@@ -261,6 +265,36 @@ def _result(job: RefitJob, future: Future | None, wait_s: float) -> RefitResult:
             error or "BrokenProcessPool",
         )
         return replace(run(job, yield_gil=False), fitted_by_flow="worker_died")
+
+
+@contextlib.contextmanager
+def _waited_on() -> Iterator[None]:
+    """While the flow waits for a fit, the worker runs at normal priority: the scoring thread is idle then, so
+    the fit no longer competes with it, and under SCHED_IDLE on a machine whose cores other work keeps busy
+    it would hardly run at all and the flow would stall until `WAIT_S`. Where the system refuses (no
+    permission), the worker keeps its policy."""
+    workers = list(_POOL._processes) if _POOL is not None and not _POOL._broken else []
+    for pid in workers:
+        _set_policy(pid, idle=False)
+    try:
+        yield
+    finally:
+        for pid in workers:
+            _set_policy(pid, idle=True)
+
+
+def _set_policy(pid: int, idle: bool) -> None:
+    try:
+        if idle:
+            os.setpriority(os.PRIO_PROCESS, pid, NICE)
+            if hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            if hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, pid, 0)
+    except OSError:  # not permitted, or the worker is gone: the fit goes on as it was
+        pass
 
 
 def _first(job: RefitJob) -> int | None:

@@ -3,6 +3,7 @@ refits when a member's error rises (drift), all deterministic."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 from dataclasses import replace
@@ -164,3 +165,14 @@ def test_without_a_detector_refits_follow_the_schedule_only():
 def test_bad_refit_settings_fail_fast(params, message):
     with pytest.raises(ValueError, match=message):
         Ensemble(**params)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_the_worker_runs_at_normal_priority_only_while_the_flow_waits_for_it():
+    pool = refit._pool()
+    assert pool.submit(refit._ready).result(timeout=120)
+    (pid,) = pool._processes
+    assert (os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid)) == (os.SCHED_IDLE, refit.NICE)
+    with refit._waited_on():
+        assert (os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid)) == (os.SCHED_OTHER, 0)
+    assert (os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid)) == (os.SCHED_IDLE, refit.NICE)
