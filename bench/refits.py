@@ -39,7 +39,7 @@ SETTINGS = {
     "defaults": {},
     "before issue 16": BEFORE,
     "no drift detector": {"drift_detector": None},
-    "no whole-window refit": {"refit_whole": False},
+    "whole-window refit": {"refit_whole": True},
     "every 5000, lag 2000": {"refit_every": 5_000, "lag": 2_000},
     "search, 8 trials": {"search_trials": 8},
 }

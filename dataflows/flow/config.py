@@ -252,7 +252,7 @@ ENSEMBLE_DEFAULTS = {
     "gate_metric": "log_loss",
     "keep": 5,
     "background": "process",
-    "refit_whole": True,
+    "refit_whole": False,
     "drift_detector": "adwin",
     "drift_min_rows": 2_000,
     "search_trials": 0,
