@@ -56,7 +56,7 @@ def test_string_fields_reach_lightgbm_as_categories_and_never_river(tmp_path):
     # LightGBM tells the fraud country; an unseen country reads as missing; the mapping survives a pickle.
     lgbm = model.lightgbm
     xx, fr = lgbm.predict_proba({**x, "country": "XX"}), lgbm.predict_proba({**x, "country": "FR"})
-    assert xx > 0.5 > 0.2 > fr, (xx, fr)
+    assert xx > 0.5 > 0.25 > fr, (xx, fr)
     assert lgbm.predict_proba({**x, "country": "never seen"}) == lgbm.predict_proba(x)
     restored = pickle.loads(pickle.dumps(model))
     assert restored.lightgbm.predict_proba({**x, "country": "XX"}) == xx

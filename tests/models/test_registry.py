@@ -35,7 +35,10 @@ def test_every_refit_is_saved_with_its_metadata_and_only_the_last_k_are_kept(tmp
     flush_writes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v000004.json", "v000004.txt", "v000005.json", "v000005.txt"]
     record = json.loads((tmp_path / "v000005.json").read_text())
-    assert record["version"] == 5 and record["accepted"] and record["accepted_total"] == 5
+    assert record["version"] == 5 and record["accepted_total"] + record["rejected_total"] == 5
+    assert record["accepted"] == (" > " not in record["reason"])
+    assert (record["trigger"], record["search"], record["trained_on"]) == ("schedule", None, "train")
+    assert 1 <= record["champion_version"] < 5
     assert record["started_at"] == 500 and record["effect_at"] == 520
     assert record["window"] == {
         "first_position": 201,
