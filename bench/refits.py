@@ -106,6 +106,31 @@ def run(stream: Stream, params: dict) -> dict:
     }
 
 
+def latency(stream: Stream, params: dict) -> dict:
+    """The scoring thread's time per event (score + learn) while a background fit runs and while none does,
+    fits in the worker process as in the flow; the longest event is a wait at an effect point."""
+    model = Ensemble(**{**params, "background": "process"})
+    busy, idle = [], []
+    for x, y, ts in stream:
+        refitting = model.refitting
+        started = time.perf_counter_ns()
+        model.predict_proba_one(x)
+        model.learn_one(x, y, ts=ts)
+        (busy if refitting else idle).append((time.perf_counter_ns() - started) / 1000)
+
+    def pct(values: list[float], q: float) -> float | None:
+        return round(float(np.percentile(values, q)), 1) if values else None
+
+    return {
+        "events_while_fitting": len(busy),
+        "fitting_p50_us": pct(busy, 50),
+        "fitting_p99_us": pct(busy, 99),
+        "idle_p50_us": pct(idle, 50),
+        "idle_p99_us": pct(idle, 99),
+        "longest_ms": round(max(busy + idle) / 1000, 1),
+    }
+
+
 def base_params() -> dict:
     keys = set(Ensemble.__init__.__code__.co_varnames) - {"self", "background", "registry_dir"}
     return {k: v for k, v in ENSEMBLE_DEFAULTS.items() if k in keys} | {"background": None, "keep": 1_000}
@@ -118,6 +143,9 @@ def main() -> None:
     parser.add_argument("--settings", nargs="*", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument(
         "--streams", nargs="*", choices=["transactions", "agrawal"], default=["transactions", "agrawal"]
+    )
+    parser.add_argument(
+        "--latency", action="store_true", help="also time the scoring thread while fits (plain, and searching) run"
     )
     args = parser.parse_args()
     report = {"events": args.events, "defaults": base_params(), "streams": {}}
@@ -143,6 +171,14 @@ def main() -> None:
                 f" ({result['accepted']} in force)  fit p50/p99 {result['fit_s_p50']}/{result['fit_s_p99']} s",
                 flush=True,
             )
+        if args.latency:
+            params = {**base_params(), "lightgbm_fields": strings}
+            out["latency"] = {
+                label: latency(stream, {**params, **extra})
+                for label, extra in (("defaults", {}), ("search, 8 trials", {"search_trials": 8}))
+            }
+            for label, figures in out["latency"].items():
+                print(f"  scoring thread, {label}: {figures}", flush=True)
     print(json.dumps(report))
 
 
