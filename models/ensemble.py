@@ -495,8 +495,6 @@ class Ensemble(base.Classifier):
     def __setstate__(self, state: dict[str, Any]) -> None:
         packed, *columns = state["_rows"]
         state["_rows"] = deque(map(Row, packed.unpack(), *columns), maxlen=state["window"])
-        for name, value in _ADDED.items():
-            state.setdefault(name, copy.deepcopy(value))
         self.__dict__.update(state, _window_bounds=WindowBounds())
         self._queue.unpack()
 
@@ -516,21 +514,6 @@ class Ensemble(base.Classifier):
 _X, _Y, _POSITION, _TS, _SOURCE, _VERSION = map(
     operator.attrgetter, ("x", "y", "position", "ts", "source", "features_version")
 )
-
-_ADDED = {
-    "search_trials": 0,
-    "refit_whole": False,
-    "drift_detector": None,
-    "drift_min_rows": 1000,
-    "_lightgbm_trained_until": None,
-    "_detectors": {},
-    "_drift": None,
-    "_drift_since": None,
-    "_triggers": {},
-    "lightgbm_fields": None,
-    "_river_skips": frozenset(),
-}
-"""Attributes a model pickled without them restores with: the behaviour it was saved with."""
 
 
 def _epoch_seconds(ts: datetime | str | float | None) -> float | None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from dataflows.flow.state_journal import StateJournal
 
-STATE_FORMAT = 6
+STATE_FORMAT = 7
 """Bump when the saved state of any step changes shape; old snapshots are then refused by name."""
 
 NOT_SAVED = b"eddy: state not saved (this run had no recovery directory)"
