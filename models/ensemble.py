@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from river import base
+from river import base, drift
 
 from models.blend import HedgedStack, clipped_log_loss
 from models.gate import Gate
@@ -22,6 +22,16 @@ from models.registry import ModelRegistry
 from models.window_bounds import WindowBounds
 
 MEMBERS = ("river", "lightgbm")
+DRIFT_DETECTORS = ("adwin", None)
+
+
+class Drift(NamedTuple):
+    """A detected rise in a member's error: the estimated first label of the new concept, the label at which
+    its refit starts, and the detector's reason."""
+
+    since: int
+    refit_at: int
+    reason: str
 
 
 class Row(NamedTuple):
@@ -29,7 +39,7 @@ class Row(NamedTuple):
     y: bool
     position: int
     ts: float | None
-    offset: int | None
+    source: Any
     features_version: str | None
 
 
@@ -46,17 +56,20 @@ class Scored:
 class Ensemble(base.Classifier):
     """River learning every event, blended with LightGBM refit in the background on a recent window.
 
-    Every `refit_every` labelled events (and/or every `refit_every_seconds` of event time), LightGBM is fit
-    on the last `window` labelled rows in a background thread while River keeps scoring and learning. A refit
-    started at labelled event k takes effect right after labelled event k + `lag`, waiting for the fit only
-    if it has not finished: the schedule depends on the data alone, so a run restored from a pickle gives
-    exactly the predictions of an uninterrupted one. The fit uses the older part of the window; the most
-    recent `holdout` fraction is the gate's test slice (`gate_metric` is "log_loss" or "auc"; with no
-    `gate_threshold`, log loss must beat a constant base-rate predictor and AUC must exceed 0.5). Every
-    refit, accepted or rejected, goes to `registry` (files in `registry_dir` if given, the last `keep`).
-    The blend (`models.blend.HedgedStack`) stacks the members' logits with an online logistic regression
-    (`blend_learning_rate`, `blend_l2`), hedged by a mixture of the members and the stack weighted by
-    exp(−discounted log loss) (`blend_decay`); River alone until a LightGBM model is accepted.
+    Every `refit_every` labelled events (and/or every `refit_every_seconds` of event time), and early when
+    a drift detector sees a member's error rise, LightGBM is fit on the last `window` labelled rows in the
+    background while River keeps scoring and learning. A refit started at labelled event k takes effect right
+    after labelled event k + `lag`, waiting for the fit only if it has not finished: the schedule depends on
+    the data alone, so a run restored from a pickle gives exactly the predictions of an uninterrupted one.
+    The fit uses the older part of the window (with `search_trials`, a seeded search chooses its parameters
+    and rounds, stopping early on the holdout); the most recent `holdout` fraction is the gate's test slice
+    (`gate_metric` is "log_loss" or "auc"; with no `gate_threshold`, log loss must beat a constant base-rate
+    predictor and AUC must exceed 0.5), and the new model must also do at least as well there as the model
+    in force. With `refit_whole`, a model that passes is fitted again on the whole window before it takes effect.
+    Every refit, accepted or rejected, goes to `registry` (files in `registry_dir` if given, the last `keep`)
+    with what started it. The blend (`models.blend.HedgedStack`) stacks the members' logits with an online
+    logistic regression (`blend_learning_rate`, `blend_l2`), hedged by a mixture of the members and the stack
+    weighted by exp(−discounted log loss) (`blend_decay`); River alone until a LightGBM model is accepted.
 
     Parameters
     ----------
@@ -76,6 +89,18 @@ class Ensemble(base.Classifier):
         Boosting rounds per refit.
     gate_metric, gate_threshold, holdout
         The quality gate.
+    search_trials
+        Parameter sets a refit's search tries (`models.tuning`); 0 fits `lgbm_params` as they are.
+    refit_whole
+        Fit a model that passed the gate again on the whole window, its holdout included.
+    drift_detector
+        "adwin" (River's ADWIN on each member's absolute error) or None: a rise in a member's error starts a
+        refit on the rows since the change, once `drift_min_rows` of them are in.
+    drift_min_rows
+        Labelled rows after a detected change that a drift-triggered refit waits for and trains on at least.
+    lightgbm_fields
+        Keys of `x` that LightGBM learns from and River does not: raw categorical fields, which a linear
+        model would one-hot into a weight per value (LightGBM splits on them as categories).
     registry_dir, keep
         Where refits are saved, and how many versions are kept.
     blend_decay
@@ -107,13 +132,18 @@ class Ensemble(base.Classifier):
     ...             losses[name].update(y, p)
     ...     model.learn_one(x, y)
     >>> print(auc)
-    ROCAUC: 95.00%
+    ROCAUC: 95.21%
     >>> {name: round(m.get(), 4) for name, m in losses.items()}
-    {'river': 0.3066, 'lightgbm': 0.3074, 'ensemble': 0.2418}
+    {'river': 0.3066, 'lightgbm': 0.3037, 'ensemble': 0.298}
     >>> model.predict_proba_one_detailed(x).versions
-    {'river': 1250, 'lightgbm': 12}
+    {'river': 1250, 'lightgbm': 4}
+
+    Versions 5 to 12 did worse than the model in force on their holdout: they are kept, never used.
+
     >>> model.registry.accepted, model.registry.rejected
-    (12, 0)
+    (4, 8)
+    >>> model.registry.versions()[-1]["reason"]
+    'log_loss 0.29696 > 0.29028 of the model in force on 60 rows'
 
     """
 
@@ -137,6 +167,11 @@ class Ensemble(base.Classifier):
         background: str | None = "thread",
         seed: int = 42,
         lightgbm_view: Callable[[Mapping], dict] | None = None,
+        search_trials: int = 0,
+        refit_whole: bool = False,
+        drift_detector: str | None = "adwin",
+        drift_min_rows: int = 2000,
+        lightgbm_fields: list[str] | None = None,
     ):
         if lag < 0:
             raise ValueError(f"lag must be >= 0; got {lag}")
@@ -144,6 +179,12 @@ class Ensemble(base.Classifier):
             raise ValueError(f"window must be at least 2; got {window}")
         if not 0 < holdout < 1:
             raise ValueError(f"holdout must be in (0, 1); got {holdout}")
+        if search_trials < 0:
+            raise ValueError(f"search_trials must be >= 0; got {search_trials}")
+        if drift_detector not in DRIFT_DETECTORS:
+            raise ValueError(f"drift_detector must be one of {DRIFT_DETECTORS}; got {drift_detector!r}")
+        if drift_min_rows < 2:
+            raise ValueError(f"drift_min_rows must be at least 2; got {drift_min_rows}")
         self.river_model = river_model
         self.refit_every = refit_every
         self.refit_every_seconds = refit_every_seconds
@@ -162,6 +203,12 @@ class Ensemble(base.Classifier):
         self.background = background
         self.seed = seed
         self.lightgbm_view = lightgbm_view
+        self.search_trials = search_trials
+        self.refit_whole = refit_whole
+        self.drift_detector = drift_detector
+        self.drift_min_rows = drift_min_rows
+        self.lightgbm_fields = lightgbm_fields
+        self._river_skips = frozenset(lightgbm_fields or ())
 
         self.river = make_model() if river_model is None else river_model.clone()
         self.lightgbm: LightGBMMember | None = None
@@ -180,6 +227,11 @@ class Ensemble(base.Classifier):
         self._slices: PickledSlices | None = None  # process refits: the window pickled as it is learned
         self._fitted_by_flow = {"timeout": 0, "worker_died": 0}
         self._window_bounds = WindowBounds()  # a cache, not state
+        self._lightgbm_trained_until: int | None = None
+        self._detectors = {name: drift.ADWIN() for name in MEMBERS} if drift_detector else {}
+        self._drift: Drift | None = None  # detected, its refit not yet started
+        self._drift_since: int | None = None  # the first label refits train on, after a drift
+        self._triggers: dict[str, int] = {}
 
     @classmethod
     def _unit_test_params(cls):
@@ -217,11 +269,16 @@ class Ensemble(base.Classifier):
         y: bool,
         *,
         ts: datetime | str | float | None = None,
-        offset: int | None = None,
+        source: Any = None,
         features_version: str | None = None,
+        offset: int | None = None,
     ) -> None:
-        """Learn one labelled event; `ts` (datetime, ISO string or epoch seconds), `offset` and
-        `features_version` are optional metadata that bound the refit windows in the registry."""
+        """Learn one labelled event; `ts` (datetime, ISO string or epoch seconds), `source` (where the event
+        came from, recorded as it is: the registry names the first and last of each refit's window) and
+        `features_version` are optional metadata that bound the refit windows in the registry. `offset` is
+        a plain position given as the source."""
+        if source is None:
+            source = offset
         self._queue.resume()
         y = bool(y)
         x = dict(x)
@@ -234,24 +291,30 @@ class Ensemble(base.Classifier):
         self._last = None
         self._track(scores, score, y)
         self._blend.update(scores, y)
-        self.river.learn_one(x, y)
+        self.river.learn_one(self._for_river(x), y)
         self._n_learned += 1
+        if self._detectors:
+            self._watch_drift(scores, y)
         seconds = _epoch_seconds(ts)
         row = self._lightgbm_row(x)
-        self._rows.append(Row(row, y, self._n_learned, seconds, offset, features_version))
+        self._rows.append(Row(row, y, self._n_learned, seconds, source, features_version))
         self._window_bounds.seal(self._rows)
         if self.background == "process":
             if self._slices is None:
                 self._slices = PickledSlices(self.window, self._first_position_needed)
             self._slices.add(self._n_learned, row)
-        if self._refit_is_due(seconds):
-            self._start_refit(features_version)
+        trigger = self._refit_trigger(seconds)
+        if trigger:
+            self._start_refit(features_version, trigger)
         for job, result in self._queue.due(self._n_learned):
             if result.fitted_by_flow:
                 self._fitted_by_flow[result.fitted_by_flow] = self._fitted_by_flow.get(result.fitted_by_flow, 0) + 1
             self.registry.save(result.record(job), result.member)
             if result.accepted:
                 self.lightgbm, self.lightgbm_version = result.member, result.version
+                self._lightgbm_trained_until = result.trained_until
+                if "lightgbm" in self._detectors:  # a new model's errors are a new stream
+                    self._detectors["lightgbm"] = drift.ADWIN()
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """Prequential log loss of each member and of the ensemble, each over the events it scored: the
@@ -265,10 +328,13 @@ class Ensemble(base.Classifier):
         """How the refits fare: counts by gate decision, the latest refit, the refits the flow had to fit itself
         (its background fit timed out or its worker process died) and the registry's write failures."""
         latest = self.registry.versions()[-1:] or [None]
-        last = None if latest[0] is None else {k: latest[0][k] for k in ("version", "accepted", "reason")}
+        last = (
+            None if latest[0] is None else {k: latest[0].get(k) for k in ("version", "accepted", "reason", "trigger")}
+        )
         return {
             "accepted": self.registry.accepted,
             "rejected": self.registry.rejected,
+            "triggers": dict(self._triggers),
             "last": last,
             "fitted_by_flow": dict(self._fitted_by_flow),
             "blend": self._blend.describe(MEMBERS) if self.lightgbm else None,
@@ -306,7 +372,7 @@ class Ensemble(base.Classifier):
             )
 
     def _member_scores(self, x: Mapping) -> dict[str, float | None]:
-        proba = self.river.predict_proba_one(x)
+        proba = self.river.predict_proba_one(self._for_river(x))
         river = float(proba.get(True, 0.5)) if proba else 0.5
         return {"river": river, "lightgbm": self._lightgbm_score(x)}
 
@@ -326,8 +392,11 @@ class Ensemble(base.Classifier):
         return self.lightgbm.predict_proba(self._lightgbm_row(x))
 
     def _lightgbm_row(self, x: Mapping) -> Mapping:
-        view = getattr(self, "lightgbm_view", None)  # a state saved before the view existed has none
-        return x if view is None else view(x)
+        return x if self.lightgbm_view is None else self.lightgbm_view(x)
+
+    def _for_river(self, x: Mapping) -> Mapping:
+        skips = self._river_skips
+        return {k: v for k, v in x.items() if k not in skips} if skips else x
 
     def _track(self, scores: dict[str, float | None], score: float, y: bool) -> None:
         for name, p in (*scores.items(), ("ensemble", score)):
@@ -335,18 +404,57 @@ class Ensemble(base.Classifier):
                 self._losses[name] += clipped_log_loss(y, p)
                 self._counts[name] += 1
 
-    def _refit_is_due(self, ts: float | None) -> bool:
+    def _watch_drift(self, scores: dict[str, float | None], y: bool) -> None:
+        """Feed each member's absolute error to its detector; a detected rise (not a fall: a better model also
+        changes the errors) marks the change point, and a refit on the rows since then is due once
+        `drift_min_rows` of them are in. Later detections wait until that refit has started."""
+        for name, p in scores.items():
+            if p is None:
+                continue
+            detector = self._detectors[name]
+            before = detector.estimation
+            detector.update(abs(float(y) - p))
+            if detector.drift_detected and detector.estimation > before and self._drift is None:
+                # A change already acted on stays the oldest row refits train on: a detector that sees an
+                # older change later (River's error rises more slowly) must not bring the old rows back.
+                since = max(self._n_learned - int(detector.width) + 1, self._drift_since or 0)
+                self._drift = Drift(
+                    since=since,
+                    refit_at=max(self._n_learned, since + self.drift_min_rows - 1),
+                    reason=(
+                        f"drift: ADWIN saw {name}'s mean error rise from {before:.4f} to {detector.estimation:.4f} "
+                        f"at label {self._n_learned} (change from label {since})"
+                    ),
+                )
+
+    def _refit_trigger(self, ts: float | None) -> str | None:
+        """What starts a refit at this label, if anything: a drift, the label count or the event time."""
+        if self._drift is not None and self._drift.refit_at == self._n_learned:
+            return self._drift.reason
         if self.refit_every and self._n_learned % self.refit_every == 0:
-            return True
+            return "schedule"
         if self.refit_every_seconds and ts is not None:
             if self._last_refit_ts is None:
                 self._last_refit_ts = ts
-            return ts - self._last_refit_ts >= self.refit_every_seconds
-        return False
+            if ts - self._last_refit_ts >= self.refit_every_seconds:
+                return "time"
+        return None
 
-    def _start_refit(self, features_version: str | None) -> None:
+    def _start_refit(self, features_version: str | None, trigger: str = "schedule") -> None:
         rows = tuple(self._rows)
         self._last_refit_ts = rows[-1].ts if rows[-1].ts is not None else self._last_refit_ts
+        if self._drift is not None and self._drift.refit_at <= self._n_learned:
+            self._drift_since, self._drift = self._drift.since, None
+        if self._drift_since is not None:
+            # The rows before a detected change are of the old concept: refits train on those after it until
+            # the window has moved past the change.
+            skip = self._drift_since - rows[0].position
+            if skip > 0:
+                rows = rows[skip:]
+            else:
+                self._drift_since = None
+        kind = "drift" if trigger.startswith("drift") else trigger
+        self._triggers[kind] = self._triggers.get(kind, 0) + 1
         job = RefitJob(
             version=self._next_version,
             started_at=self._n_learned,
@@ -360,6 +468,12 @@ class Ensemble(base.Classifier):
             holdout=self.holdout,
             gate=self._gate,
             seed=self.seed,
+            trials=self.search_trials,
+            refit_whole=self.refit_whole,
+            trigger=trigger,
+            champion=self.lightgbm,
+            champion_version=self.lightgbm_version,
+            champion_last_position=self._lightgbm_trained_until,
         )
         self._next_version += 1
         self._queue.submit(job, dict(self._slices.blobs) if self._slices is not None else None)
@@ -389,7 +503,7 @@ class Ensemble(base.Classifier):
             tuple(map(_Y, rows)),
             tuple(map(_POSITION, rows)),
             tuple(map(_TS, rows)),
-            tuple(map(_OFFSET, rows)),
+            tuple(map(_SOURCE, rows)),
             tuple(map(_VERSION, rows)),
         )
         state["_queue"] = self._queue.packed(pickled)
@@ -414,8 +528,8 @@ class Ensemble(base.Classifier):
         return copied
 
 
-_X, _Y, _POSITION, _TS, _OFFSET, _VERSION = map(
-    operator.attrgetter, ("x", "y", "position", "ts", "offset", "features_version")
+_X, _Y, _POSITION, _TS, _SOURCE, _VERSION = map(
+    operator.attrgetter, ("x", "y", "position", "ts", "source", "features_version")
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,11 +39,12 @@ def roc_auc(labels: Sequence[bool], probs: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class Gate:
-    """Accept a model if its held-out metric passes `threshold`.
+    """Accept a model if its held-out metric passes `threshold` and beats the model in force (the champion).
 
     `metric="log_loss"`: accept if log loss <= threshold; with no threshold, the model must beat a constant
     predictor of the training base rate on the same slice. `metric="auc"`: accept if AUC >= threshold
-    (0.5 when none is given).
+    (0.5 when none is given). With a champion, the challenger must also do at least as well as it on the
+    held-out rows the champion was not trained on (ties go to the challenger: it is the newer model).
     """
 
     metric: str = "log_loss"
@@ -53,9 +55,15 @@ class Gate:
             raise ValueError(f"unknown gate metric {self.metric!r}; known metrics: {', '.join(METRICS)}")
 
     def judge(
-        self, labels: Sequence[bool], probs: Sequence[float], base_rate: float
+        self,
+        labels: Sequence[bool],
+        probs: Sequence[float],
+        base_rate: float,
+        champion: Sequence[float] | None = None,
+        unseen_from: int = 0,
     ) -> tuple[bool, str, dict[str, float]]:
-        """(accepted, reason, metrics) for a model's held-out predictions."""
+        """(accepted, reason, metrics) for a model's held-out predictions; `champion` holds the model in force's
+        predictions on the same rows, of which those from index `unseen_from` on are new to it."""
         baseline = log_loss(labels, [base_rate] * len(labels))
         metrics = {
             "log_loss": log_loss(labels, probs),
@@ -66,12 +74,31 @@ class Gate:
         value = metrics[self.metric]
         if math.isnan(value):
             return False, f"{self.metric} is undefined on the held-out slice", metrics
+        better = operator.le if self.metric == "log_loss" else operator.ge
+        sign = ("<=", ">") if self.metric == "log_loss" else (">=", "<")
         if self.metric == "log_loss":
             limit = baseline if self.threshold is None else self.threshold
-            if value <= limit:
-                return True, f"log_loss {value:.5f} <= {limit:.5f}", metrics
-            return False, f"log_loss {value:.5f} > {limit:.5f}", metrics
-        limit = 0.5 if self.threshold is None else self.threshold
-        if value >= limit:
-            return True, f"auc {value:.5f} >= {limit:.5f}", metrics
-        return False, f"auc {value:.5f} < {limit:.5f}", metrics
+        else:
+            limit = 0.5 if self.threshold is None else self.threshold
+        if not better(value, limit):
+            return False, f"{self.metric} {value:.5f} {sign[1]} {limit:.5f}", metrics
+        reason = f"{self.metric} {value:.5f} {sign[0]} {limit:.5f}"
+        if champion is None:
+            return True, reason, metrics
+        ys, new = labels[unseen_from:], probs[unseen_from:]
+        metric = log_loss if self.metric == "log_loss" else roc_auc
+        ours, theirs = metric(ys, new), metric(ys, champion[unseen_from:])
+        metrics.update(compared_rows=float(len(ys)), challenger=ours, champion=theirs)
+        if math.isnan(ours) or math.isnan(theirs):
+            return (
+                True,
+                f"{reason}; not compared with the model in force: {self.metric} undefined on its unseen rows",
+                metrics,
+            )
+        if better(ours, theirs):
+            return True, f"{reason}; {ours:.5f} {sign[0]} {theirs:.5f} of the model in force", metrics
+        return (
+            False,
+            f"{self.metric} {ours:.5f} {sign[1]} {theirs:.5f} of the model in force on {len(ys)} rows",
+            metrics,
+        )

@@ -180,7 +180,7 @@ class OnlineLearner:
     ) -> ScoreResult:
         """Score one event, then learn its label if it is inline or already arrived.
 
-        `meta` (e.g. `ts`, `offset`, `features_version`) is passed to `learn_one` of models that take it."""
+        `meta` (e.g. `ts`, `source`, `features_version`) is passed to `learn_one` of models that take it."""
         _check_label(label)
         self._advance(ts_ms)
         self._expire()

@@ -21,6 +21,12 @@ NAN = math.nan
 NUMBERS = frozenset((float, int, bool))
 CHUNK = 8  # rows a background refit thread handles between GIL releases: the scoring thread waits ~0.02 ms at most
 
+MAX_CATEGORIES = 1000
+ROWS_PER_CATEGORY = 20
+FEW_CATEGORIES = 50
+"""A string feature with more values than `MAX_CATEGORIES`, or than `FEW_CATEGORIES` and one per `ROWS_PER_CATEGORY`
+rows, in a window is left out of that window's model."""
+
 DEFAULT_PARAMS: dict = {
     "objective": "binary",
     "learning_rate": 0.05,
@@ -59,7 +65,11 @@ class Schema:
 
     @classmethod
     def infer(cls, rows: Sequence[Mapping], yield_gil: bool = False) -> Schema:
-        """Every feature seen in `rows`, sorted by name; a feature with any string value is categorical.
+        """Every feature seen in `rows`, sorted by name; a feature with any string value is categorical, and
+        left out if it has more than `MAX_CATEGORIES` values, or more than `FEW_CATEGORIES` and more than one per
+        `ROWS_PER_CATEGORY` rows (an identifier: a split on it learns the window's entities by heart). The
+        codes are the values' ranks, fixed with the model version; a value the window did not hold reads as
+        missing.
 
         A row whose values are all exactly float, int or bool (the usual case) holds no string, which one
         `set(map(type, ...))` tells at C speed; only other rows are walked value by value. `yield_gil` as
@@ -74,7 +84,8 @@ class Schema:
                 for name, value in x.items():
                     if isinstance(value, str):
                         strings.setdefault(name, set()).add(value)
-        columns = tuple(sorted(names))
+        most = max(FEW_CATEGORIES, min(MAX_CATEGORIES, len(rows) // ROWS_PER_CATEGORY))
+        columns = tuple(sorted(names - {name for name, values in strings.items() if len(values) > most}))
         codes = tuple({v: i for i, v in enumerate(sorted(strings[c]))} if c in strings else None for c in columns)
         return cls(columns, codes)
 
@@ -169,16 +180,69 @@ def fit(
 ) -> LightGBMMember:
     """Train on `rows`; deterministic for a given window, parameters and seed. `yield_gil` (as in
     `Schema.matrix`) when another thread is scoring in this process."""
-    schema = Schema.infer(rows, yield_gil)
-    if not schema.columns:
-        raise ValueError("no features in the training window")
-    merged = {**DEFAULT_PARAMS, "seed": seed, **(params or {})}
-    data = lightgbm.Dataset(
-        schema.matrix(rows, yield_gil),
-        label=np.asarray(labels, dtype=np.float64),
-        feature_name=[f"f{i}" for i in range(len(schema.columns))],
-        categorical_feature=schema.categorical,
-        params={"verbose": -1},
+    window = Encoded.of(rows, labels, yield_gil)
+    booster = train(window, slice(None), merged_params(params, seed), num_boost_round)
+    return LightGBMMember(booster.model_to_string(), window.schema)
+
+
+def merged_params(params: Mapping | None, seed: int) -> dict:
+    """`DEFAULT_PARAMS` with the seed and `params` over them: what a fit trains with."""
+    return {**DEFAULT_PARAMS, "seed": seed, **(params or {})}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A training window encoded once (one schema for every fit on it), so that a search's trials and the final
+    fit on the whole window do not encode the rows again."""
+
+    schema: Schema
+    matrix: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, rows: Sequence[Mapping], labels: Sequence[bool], yield_gil: bool = False) -> Encoded:
+        schema = Schema.infer(rows, yield_gil)
+        if not schema.columns:
+            raise ValueError("no features in the training window")
+        return cls(schema, schema.matrix(rows, yield_gil), np.asarray(labels, dtype=np.float64))
+
+    def dataset(self, rows: slice, reference: lightgbm.Dataset | None = None) -> lightgbm.Dataset:
+        # `feature_pre_filter` off: a search varies `min_data_in_leaf`, which a pre-filtered Dataset fixes.
+        return lightgbm.Dataset(
+            self.matrix[rows],
+            label=self.labels[rows],
+            feature_name=[f"f{i}" for i in range(len(self.schema.columns))],
+            categorical_feature=self.schema.categorical,
+            params={"verbose": -1, "feature_pre_filter": False},
+            reference=reference,
+        )
+
+
+def train(
+    window: Encoded,
+    rows: slice,
+    params: Mapping,
+    num_boost_round: int,
+    valid: slice | None = None,
+    stopping_rounds: int | None = None,
+    datasets: tuple[lightgbm.Dataset, lightgbm.Dataset | None] | None = None,
+) -> lightgbm.Booster:
+    """A booster trained on `window.matrix[rows]`; with `valid` and `stopping_rounds`, boosting stops once the
+    log loss on `window.matrix[valid]` has not improved for `stopping_rounds` rounds (`best_iteration` is kept).
+    `datasets` reuses Datasets already built for these slices (their bins are made once per search)."""
+    train_set, valid_set = datasets if datasets is not None else _datasets(window, rows, valid)
+    callbacks = []
+    if valid_set is not None and stopping_rounds:
+        callbacks.append(lightgbm.early_stopping(stopping_rounds, first_metric_only=True, verbose=False))
+    return lightgbm.train(
+        {**params, "metric": "binary_logloss"},
+        train_set,
+        num_boost_round=num_boost_round,
+        valid_sets=[valid_set] if valid_set is not None else None,
+        callbacks=callbacks,
     )
-    booster = lightgbm.train(merged, data, num_boost_round=num_boost_round)
-    return LightGBMMember(booster.model_to_string(), schema)
+
+
+def _datasets(window: Encoded, rows: slice, valid: slice | None) -> tuple[lightgbm.Dataset, lightgbm.Dataset | None]:
+    train_set = window.dataset(rows)
+    return train_set, None if valid is None else window.dataset(valid, reference=train_set)

@@ -9,6 +9,7 @@ deterministic. Either way its result is applied at exactly `effect_at`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -23,7 +24,7 @@ from typing import Any
 
 import lightgbm
 
-from models import lightgbm_member
+from models import lightgbm_member, tuning
 from models.background import SerialWorker
 from models.gate import Gate
 from models.window_bounds import aligned_chunks, forget_blocks_before
@@ -47,6 +48,19 @@ class RefitJob:
     holdout: float = 0.2
     gate: Gate = field(default_factory=Gate)
     seed: int = 42
+    trials: int = 0
+    """Parameter sets a search tries (`models.tuning`); 0 fits `params` with `num_boost_round` rounds as they are."""
+    refit_whole: bool = False
+    """Once the gate passes, fit again on the whole window, holdout included, with the chosen parameters and
+    rounds: the model in force then knows the newest rows too."""
+    trigger: str = "schedule"
+    """What started the refit: "schedule" (every `refit_every` labels), "time" (`refit_every_seconds`) or a
+    drift detector's reason."""
+    champion: lightgbm_member.LightGBMMember | None = None
+    """The model in force when the refit started, which the new one must beat on the same holdout."""
+    champion_version: int | None = None
+    champion_last_position: int | None = None
+    """The newest position the champion was trained on: it is compared on the held-out rows after it."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,15 @@ class RefitResult:
     metrics: Mapping[str, float]
     member: lightgbm_member.LightGBMMember | None
     fit_seconds: float | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """The parameters a search chose (over the job's)."""
+    num_boost_round: int | None = None
+    """The rounds the model was fitted with, when a search or early stopping chose them."""
+    search: Mapping[str, Any] | None = None
+    trained_on: str | None = None
+    """"window" (holdout included, after the gate passed) or "train" (the window without its holdout)."""
+    trained_until: int | None = None
+    """The newest position the model was trained on."""
     fitted_by_flow: str | None = None
     """Why the flow fitted this refit itself instead of taking the background's result (None: it did not):
     `"timeout"` or `"worker_died"`. The model is the same either way: fits are deterministic."""
@@ -72,9 +95,13 @@ class RefitResult:
             "window": dict(job.window),
             "features_version": job.features_version,
             "features": list(self.member.schema.columns) if self.member else [],
-            "params": {**lightgbm_member.DEFAULT_PARAMS, "seed": job.seed, **(job.params or {})},
-            "num_boost_round": job.num_boost_round,
+            "params": lightgbm_member.merged_params({**(job.params or {}), **self.params}, job.seed),
+            "num_boost_round": self.num_boost_round or job.num_boost_round,
+            "search": self.search,
+            "trained_on": self.trained_on,
             "holdout": job.holdout,
+            "trigger": job.trigger,
+            "champion_version": job.champion_version,
             "gate": {"metric": job.gate.metric, "threshold": job.gate.threshold},
             "metrics": dict(self.metrics),
             "fit_seconds": self.fit_seconds,
@@ -82,7 +109,9 @@ class RefitResult:
 
 
 def run(job: RefitJob, yield_gil: bool = True) -> RefitResult:
-    """Fit on the older part of the window and gate on the most recent `holdout` fraction (not shuffled).
+    """Fit on the older part of the window and gate on the most recent `holdout` fraction (not shuffled),
+    against the base rate and the champion; with `refit_whole`, a model that passes is fitted again on the
+    whole window. With `trials`, a search (`models.tuning`) chooses the parameters and rounds first.
 
     `yield_gil` lets a scoring thread in the same process run between small slices of the encoding; a
     worker process has no such thread and encodes without pausing."""
@@ -91,17 +120,42 @@ def run(job: RefitJob, yield_gil: bool = True) -> RefitResult:
     if n_train < 2 or len(set(train_labels)) < 2:
         return RefitResult(job.version, False, "training slice holds a single class", {}, None)
     started = time.perf_counter()
+    train, holdout = slice(0, n_train), slice(n_train, None)
     try:
-        member = lightgbm_member.fit(
-            job.rows[:n_train], train_labels, job.params, job.num_boost_round, job.seed, yield_gil=yield_gil
-        )
+        window = lightgbm_member.Encoded.of(job.rows, job.labels, yield_gil)
+        if job.trials and len(set(job.labels[holdout])) == 2:
+            found = tuning.search(window, train, holdout, job.trials, job.seed, job.params or {})
+            chosen, rounds = found.params, found.num_boost_round
+            search = {"trials": found.trials, "valid_log_loss": found.valid_log_loss}
+            gated, scores = found.model_str, found.valid_scores
+        else:
+            chosen, rounds, search = {}, job.num_boost_round, None
+            booster = lightgbm_member.train(window, train, _params(job, chosen), rounds)
+            gated = booster.model_to_string()
+            scores = booster.predict(window.matrix[holdout], num_threads=1)
     except (ValueError, lightgbm.basic.LightGBMError) as error:
         return RefitResult(job.version, False, f"fit failed: {error}", {}, None)
-    holdout_rows, holdout_labels = job.rows[n_train:], job.labels[n_train:]
+    holdout_rows, holdout_labels = job.rows[holdout], job.labels[holdout]
     base_rate = sum(train_labels) / n_train
-    scores = member.predict_many(holdout_rows, yield_gil=yield_gil)
-    accepted, reason, metrics = job.gate.judge(holdout_labels, scores, base_rate)
-    return RefitResult(job.version, accepted, reason, metrics, member, round(time.perf_counter() - started, 3))
+    champion, unseen_from = None, 0
+    first_held = job.window.get("first_position", 1) + n_train
+    if job.champion is not None:
+        champion = job.champion.predict_many(holdout_rows, yield_gil=yield_gil)
+        unseen_from = min(len(holdout_labels), max(0, (job.champion_last_position or 0) + 1 - first_held))
+    accepted, reason, metrics = job.gate.judge(holdout_labels, scores, base_rate, champion, unseen_from)
+    member, trained_on, until = lightgbm_member.LightGBMMember(gated, window.schema), "train", first_held - 1
+    if accepted and job.refit_whole:
+        booster = lightgbm_member.train(window, slice(None), _params(job, chosen), rounds)
+        member, trained_on = lightgbm_member.LightGBMMember(booster.model_to_string(), window.schema), "window"
+        until = first_held - 1 + len(holdout_labels)
+    seconds = round(time.perf_counter() - started, 3)
+    return RefitResult(
+        job.version, accepted, reason, metrics, member, seconds, chosen, rounds, search, trained_on, until
+    )
+
+
+def _params(job: RefitJob, chosen: Mapping[str, Any]) -> dict[str, Any]:
+    return lightgbm_member.merged_params({**(job.params or {}), **chosen}, job.seed)
 
 
 MODES = ("thread", "process", None)
@@ -109,7 +163,7 @@ MODES = ("thread", "process", None)
 
 WAIT_S = 30.0
 """How long the flow waits at an effect point for a background fit before it fits there itself (a fit takes
-~1 s; the default `lag` gives it the time of 10,000 labels before that)."""
+about a second; the default `lag` gives it the time of 1,000 labels before that)."""
 
 
 class RefitQueue:
@@ -189,7 +243,10 @@ def _result(job: RefitJob, future: Future | None, wait_s: float) -> RefitResult:
     if future is None:
         return run(job, yield_gil=False)
     try:
-        return future.result(timeout=wait_s)
+        if future.done():
+            return future.result()
+        with _waited_on():
+            return future.result(timeout=wait_s)
     except TimeoutError:
         log.warning(
             "refit v%d: the background fit is not done %.0f s after its effect point; fitting it here instead "
@@ -208,6 +265,36 @@ def _result(job: RefitJob, future: Future | None, wait_s: float) -> RefitResult:
             error or "BrokenProcessPool",
         )
         return replace(run(job, yield_gil=False), fitted_by_flow="worker_died")
+
+
+@contextlib.contextmanager
+def _waited_on() -> Iterator[None]:
+    """While the flow waits for a fit, the worker runs at normal priority: the scoring thread is idle then, so
+    the fit no longer competes with it, and under SCHED_IDLE on a machine whose cores other work keeps busy
+    it would hardly run at all and the flow would stall until `WAIT_S`. Where the system refuses (no
+    permission), the worker keeps its policy."""
+    workers = list(_POOL._processes) if _POOL is not None and not _POOL._broken else []
+    for pid in workers:
+        _set_policy(pid, idle=False)
+    try:
+        yield
+    finally:
+        for pid in workers:
+            _set_policy(pid, idle=True)
+
+
+def _set_policy(pid: int, idle: bool) -> None:
+    try:
+        if idle:
+            os.setpriority(os.PRIO_PROCESS, pid, NICE)
+            if hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            if hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, pid, 0)
+    except OSError:  # not permitted, or the worker is gone: the fit goes on as it was
+        pass
 
 
 def _first(job: RefitJob) -> int | None:

@@ -1,4 +1,4 @@
-"""The bounds of a refit's training window (positions, event times, offsets, features versions) for the
+"""The bounds of a refit's training window (positions, event times, sources, features versions) for the
 registry, without scanning the whole window on the scoring thread at every refit; and the blocks of
 positions that these summaries and the window's pickled slices (`models.refit`) are kept by."""
 
@@ -13,19 +13,17 @@ from typing import Any, NamedTuple
 BLOCK = 500
 """Rows summarised together: a refit reads window / BLOCK summaries and scans at most two partial blocks."""
 
-_TS, _OFFSET, _VERSION = map(operator.attrgetter, ("ts", "offset", "features_version"))
+_TS, _VERSION = map(operator.attrgetter, ("ts", "features_version"))
 
 
 class Summary(NamedTuple):
     min_ts: float | None
     max_ts: float | None
-    min_offset: int | None
-    max_offset: int | None
     versions: frozenset[str]
 
 
 class WindowBounds:
-    """Bounds of window rows (objects with `position`, `ts`, `offset` and `features_version`; positions
+    """Bounds of window rows (objects with `position`, `ts`, `source` and `features_version`; positions
     consecutive) from summaries of whole blocks of `BLOCK` rows, made as each block fills.
 
     Scanning the whole window at every refit would stall the scoring thread, which shows in the latency
@@ -34,13 +32,13 @@ class WindowBounds:
     those of a full scan.
 
     >>> from types import SimpleNamespace as Row
-    >>> rows = [Row(position=p, ts=1.7e9 + p, offset=p % 7, features_version="v1") for p in range(1, 1301)]
+    >>> rows = [Row(position=p, ts=1.7e9 + p, source=p % 7, features_version="v1") for p in range(1, 1301)]
     >>> bounds = WindowBounds()
     >>> for end in range(1, len(rows) + 1):
     ...     bounds.seal(rows[:end])
     >>> window = bounds.of(rows[-800:])
-    >>> window["first_position"], window["last_position"], window["first_offset"], window["last_ts"]
-    (501, 1300, 0, '2023-11-14T22:35:00.000+00:00')
+    >>> window["first_position"], window["last_position"], window["first_source"], window["last_ts"]
+    (501, 1300, 4, '2023-11-14T22:35:00.000+00:00')
     >>> window == scan(rows[-800:])
     True
     """
@@ -108,12 +106,9 @@ def scan(rows: Sequence[Any]) -> dict[str, Any]:
 def _summarise(rows: Iterable[Any]) -> Summary:
     rows = list(rows)
     times = _present(map(_TS, rows))
-    offsets = _present(map(_OFFSET, rows))
     return Summary(
         min(times, default=None),
         max(times, default=None),
-        min(offsets, default=None),
-        max(offsets, default=None),
         frozenset(map(_VERSION, rows)) - {None},
     )
 
@@ -121,16 +116,15 @@ def _summarise(rows: Iterable[Any]) -> Summary:
 def _bounds(rows: Sequence[Any], parts: list[Summary]) -> dict[str, Any]:
     min_ts = _present(p.min_ts for p in parts)
     max_ts = _present(p.max_ts for p in parts)
-    min_offset = _present(p.min_offset for p in parts)
-    max_offset = _present(p.max_offset for p in parts)
     return {
         "first_position": rows[0].position,
         "last_position": rows[-1].position,
         "rows": len(rows),
         "first_ts": _iso(min(min_ts)) if min_ts else None,
         "last_ts": _iso(max(max_ts)) if max_ts else None,
-        "first_offset": min(min_offset) if min_offset else None,
-        "last_offset": max(max_offset) if max_offset else None,
+        # Where the first and last rows came from, as the caller gave it (`source`): opaque here.
+        "first_source": rows[0].source,
+        "last_source": rows[-1].source,
         "features_versions": sorted(frozenset().union(*(p.versions for p in parts))),
     }
 

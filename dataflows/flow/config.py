@@ -366,13 +366,18 @@ def _alert_settings(table: dict, path: Path) -> AlertSettings:
 
 ENSEMBLE_DEFAULTS = {
     "enabled": True,
-    "refit_every": 10_000,
+    "refit_every": 2_500,
     "window": 20_000,
-    "lag": 10_000,
+    "lag": 1_000,
     "num_boost_round": 100,
     "gate_metric": "log_loss",
     "keep": 5,
     "background": "process",
+    "refit_whole": False,
+    "drift_detector": "adwin",
+    "drift_min_rows": 2_000,
+    "search_trials": 0,
+    "categorical_fields": True,
 }
 """What a config file without these `[ensemble]` keys gets (the README's table), not the `Ensemble` class's
 own defaults, which suit small examples. The registry defaults to `.eddy/registry` in the repository."""

@@ -15,6 +15,11 @@ class Origin:
     offset: int
     kafka_ts_ms: int | None = None
 
+    @property
+    def at(self) -> str:
+        """`topic/partition@offset`: how the model registry names where a refit window begins and ends."""
+        return f"{self.topic}/{self.partition}@{self.offset}"
+
 
 @dataclass(frozen=True, slots=True)
 class Event:

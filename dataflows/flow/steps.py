@@ -356,7 +356,12 @@ class ScoreAndLearn(StatefulBatchLogic):
         items = self.state.join.push(items)  # the released items whose features are all in, in order
         learner, reporter = self.state.learner, self.state.reporter
         out: list[Any] = []
-        inputs = {id(item): model_input(item.features) for item in items if isinstance(item, FeaturedEvent)}
+        raw = _lightgbm_fields(learner)
+        inputs = {
+            id(item): model_input(_with_fields(item, raw) if raw else item.features)
+            for item in items
+            if isinstance(item, FeaturedEvent)
+        }
         learner.prepare(list(inputs.values()))
         for item in items:
             if isinstance(item, FeaturedEvent):
@@ -364,7 +369,7 @@ class ScoreAndLearn(StatefulBatchLogic):
                 if self.lag_probe is not None:
                     self.lag_probe.seen(event.origin)
                 x = inputs[id(item)]
-                meta = {"ts": event.ts / 1000, "offset": event.origin.offset, "features_version": item.features_version}
+                meta = {"ts": event.ts / 1000, "source": event.origin.at, "features_version": item.features_version}
                 result = learner.score(event.event_id, event.ts, x, event.label, meta)
                 self._checkpoint(item.features_version)
                 out.append(
@@ -455,6 +460,18 @@ class ScoreAndLearn(StatefulBatchLogic):
             dead_below={"blobs": self.blobs.first_needed(seq)},
             started=started,
         )
+
+
+def _lightgbm_fields(learner: OnlineLearner) -> list[str]:
+    """The raw event fields the learner's model takes beside the features (the ensemble's categorical fields,
+    which it hands to LightGBM only): those of the model in the state, so a resumed run gives what it saved."""
+    return getattr(learner.model, "lightgbm_fields", None) or []
+
+
+def _with_fields(item: FeaturedEvent, names: list[str]) -> dict[str, Any]:
+    """The event's own values of `names` beside its features (a feature of the same name wins)."""
+    fields = item.event.fields
+    return {**{name: fields[name] for name in names if name in fields}, **item.features}
 
 
 _NUMBERS_OR_NULL = frozenset((float, int, bool, type(None)))

@@ -65,14 +65,14 @@ def test_a_background_refit_arrives_with_its_model_parsed(background):
 
 def test_predictions_keep_flowing_while_a_slow_refit_runs(monkeypatch):
     started, release = threading.Event(), threading.Event()
-    real_fit = lightgbm_member.fit
+    real_encode = lightgbm_member.Encoded.of
 
     def slow_fit(*args, **kwargs):
         started.set()
         assert release.wait(30), "the test never released the fit"
-        return real_fit(*args, **kwargs)
+        return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(lightgbm_member, "fit", slow_fit)
+    monkeypatch.setattr(lightgbm_member.Encoded, "of", slow_fit)
     model = small(lag=50)
     for x, y in PHISHING[:100]:
         model.predict_proba_one(x)

@@ -30,12 +30,15 @@ def test_every_refit_is_saved_with_its_metadata_and_only_the_last_k_are_kept(tmp
     for i, (x, y) in enumerate(PHISHING[:530]):
         model.predict_proba_one(x)
         model.learn_one(
-            x, y, ts=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00", offset=1000 + i, features_version="abc123"
+            x, y, ts=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00", source=1000 + i, features_version="abc123"
         )
     flush_writes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v000004.json", "v000004.txt", "v000005.json", "v000005.txt"]
     record = json.loads((tmp_path / "v000005.json").read_text())
-    assert record["version"] == 5 and record["accepted"] and record["accepted_total"] == 5
+    assert record["version"] == 5 and record["accepted_total"] + record["rejected_total"] == 5
+    assert record["accepted"] == (" > " not in record["reason"])
+    assert (record["trigger"], record["search"], record["trained_on"]) == ("schedule", None, "train")
+    assert 1 <= record["champion_version"] < 5
     assert record["started_at"] == 500 and record["effect_at"] == 520
     assert record["window"] == {
         "first_position": 201,
@@ -43,8 +46,8 @@ def test_every_refit_is_saved_with_its_metadata_and_only_the_last_k_are_kept(tmp
         "rows": 300,
         "first_ts": "2026-01-01T00:03:20.000+00:00",
         "last_ts": "2026-01-01T00:08:19.000+00:00",
-        "first_offset": 1200,
-        "last_offset": 1499,
+        "first_source": 1200,
+        "last_source": 1499,
         "features_versions": ["abc123"],
     }
     assert record["features_version"] == "abc123"
@@ -140,12 +143,12 @@ def test_the_gate_rejects_a_deliberately_bad_model_and_the_previous_one_stays(mo
         model.learn_one(x, y)
     assert model.lightgbm_version == 2
     good = model.lightgbm
-    real_fit = lightgbm_member.fit
+    real_encode = lightgbm_member.Encoded.of
 
-    def inverted_fit(rows, labels, *args, **kwargs):
-        return real_fit(rows, [not y for y in labels], *args, **kwargs)
+    def inverted(rows, labels, *args, **kwargs):
+        return real_encode(rows, [not y for y in labels], *args, **kwargs)
 
-    monkeypatch.setattr(lightgbm_member, "fit", inverted_fit)
+    monkeypatch.setattr(lightgbm_member.Encoded, "of", inverted)
     for x, y in PHISHING[250:450]:
         model.predict_proba_one(x)
         model.learn_one(x, y)

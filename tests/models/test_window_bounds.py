@@ -31,7 +31,7 @@ def test_the_bounds_from_block_summaries_are_those_of_a_full_scan(block, window,
         for position, (ts, offset, version) in enumerate(rows, start=1):
             if position == restored_at:
                 bounds = WindowBounds()
-            kept.append(SimpleNamespace(position=position, ts=ts, offset=offset, features_version=version))
+            kept.append(SimpleNamespace(position=position, ts=ts, source=offset, features_version=version))
             bounds.seal(kept)
             if position % every == 0 or position == len(rows):
                 assert bounds.of(tuple(kept)) == scan(tuple(kept))
@@ -49,7 +49,7 @@ def test_a_refit_reads_block_summaries_instead_of_scanning_the_window():
     rows = deque(maxlen=20_000)
     bounds = WindowBounds()
     for position in range(1, 30_001):
-        rows.append(Counted(position=position, ts=1.7e9 + position, offset=position, features_version="v"))
+        rows.append(Counted(position=position, ts=1.7e9 + position, source=position, features_version="v"))
         bounds.seal(rows)
     seen.clear()
     assert bounds.of(tuple(rows)) == scan(tuple(rows))
@@ -60,6 +60,6 @@ def test_a_refit_reads_block_summaries_instead_of_scanning_the_window():
 def test_the_summaries_kept_never_exceed_a_window_even_without_refits():
     rows, bounds = deque(maxlen=2_000), WindowBounds()
     for position in range(1, 50_001):
-        rows.append(SimpleNamespace(position=position, ts=float(position), offset=position, features_version=None))
+        rows.append(SimpleNamespace(position=position, ts=float(position), source=position, features_version=None))
         bounds.seal(rows)
     assert len(bounds._blocks) <= 2_000 // window_bounds.BLOCK + 1
