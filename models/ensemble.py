@@ -328,9 +328,8 @@ class Ensemble(base.Classifier):
         """How the refits fare: counts by gate decision, the latest refit, the refits the flow had to fit itself
         (its background fit timed out or its worker process died) and the registry's write failures."""
         latest = self.registry.versions()[-1:] or [None]
-        last = (
-            None if latest[0] is None else {k: latest[0].get(k) for k in ("version", "accepted", "reason", "trigger")}
-        )
+        keys = ("version", "accepted", "rejected_by", "reason", "trigger")
+        last = None if latest[0] is None else {k: latest[0].get(k) for k in keys}
         return {
             "accepted": self.registry.accepted,
             "rejected": self.registry.rejected,

@@ -6,6 +6,7 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +38,18 @@ def roc_auc(labels: Sequence[bool], probs: Sequence[float]) -> float:
     return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+class Verdict(NamedTuple):
+    """A gate's decision on one model. `rejected_by` says why structurally, for alerts that tell a failed refit
+    from a healthy one that lost: `"gate"` (it failed the quality bar: its metric is undefined or does not pass
+    the threshold or base rate), `"champion"` (it passed the bar but the model in force did better), None
+    (accepted)."""
+
+    accepted: bool
+    reason: str
+    metrics: dict[str, float]
+    rejected_by: str | None = None
+
+
 @dataclass(frozen=True)
 class Gate:
     """Accept a model if its held-out metric passes `threshold` and beats the model in force (the champion).
@@ -61,9 +74,19 @@ class Gate:
         base_rate: float,
         champion: Sequence[float] | None = None,
         unseen_from: int = 0,
-    ) -> tuple[bool, str, dict[str, float]]:
-        """(accepted, reason, metrics) for a model's held-out predictions; `champion` holds the model in force's
-        predictions on the same rows, of which those from index `unseen_from` on are new to it."""
+    ) -> Verdict:
+        """The verdict on a model's held-out predictions; `champion` holds the model in force's predictions on
+        the same rows, of which those from index `unseen_from` on are new to it.
+
+        >>> labels = [True, False] * 20
+        >>> good, better = [0.7 if y else 0.3 for y in labels], [0.9 if y else 0.1 for y in labels]
+        >>> Gate().judge(labels, good, 0.5).rejected_by is None
+        True
+        >>> Gate().judge(labels, better[::-1], 0.5).rejected_by
+        'gate'
+        >>> Gate().judge(labels, good, 0.5, champion=better).rejected_by
+        'champion'
+        """
         baseline = log_loss(labels, [base_rate] * len(labels))
         metrics = {
             "log_loss": log_loss(labels, probs),
@@ -73,7 +96,7 @@ class Gate:
         }
         value = metrics[self.metric]
         if math.isnan(value):
-            return False, f"{self.metric} is undefined on the held-out slice", metrics
+            return Verdict(False, f"{self.metric} is undefined on the held-out slice", metrics, "gate")
         better = operator.le if self.metric == "log_loss" else operator.ge
         sign = ("<=", ">") if self.metric == "log_loss" else (">=", "<")
         if self.metric == "log_loss":
@@ -81,24 +104,25 @@ class Gate:
         else:
             limit = 0.5 if self.threshold is None else self.threshold
         if not better(value, limit):
-            return False, f"{self.metric} {value:.5f} {sign[1]} {limit:.5f}", metrics
+            return Verdict(False, f"{self.metric} {value:.5f} {sign[1]} {limit:.5f}", metrics, "gate")
         reason = f"{self.metric} {value:.5f} {sign[0]} {limit:.5f}"
         if champion is None:
-            return True, reason, metrics
+            return Verdict(True, reason, metrics)
         ys, new = labels[unseen_from:], probs[unseen_from:]
         metric = log_loss if self.metric == "log_loss" else roc_auc
         ours, theirs = metric(ys, new), metric(ys, champion[unseen_from:])
         metrics.update(compared_rows=float(len(ys)), challenger=ours, champion=theirs)
         if math.isnan(ours) or math.isnan(theirs):
-            return (
+            return Verdict(
                 True,
                 f"{reason}; not compared with the model in force: {self.metric} undefined on its unseen rows",
                 metrics,
             )
         if better(ours, theirs):
-            return True, f"{reason}; {ours:.5f} {sign[0]} {theirs:.5f} of the model in force", metrics
-        return (
+            return Verdict(True, f"{reason}; {ours:.5f} {sign[0]} {theirs:.5f} of the model in force", metrics)
+        return Verdict(
             False,
             f"{self.metric} {ours:.5f} {sign[1]} {theirs:.5f} of the model in force on {len(ys)} rows",
             metrics,
+            "champion",
         )

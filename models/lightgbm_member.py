@@ -19,7 +19,7 @@ import numpy as np
 
 NAN = math.nan
 NUMBERS = frozenset((float, int, bool))
-CHUNK = 8  # rows a background refit thread handles between GIL releases: the scoring thread waits ~0.02 ms at most
+CHUNK = 8  # rows a background refit thread handles between GIL releases, so the scoring thread never waits long
 
 MAX_CATEGORIES = 1000
 ROWS_PER_CATEGORY = 20
@@ -37,8 +37,8 @@ DEFAULT_PARAMS: dict = {
     "deterministic": True,
     "force_row_wise": True,
     "num_threads": 1,
-    # 63 bins instead of 255: fits ~25 % faster (one core for ~0.3 s, not ~0.4 s, beside the flow); on
-    # bench.ensemble the ensemble's log loss went 0.0284 -> 0.0282, LightGBM's alone 0.0392 -> 0.0398.
+    # 63 bins rather than LightGBM's 255: a fit takes a quarter less of the core it shares with the flow, for
+    # a log loss within a few per cent (docs/benchmarks.md, "Costs behind the code's choices").
     "max_bin": 63,
 }
 

@@ -83,6 +83,10 @@ class RefitResult:
     fitted_by_flow: str | None = None
     """Why the flow fitted this refit itself instead of taking the background's result (None: it did not):
     `"timeout"` or `"worker_died"`. The model is the same either way: fits are deterministic."""
+    rejected_by: str | None = None
+    """Why a rejected refit was rejected: `"fit"` (no model: the fit failed or its training slice held a single
+    class), `"gate"` (it failed the quality bar), `"champion"` (it passed the bar and lost to the model in
+    force); None when accepted."""
 
     def record(self, job: RefitJob) -> dict[str, Any]:
         """The registry's metadata for this refit."""
@@ -90,6 +94,7 @@ class RefitResult:
             "version": self.version,
             "accepted": self.accepted,
             "reason": self.reason,
+            "rejected_by": self.rejected_by,
             "started_at": job.started_at,
             "effect_at": job.effect_at,
             "window": dict(job.window),
@@ -118,7 +123,7 @@ def run(job: RefitJob, yield_gil: bool = True) -> RefitResult:
     n_train = len(job.rows) - max(1, round(len(job.rows) * job.holdout))
     train_labels = job.labels[:n_train]
     if n_train < 2 or len(set(train_labels)) < 2:
-        return RefitResult(job.version, False, "training slice holds a single class", {}, None)
+        return RefitResult(job.version, False, "training slice holds a single class", {}, None, rejected_by="fit")
     started = time.perf_counter()
     train, holdout = slice(0, n_train), slice(n_train, None)
     try:
@@ -134,7 +139,7 @@ def run(job: RefitJob, yield_gil: bool = True) -> RefitResult:
             gated = booster.model_to_string()
             scores = booster.predict(window.matrix[holdout], num_threads=1)
     except (ValueError, lightgbm.basic.LightGBMError) as error:
-        return RefitResult(job.version, False, f"fit failed: {error}", {}, None)
+        return RefitResult(job.version, False, f"fit failed: {error}", {}, None, rejected_by="fit")
     holdout_rows, holdout_labels = job.rows[holdout], job.labels[holdout]
     base_rate = sum(train_labels) / n_train
     champion, unseen_from = None, 0
@@ -142,7 +147,7 @@ def run(job: RefitJob, yield_gil: bool = True) -> RefitResult:
     if job.champion is not None:
         champion = job.champion.predict_many(holdout_rows, yield_gil=yield_gil)
         unseen_from = min(len(holdout_labels), max(0, (job.champion_last_position or 0) + 1 - first_held))
-    accepted, reason, metrics = job.gate.judge(holdout_labels, scores, base_rate, champion, unseen_from)
+    accepted, reason, metrics, rejected_by = job.gate.judge(holdout_labels, scores, base_rate, champion, unseen_from)
     member, trained_on, until = lightgbm_member.LightGBMMember(gated, window.schema), "train", first_held - 1
     if accepted and job.refit_whole:
         booster = lightgbm_member.train(window, slice(None), _params(job, chosen), rounds)
@@ -150,7 +155,18 @@ def run(job: RefitJob, yield_gil: bool = True) -> RefitResult:
         until = first_held - 1 + len(holdout_labels)
     seconds = round(time.perf_counter() - started, 3)
     return RefitResult(
-        job.version, accepted, reason, metrics, member, seconds, chosen, rounds, search, trained_on, until
+        job.version,
+        accepted,
+        reason,
+        metrics,
+        member,
+        seconds,
+        chosen,
+        rounds,
+        search,
+        trained_on,
+        until,
+        rejected_by=rejected_by,
     )
 
 

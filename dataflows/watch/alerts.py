@@ -7,7 +7,9 @@ The rules (`[alerts]` in eddy.toml; a threshold set to `false` turns its rule of
 - `dead_letter_rate_above`: the share of messages dead-lettered, over at least `dead_letter_min_messages`
   messages since the rule last judged, is above this;
 - `consumer_lag_above`: the messages behind the end of the input topics, summed, are more than this;
-- `refit_rejected`: the latest LightGBM refit was rejected by the quality gate (clears at an accepted one);
+- `refit_rejected`: the latest LightGBM refit failed: its fit failed or it did not pass the quality bar
+  (threshold or base rate) on its holdout. A refit that passed the bar and lost to the model in force is
+  healthy and does not fire it; the next refit that passes the bar clears it, accepted or not;
 - `registry_write_failed`: the latest write to the model registry failed (clears at a successful one).
 
 The learner step judges every rule at every metrics report (`AlertEvaluator`, part of its recoverable
@@ -97,7 +99,7 @@ RULES = {
         Rule("log_loss_rolling", "EddyLogLossRollingHigh", "warning", "the score's rolling log loss is high"),
         Rule("dead_letter_rate", "EddyDeadLetterRateHigh", "warning", "many input messages are dead-lettered"),
         Rule("consumer_lag", "EddyConsumerLagHigh", "warning", "the flow is far behind its input topics"),
-        Rule("refit_rejected", "EddyRefitRejected", "info", "the latest LightGBM refit was rejected by the gate"),
+        Rule("refit_rejected", "EddyRefitRejected", "info", "the latest LightGBM refit failed the quality gate"),
         Rule("registry_write_failed", "EddyRegistryWriteFailed", "critical", "the model registry cannot be written"),
     )
 }
@@ -181,7 +183,7 @@ class AlertEvaluator:
         if s.refit_rejected:
             last = (refits or {}).get("last")
             if last:
-                out["refit_rejected"] = Reading(not last["accepted"], last["version"], None, str(last["reason"]))
+                out["refit_rejected"] = Reading(refit_failed(last), last["version"], None, str(last["reason"]))
             else:
                 out["refit_rejected"] = Reading(None)
         if s.registry_write_failed:
@@ -226,6 +228,12 @@ class AlertEvaluator:
         }
 
 
+def refit_failed(record: dict[str, Any]) -> bool:
+    """Whether a refit (a registry record) failed rather than merely lost to the model in force: a record
+    without `rejected_by` that was rejected counts as failed, so that nothing unknown passes silently."""
+    return not record.get("accepted") and record.get("rejected_by") != "champion"
+
+
 def _quality(value: Any, labels: int, min_labels: int, threshold: float, below: bool) -> Reading:
     if not isinstance(value, int | float) or math.isnan(value) or labels < min_labels:
         return Reading(None)
@@ -242,7 +250,7 @@ def _summary(name: str, state: str, r: Reading) -> str:
     elif name == "consumer_lag":
         text = f"{r.value} messages behind the input topics ({r.detail}; alert above {r.threshold})"
     elif name == "refit_rejected":
-        text = f"refit v{r.value} {'rejected' if r.breached else 'accepted'} by the gate: {r.detail}"
+        text = f"refit v{r.value} {'failed' if r.breached else 'passed'} the quality gate: {r.detail}"
     else:
         text = (
             f"model registry write failed ({r.value} failed so far): {r.detail}"
@@ -290,7 +298,7 @@ def prometheus_rules(settings: AlertSettings | None = None) -> list[dict[str, An
     if s.consumer_lag_above is not None:
         exprs["consumer_lag"] = f"sum(eddy_consumer_lag) > {s.consumer_lag_above}"
     if s.refit_rejected:
-        exprs["refit_rejected"] = "eddy_refit_last_accepted == 0"
+        exprs["refit_rejected"] = "eddy_refit_last_failed == 1"
     if s.registry_write_failed:
         exprs["registry_write_failed"] = "eddy_registry_write_failing == 1"
     rules = []

@@ -29,6 +29,7 @@ from dataflows.broker.security import KafkaSecurity
 from dataflows.flow.logs import configure_logging
 from dataflows.flow.runs import latest_run_dir
 from dataflows.watch.alerts import RULES as ALERT_RULES
+from dataflows.watch.alerts import refit_failed
 
 log = logging.getLogger("eddy.prometheus")
 
@@ -106,6 +107,7 @@ class PrometheusExporter:
             last = refits.get("last")
             if isinstance(last, dict):
                 _set(m["refit_last_accepted"], bool(last.get("accepted")))
+                _set(m["refit_last_failed"], refit_failed(last))
             _set(m["registry_write_failures"], refits.get("registry_write_failures"))
             _set(m["registry_write_failing"], refits.get("registry_write_error") is not None)
             for reason, count in (refits.get("fitted_by_flow") or {}).items():
@@ -216,7 +218,15 @@ def _define(registry: CollectorRegistry) -> dict[str, Any]:
         ),
         "refit_holdout": gauge("eddy_refit_holdout", "Holdout figures of the latest refit", ("metric",)),
         "refit_version": gauge("eddy_refit_version", "Version of the latest refit by decision", ("decision",)),
-        "refit_last_accepted": gauge("eddy_refit_last_accepted", "1 if the latest refit passed the gate, else 0"),
+        "refit_last_accepted": gauge(
+            "eddy_refit_last_accepted",
+            "1 if the latest refit was accepted (it passed the gate and the champion), else 0",
+        ),
+        "refit_last_failed": gauge(
+            "eddy_refit_last_failed",
+            "1 if the latest refit failed (its fit, or the quality bar), 0 if it passed the bar (even if it lost to "
+            "the model in force)",
+        ),
         "refits_fitted_by_flow": gauge(
             "eddy_refits_fitted_by_flow",
             "Refits the flow fitted itself: its background fit timed out or its worker process died",

@@ -239,8 +239,10 @@ def _refit_marks(messages: list[dict], xs: list[int], registry: list[dict]) -> l
         if x is None:
             continue
         decision = "accepted" if record.get("accepted") else "rejected"
+        # A refit that lost to the model in force is healthy: its label says so, apart from a failed one.
+        said = "lost to the model in force" if record.get("rejected_by") == "champion" else decision
         seen.add(record.get("version"))
-        marks.append({"x": x, "kind": f"refit_{decision}", "label": f"LightGBM v{record.get('version')} {decision}"})
+        marks.append({"x": x, "kind": f"refit_{decision}", "label": f"LightGBM v{record.get('version')} {said}"})
     last: dict[str, Any] = {}
     for msg, x in zip(messages, xs, strict=True):
         version = _versions(msg).get("lightgbm")

@@ -74,10 +74,11 @@ CASES = {
         figures(lag={"events": 5, "labels": 0}),
     ],
     "refit_rejected": [
-        figures(last={"version": 1, "accepted": True, "reason": "log_loss 0.3 <= 0.6"}),
-        figures(last={"version": 2, "accepted": False, "reason": "log_loss 0.7 > 0.6"}),
-        figures(last={"version": 3, "accepted": False, "reason": "log_loss 0.8 > 0.6"}),
-        figures(last={"version": 4, "accepted": True, "reason": "log_loss 0.2 <= 0.6"}),
+        figures(last={"version": 1, "accepted": True, "rejected_by": None, "reason": "log_loss 0.3 <= 0.6"}),
+        figures(last={"version": 2, "accepted": False, "rejected_by": "champion", "reason": "0.31 > 0.3 of the..."}),
+        figures(last={"version": 3, "accepted": False, "rejected_by": "gate", "reason": "log_loss 0.7 > 0.6"}),
+        figures(last={"version": 4, "accepted": False, "rejected_by": "fit", "reason": "fit failed: ..."}),
+        figures(last={"version": 5, "accepted": True, "rejected_by": None, "reason": "log_loss 0.2 <= 0.6"}),
     ],
     "registry_write_failed": [
         figures(),
@@ -104,6 +105,41 @@ def test_an_alert_message_says_what_fired_with_its_value_and_threshold(rule):
     assert fired["summary"].startswith("FIRING: ") and resolved["summary"].startswith("resolved: ")
     assert resolved["fired_at"] == fired["at"]
     assert fired["value"] is not None and fired["events"] == CASES[rule][1]["events"]
+
+
+def refit(version: int, rejected_by: str | None) -> dict:
+    last = {"version": version, "accepted": rejected_by is None, "rejected_by": rejected_by, "reason": "..."}
+    return figures(last=last)
+
+
+def test_a_refit_that_loses_to_the_champion_is_healthy_and_never_fires_the_refit_alert():
+    evaluator = AlertEvaluator()
+    lost = [refit(v, "champion") for v in range(1, 6)]
+    assert transitions(evaluator, [refit(0, None), *lost]) == []
+
+
+def test_a_refit_that_passes_the_gate_clears_the_refit_alert_even_when_it_loses_to_the_champion():
+    evaluator = AlertEvaluator()
+    reports = [refit(1, "gate"), refit(2, "champion"), refit(3, "gate"), refit(4, None)]
+    states = transitions(evaluator, reports)
+    assert states == [("refit_rejected", s) for s in ("firing", "resolved", "firing", "resolved")]
+    fired = evaluator.evaluate(refit(5, "gate"), 1_700_000_000_100)[0]
+    assert fired["summary"].startswith("FIRING: refit v5 failed the quality gate")
+
+
+@given(st.lists(st.sampled_from([None, "champion", "gate", "fit"]), max_size=30))
+def test_the_refit_alert_follows_whether_the_latest_refit_failed(verdicts):
+    """Whatever the sequence of verdicts, the refit alert is firing exactly when the latest refit failed."""
+    evaluator = AlertEvaluator()
+    for version, rejected_by in enumerate(verdicts, 1):
+        evaluator.evaluate(refit(version, rejected_by), 1_700_000_000_000 + version)
+        assert ("refit_rejected" in evaluator.active) == (rejected_by in ("gate", "fit"))
+
+
+def test_a_rejected_refit_that_does_not_say_why_counts_as_failed():
+    evaluator = AlertEvaluator()
+    older = figures(last={"version": 1, "accepted": False, "reason": "log_loss 0.7 > 0.6"})
+    assert transitions(evaluator, [older]) == [("refit_rejected", "firing")]
 
 
 def test_quality_rules_wait_for_enough_labels_and_ignore_undefined_figures():
@@ -214,16 +250,21 @@ def test_the_exporter_serves_the_alert_and_refit_health_gauges():
     registry = CollectorRegistry()
     exporter = prometheus.PrometheusExporter.__new__(prometheus.PrometheusExporter)
     exporter.enabled, exporter._metrics = True, prometheus._define(registry)
-    report = figures(
-        last={"version": 2, "accepted": False, "reason": "x"}, write_error="OSError: full", write_failures=3
-    )
+    last = {"version": 2, "accepted": False, "rejected_by": "gate", "reason": "x"}
+    report = figures(last=last, write_error="OSError: full", write_failures=3)
     exporter.observe_metrics({**report, "alerts_firing": ["registry_write_failed"]})
     value = registry.get_sample_value
-    assert value("eddy_refit_last_accepted") == 0
+    assert value("eddy_refit_last_accepted") == 0 and value("eddy_refit_last_failed") == 1
     assert value("eddy_registry_write_failing") == 1 and value("eddy_registry_write_failures") == 3
     assert value("eddy_alert_firing", {"rule": "registry_write_failed"}) == 1
     assert value("eddy_alert_firing", {"rule": "consumer_lag"}) == 0
     assert value("eddy_refits_fitted_by_flow", {"reason": "worker_died"}) == 0
+    exporter.observe_metrics(figures(last={**last, "version": 3, "rejected_by": "champion"}))
+    assert value("eddy_refit_last_accepted") == 0 and value("eddy_refit_last_failed") == 0
+    exporter.observe_metrics(figures(last={**last, "version": 4, "accepted": True, "rejected_by": None}))
+    assert value("eddy_refit_last_accepted") == 1 and value("eddy_refit_last_failed") == 0
+    (rule,) = [r for r in prometheus_rules() if r["alert"] == RULES["refit_rejected"].alert]
+    assert rule["expr"] == "eddy_refit_last_failed == 1"
 
 
 def test_the_command_has_help_and_lists_the_rules():
@@ -276,3 +317,16 @@ def test_the_flow_publishes_alerts_that_fire_and_clear_and_keeps_scoring(kafka_b
     assert final["refits"]["registry_write_failures"] == final["refits"]["accepted"] + final["refits"]["rejected"] > 0
     assert "registry_write_failed" in final["alerts_firing"]
     assert "dead_letter_rate" not in final["alerts_firing"]
+    # The refit alert follows the latest refit's failure, never its loss to the model in force.
+    reports = [m for m in metrics if (m.get("refits") or {}).get("last")]
+    seen = {r["refits"]["last"]["rejected_by"] for r in reports}
+    assert {"gate", "champion"} <= seen, f"this seeded stream holds both a failed refit and a lost one: {seen}"
+    for report in reports:
+        last = report["refits"]["last"]
+        assert last["rejected_by"] in {None, "champion", "gate", "fit"} and last["accepted"] == (
+            not last["rejected_by"]
+        )
+        assert ("refit_rejected" in report["alerts_firing"]) == (last["rejected_by"] in {"gate", "fit"}), last
+    for alert in (a for a in alerts if a["rule"] == "refit_rejected"):
+        verdict = next(r["refits"]["last"] for r in reports if r["refits"]["last"]["version"] == alert["value"])
+        assert (alert["state"] == "firing") == (verdict["rejected_by"] in {"gate", "fit"})

@@ -54,7 +54,8 @@ def test_series_marks_and_summary():
         drift_at="0.5",
         registry=[
             {"version": 1, "accepted": True, "effect_at": 250},
-            {"version": 2, "accepted": False, "effect_at": 650},
+            {"version": 2, "accepted": False, "rejected_by": "gate", "effect_at": 650},
+            {"version": 3, "accepted": False, "rejected_by": "champion", "effect_at": 850},
         ],
     )
     assert data["members"] == ["score", "river", "lightgbm"]
@@ -66,7 +67,12 @@ def test_series_marks_and_summary():
     drift = next(m for m in data["marks"] if m["kind"] == "drift")
     assert drift["label"] == "drift (event 500)" and drift["x"] == data["x"][4]
     refits = [m for m in data["marks"] if m["kind"].startswith("refit")]
-    assert [m["kind"] for m in refits] == ["refit_accepted", "refit_rejected"]
+    assert [m["kind"] for m in refits] == ["refit_accepted", "refit_rejected", "refit_rejected"]
+    assert [m["label"] for m in refits] == [
+        "LightGBM v1 accepted",
+        "LightGBM v2 rejected",
+        "LightGBM v3 lost to the model in force",
+    ]
     assert refits[0]["x"] == data["x"][1] + 300_000  # halfway between 200 and 300 labels
     rows = {r["member"]: r for r in data["summary"]["members"]}
     assert rows["ensemble"]["labels"] == 1_000 and rows["LightGBM"]["labels"] == 600

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.blend import HedgedStack, StackingBlend, clipped_log_loss, sigmoid
+from models.blend import HedgedStack, LogLossBlend, StackingBlend, clipped_log_loss, sigmoid
 from models.metrics import ExactROCAUC
 
 
@@ -120,10 +120,17 @@ def test_the_log_loss_is_finite_on_certain_members():
     assert math.isfinite(blend.combine({"river": 1.0, "lightgbm": 0.0}))
 
 
+@pytest.mark.parametrize(
+    ("make", "experts"),
+    [(lambda: LogLossBlend(decay=1.0), 2), (lambda: HedgedStack(decay=1.0), 3)],
+    ids=["log_loss_mixture", "hedged_stack"],
+)
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.floats(0.01, 0.99), st.floats(0.01, 0.99), st.booleans()), min_size=1, max_size=200))
-def test_without_forgetting_the_hedged_stack_is_never_worse_than_the_best_member_by_more_than_ln3(stream):
-    blend = HedgedStack(decay=1.0)
+def test_without_forgetting_a_blend_is_never_worse_than_the_best_member_by_more_than_ln_experts(make, experts, stream):
+    """The exponential-weights bound: a mixture of k experts loses at most ln k to the best of them; the
+    mixture weighs the two members, the hedged stack the members and the stack."""
+    blend = make()
     totals = {"river": 0.0, "lightgbm": 0.0, "blend": 0.0}
     for river, lightgbm, y in stream:
         scores = {"river": river, "lightgbm": lightgbm}
@@ -131,7 +138,7 @@ def test_without_forgetting_the_hedged_stack_is_never_worse_than_the_best_member
         totals["river"] += clipped_log_loss(y, river)
         totals["lightgbm"] += clipped_log_loss(y, lightgbm)
         blend.update(scores, y)
-    assert totals["blend"] <= min(totals["river"], totals["lightgbm"]) + math.log(3) + 1e-9
+    assert totals["blend"] <= min(totals["river"], totals["lightgbm"]) + math.log(experts) + 1e-9
 
 
 def test_describe_gives_the_weights_of_a_blend_without_changing_it():

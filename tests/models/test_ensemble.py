@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import datasets, evaluate, linear_model, metrics, preprocessing
 
-from models.blend import LogLossBlend, clipped_log_loss
 from models.ensemble import Ensemble
 from models.lightgbm_member import LightGBMMember, Schema
 
@@ -224,20 +223,6 @@ def test_it_drops_into_rivers_evaluate_tools():
         metrics.ROCAUC(),
     )
     assert result.get() > 0.9
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.floats(0.01, 0.99), st.floats(0.01, 0.99), st.booleans()), min_size=1, max_size=200))
-def test_without_forgetting_the_blend_is_never_worse_than_the_best_member_by_more_than_ln2(stream):
-    blend = LogLossBlend(decay=1.0)
-    totals = {"a": 0.0, "b": 0.0, "blend": 0.0}
-    for pa, pb, y in stream:
-        scores = {"a": pa, "b": pb}
-        totals["blend"] += clipped_log_loss(y, blend.combine(scores))
-        totals["a"] += clipped_log_loss(y, pa)
-        totals["b"] += clipped_log_loss(y, pb)
-        blend.update(scores, y)
-    assert totals["blend"] <= min(totals["a"], totals["b"]) + math.log(2) + 1e-9
 
 
 def test_health_reports_the_blend_once_lightgbm_is_in_force():

@@ -83,6 +83,7 @@ def test_a_challenger_worse_than_the_champion_is_rejected_and_kept_with_its_reas
     registry.save(result.record(job), result.member)
     kept = registry.versions()[-1]
     assert (kept["accepted"], kept["champion_version"], kept["reason"]) == (False, 1, result.reason)
+    assert kept["rejected_by"] == result.rejected_by == "champion", "a healthy refit that lost, not a failed one"
     assert registry.load(2) is result.member
     # The same challenger without a champion would have gone into force.
     assert refit.run(replace(job, champion=None), yield_gil=False).accepted
@@ -92,11 +93,12 @@ def test_the_champion_is_compared_only_on_held_out_rows_it_never_trained_on():
     labels = [True, False] * 50
     good = [0.9 if y else 0.1 for y in labels]
     champion = [0.99 if y else 0.01 for y in labels[:60]] + [0.1 if y else 0.9 for y in labels[60:]]
-    accepted, reason, metrics = Gate().judge(labels, good, 0.5, champion, unseen_from=60)
-    assert accepted and metrics["compared_rows"] == 40, reason
-    accepted, reason, _ = Gate().judge(labels, good, 0.5, champion, unseen_from=0)
+    accepted, reason, metrics, rejected_by = Gate().judge(labels, good, 0.5, champion, unseen_from=60)
+    assert accepted and rejected_by is None and metrics["compared_rows"] == 40, reason
+    accepted, reason, *_ = Gate().judge(labels, good, 0.5, champion, unseen_from=0)
     assert accepted, "on all the rows the champion's memorised ones would count: it is still worse overall"
-    assert not Gate().judge(labels, good, 0.5, [0.99 if y else 0.01 for y in labels])[0]
+    lost = Gate().judge(labels, good, 0.5, [0.99 if y else 0.01 for y in labels])
+    assert (lost.accepted, lost.rejected_by) == (False, "champion")
     assert Gate().judge(labels, good, 0.5, good)[0], "a tie goes to the newer model"
     assert not Gate("auc").judge(labels, [0.6 if y else 0.4 for y in labels[:50]] + [0.4] * 50, 0.5, good)[0]
 

@@ -123,13 +123,22 @@ def test_gate_rejects_inverted_predictions_and_accepts_good_ones():
     labels = rng.random(500) < 0.3
     good = np.where(labels, 0.8, 0.2)
     assert Gate().judge(labels, good, base_rate=0.3)[0]
-    accepted, reason, metrics = Gate().judge(labels, 1 - good, base_rate=0.3)
+    accepted, reason, metrics, rejected_by = Gate().judge(labels, 1 - good, base_rate=0.3)
     assert not accepted and reason.startswith("log_loss") and metrics["log_loss"] > metrics["baseline_log_loss"]
+    assert rejected_by == "gate", "missing the base rate is a failed refit, whatever the champion"
+    assert Gate().judge(labels, 1 - good, base_rate=0.3, champion=1 - good).rejected_by == "gate"
     assert not Gate("auc", 0.7).judge(labels, 1 - good, base_rate=0.3)[0]
     assert Gate("auc", 0.7).judge(labels, good, base_rate=0.3)[0]
-    assert not Gate("log_loss", 0.1).judge(labels, good, base_rate=0.3)[0]
+    above_threshold = Gate("log_loss", 0.1).judge(labels, good, base_rate=0.3)
+    assert (above_threshold.accepted, above_threshold.rejected_by) == (False, "gate")
+    assert Gate().judge(labels, good, base_rate=0.3).rejected_by is None
     with pytest.raises(ValueError, match="unknown gate metric 'f1'"):
         Gate("f1")
+
+
+def test_a_metric_undefined_on_the_holdout_is_a_gate_failure():
+    verdict = Gate("auc").judge([True] * 50, [0.9] * 50, base_rate=0.5)
+    assert (verdict.accepted, verdict.rejected_by) == (False, "gate") and "undefined" in verdict.reason
 
 
 def test_roc_auc_counts_ties_as_half():
@@ -156,6 +165,7 @@ def test_the_gate_rejects_a_deliberately_bad_model_and_the_previous_one_stays(mo
     assert (model.registry.accepted, model.registry.rejected) == (2, 2)
     rejected = model.registry.versions()[-1]
     assert rejected["version"] == 4 and not rejected["accepted"] and "log_loss" in rejected["reason"]
+    assert rejected["rejected_by"] == "gate" and model.health()["last"]["rejected_by"] == "gate"
 
 
 def test_a_single_class_window_is_rejected_and_river_serves_alone():
@@ -164,3 +174,4 @@ def test_a_single_class_window_is_rejected_and_river_serves_alone():
         model.learn_one(x, False)
     assert model.lightgbm is None and model.registry.rejected == 2
     assert model.registry.versions()[0]["reason"] == "training slice holds a single class"
+    assert model.registry.versions()[0]["rejected_by"] == "fit"
