@@ -179,7 +179,7 @@ MODES = ("thread", "process", None)
 
 WAIT_S = 30.0
 """How long the flow waits at an effect point for a background fit before it fits there itself (a fit takes
-about a second; the default `lag` gives it the time of 1,000 labels before that)."""
+about a second; the default `lag` gives it the time of 2,500 labels before that)."""
 
 
 class RefitQueue:

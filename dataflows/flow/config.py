@@ -368,7 +368,7 @@ ENSEMBLE_DEFAULTS = {
     "enabled": True,
     "refit_every": 2_500,
     "window": 20_000,
-    "lag": 1_000,
+    "lag": 2_500,
     "num_boost_round": 100,
     "gate_metric": "log_loss",
     "keep": 5,
